@@ -1,0 +1,143 @@
+//! Go.Data's error envelope, as `strong-error-handler` renders it:
+//! `{"error":{statusCode,name,message,code,details}}` with undefined fields
+//! omitted and `name` dropped on 5xx (`godata-api.md` §4).
+
+use serde_json::{json, Map, Value};
+
+/// An error answer of the emulated API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub code: Option<&'static str>,
+    pub details: Option<Box<Value>>,
+    /// `"Error"` for Go.Data's own errors, `"ValidationError"` for juggler's.
+    pub name: &'static str,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            code: Some(code),
+            details: None,
+            name: "Error",
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(Box::new(details));
+        self
+    }
+
+    /// 401 for a missing, unknown or revoked token (LoopBack ACL).
+    pub fn authorization_required() -> Self {
+        Self::new(401, "AUTHORIZATION_REQUIRED", "Authorization Required")
+    }
+
+    /// 401 on the first use of an idle-expired token.
+    pub fn invalid_token() -> Self {
+        Self::new(401, "INVALID_TOKEN", "Invalid Access Token")
+    }
+
+    pub fn login_failed() -> Self {
+        Self::new(401, "LOGIN_FAILED", "login failed")
+    }
+
+    /// 404 of LoopBack's `sharedCtor` and Go.Data's `MODEL_NOT_FOUND`.
+    pub fn model_not_found(model: &str, id: &str) -> Self {
+        Self::new(
+            404,
+            "MODEL_NOT_FOUND",
+            format!("Unknown `{model}` id `{id}`"),
+        )
+    }
+
+    /// 404 of an unknown outbreak in the URL (`loopback:lib/model.js`).
+    pub fn outbreak_not_found(id: &str) -> Self {
+        Self::new(
+            404,
+            "MODEL_NOT_FOUND",
+            format!("could not find a model with id {id}"),
+        )
+    }
+
+    /// 404 of a hasMany relation `findById`: no `code` at all (§2.4).
+    pub fn no_instance(id: &str, model: &str) -> Self {
+        ApiError {
+            status: 404,
+            message: format!("No instance with id {id} found for {model}"),
+            code: None,
+            details: None,
+            name: "Error",
+        }
+    }
+
+    pub fn access_denied(access_errors: &str) -> Self {
+        Self::new(
+            403,
+            "ACCESS_DENIED",
+            format!("Logged in user doesn't have access this endpoint: {access_errors}."),
+        )
+        .with_details(json!({ "accessErrors": access_errors }))
+    }
+
+    pub fn request_validation(message: &str) -> Self {
+        Self::new(
+            400,
+            "REQUEST_VALIDATION_ERROR",
+            format!("Invalid request parameters. Details: {message}"),
+        )
+    }
+
+    /// juggler's `ValidationError`: 422 with `details.{context,codes,messages}`.
+    pub fn validation(model: &str, property: &str, rule: &str, text: &str, value: &Value) -> Self {
+        ApiError {
+            status: 422,
+            message: format!(
+                "The `{model}` instance is not valid. Details: `{property}` {text} (value: {value})."
+            ),
+            code: Some("VALIDATION_ERROR"),
+            details: Some(Box::new(json!({
+                "context": model,
+                "codes": { property: [rule] },
+                "messages": { property: [text] },
+            }))),
+            name: "ValidationError",
+        }
+    }
+
+    pub fn internal(message: &str) -> Self {
+        Self::new(
+            500,
+            "INTERNAL_ERROR",
+            format!("Internal error: `{message}`"),
+        )
+    }
+
+    /// The body as Go.Data sends it.
+    pub fn body(&self) -> Value {
+        let mut e = Map::new();
+        e.insert("statusCode".into(), json!(self.status));
+        if self.status < 500 {
+            e.insert("name".into(), json!(self.name));
+        }
+        e.insert("message".into(), json!(self.message));
+        if let Some(code) = self.code {
+            e.insert("code".into(), json!(code));
+        }
+        if let Some(d) = &self.details {
+            e.insert("details".into(), (**d).clone());
+        }
+        json!({ "error": e })
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.code.unwrap_or("-"))
+    }
+}
+
+impl std::error::Error for ApiError {}

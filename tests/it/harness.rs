@@ -1,0 +1,57 @@
+//! The test harness itself: a real cluster, one database per test.
+
+use crate::support::{cluster, fresh_db};
+
+#[tokio::test]
+async fn two_tests_get_two_different_databases() {
+    let a = fresh_db().await;
+    let b = fresh_db().await;
+    assert_ne!(a.name, b.name);
+    let ca = a.client().await;
+    let cb = b.client().await;
+    ca.batch_execute("CREATE TABLE only_in_a (x int)")
+        .await
+        .unwrap();
+    let in_b: i64 = cb
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'only_in_a'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        in_b, 0,
+        "a table made in one test's database is visible in another's"
+    );
+    let name: String = ca
+        .query_one("SELECT current_database()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, a.name);
+}
+
+#[tokio::test]
+async fn cluster_is_ready_for_logical_replication() {
+    let db = fresh_db().await;
+    let c = db.client().await;
+    let get = |name: &'static str| {
+        let c = &c;
+        async move {
+            c.query_one(&format!("SHOW {name}"), &[])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    assert_eq!(get("wal_level").await, "logical");
+    assert!(get("max_replication_slots").await.parse::<u32>().unwrap() >= 10);
+    assert!(get("max_wal_senders").await.parse::<u32>().unwrap() >= 10);
+    assert_eq!(get("fsync").await, "off");
+    // The unix socket lives in the cluster's own temp dir.
+    assert!(cluster()
+        .socket_dir()
+        .join(format!(".s.PGSQL.{}", cluster().port()))
+        .exists());
+}

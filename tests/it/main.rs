@@ -1,0 +1,12 @@
+//! Integration tests: one binary (one link, one PostgreSQL cluster) with a
+//! module per area.
+
+mod support;
+
+mod harness;
+mod sim_auth;
+mod sim_cases;
+mod sim_cli;
+mod sim_contacts;
+mod sim_faults;
+mod sim_filter;

@@ -1,0 +1,191 @@
+//! Shared test support: one throwaway PostgreSQL cluster per test binary
+//! (removed at exit, also after a failing test), a fresh database per test,
+//! the emulator in one line, and a small Go.Data HTTP client.
+
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
+use godata_bridge::sim::{self, Sim, SimConfig};
+use serde_json::{json, Value};
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// The test binary's cluster, started on first use.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| match Cluster::start(ClusterOptions::default()) {
+        Ok(c) => c,
+        Err(e) => panic!("cannot start a throwaway PostgreSQL cluster: {e}"),
+    })
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub name: String,
+    pub config: tokio_postgres::Config,
+    pub url: String,
+}
+
+impl TestDb {
+    /// A connected client; the connection task runs in the background.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = self
+            .config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("connect to test db");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+}
+
+/// Creates a fresh, empty database in the shared cluster.
+pub async fn fresh_db() -> TestDb {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let c = cluster();
+    let name = format!(
+        "t{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let (admin, conn) = c
+        .config("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect as admin");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .expect("create test db");
+    TestDb {
+        config: c.config(&name),
+        url: c.url(&name),
+        name,
+    }
+}
+
+/// The emulator with its defaults, on a random port.
+pub async fn start_sim() -> Sim {
+    start_sim_with(SimConfig::default()).await
+}
+
+pub async fn start_sim_with(config: SimConfig) -> Sim {
+    Sim::start(config).await.expect("start emulator")
+}
+
+/// Waits for `cond` to hold, polling, for at most `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A minimal Go.Data client written from the reference, for contract tests.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: Option<String>,
+}
+
+/// Status and JSON body (Null when empty).
+pub type Answer = (u16, Value);
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            http: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
+    pub fn for_sim(sim: &Sim) -> Api {
+        Api::new(&sim.url())
+    }
+
+    /// `POST /api/oauth/token` as the default user; keeps the token.
+    pub async fn login(&mut self) -> String {
+        self.login_as(sim::DEFAULT_USER, sim::DEFAULT_PASSWORD)
+            .await
+    }
+
+    pub async fn login_as(&mut self, user: &str, password: &str) -> String {
+        let (s, b) = self
+            .send(
+                "POST",
+                "/api/oauth/token",
+                Some(json!({"username": user, "password": password})),
+            )
+            .await;
+        assert_eq!(s, 200, "login: {b}");
+        let t = b["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string();
+        self.token = Some(t.clone());
+        t
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let url = format!("{}{}", self.base, path);
+        let mut rb = self.http.request(method.parse().expect("method"), &url);
+        if let Some(t) = &self.token {
+            rb = rb.header("Authorization", t.as_str());
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.expect("request reaches the emulator");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("JSON body")
+        };
+        (status, v)
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send("GET", path, None).await
+    }
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.send("POST", path, Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: Value) -> Answer {
+        self.send("PUT", path, Some(body)).await
+    }
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.send("DELETE", path, None).await
+    }
+
+    /// `GET …?filter=<json>` with the filter URL-encoded.
+    pub async fn list(&self, path: &str, filter: Value) -> Answer {
+        let enc: String = form_urlencoded::byte_serialize(filter.to_string().as_bytes()).collect();
+        self.get(&format!("{path}?filter={enc}")).await
+    }
+}
+
+/// `/api/outbreaks/{default}/` + rest.
+pub fn ob(rest: &str) -> String {
+    format!("/api/outbreaks/{}/{}", sim::DEFAULT_OUTBREAK_ID, rest)
+}
