@@ -2,11 +2,13 @@
 //! and WHO Go.Data in sync, both ways.
 //!
 //! The tree follows the pipeline (see README.md for the map):
+//! - [`capture`]: the HMIS side of flow 1 (trigger outbox SQL);
 //! - [`sim`]: the Go.Data API emulator (`godata-bridge sim`), the test bed and
 //!   demo peer, held to the real API contract;
 //! - [`pg_cluster`]: throwaway PostgreSQL clusters for tests, demo and bench;
 //! - [`telemetry`]: tracing setup shared by every command.
 
+pub mod capture;
 pub mod pg_cluster;
 pub mod sim;
 pub mod telemetry;

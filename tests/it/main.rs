@@ -3,6 +3,7 @@
 
 mod support;
 
+mod capture_sql;
 mod harness;
 mod sim_auth;
 mod sim_cases;

@@ -1,0 +1,56 @@
+//! Installing, tracking and removing the capture SQL.
+
+use tokio_postgres::GenericClient;
+
+/// `sql/install.sql`, idempotent.
+pub const INSTALL_SQL: &str = include_str!("../../sql/install.sql");
+/// `sql/uninstall.sql`.
+pub const UNINSTALL_SQL: &str = include_str!("../../sql/uninstall.sql");
+/// The schema version `INSTALL_SQL` creates.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Applies `install.sql` in one transaction.
+pub async fn install(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(INSTALL_SQL).await?;
+    tx.commit().await
+}
+
+/// Applies `uninstall.sql` in one transaction.
+pub async fn uninstall(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(UNINSTALL_SQL).await?;
+    tx.commit().await
+}
+
+/// Starts capturing `schema.table` keyed by `key_columns` (empty: the
+/// primary key). Names are quoted on the server; nothing is interpolated.
+pub async fn track(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+    key_columns: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT godata_bridge.track(format('%I.%I', $1::text, $2::text)::regclass, $3::text[])",
+            &[&schema, &table, &key_columns],
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Stops capturing `schema.table`.
+pub async fn untrack(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT godata_bridge.untrack(format('%I.%I', $1::text, $2::text)::regclass)",
+            &[&schema, &table],
+        )
+        .await
+        .map(|_| ())
+}
