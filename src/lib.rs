@@ -9,6 +9,7 @@
 //! - [`telemetry`]: tracing setup shared by every command.
 
 pub mod capture;
+pub mod config;
 pub mod mapping;
 pub mod pg_cluster;
 pub mod sim;

@@ -1,0 +1,513 @@
+//! `godata-bridge.toml`: typed, validated before anything runs.
+//!
+//! Loading order: the file, then environment overrides
+//! (`GODATA_BRIDGE_DATABASE_URL`, `GODATA_BRIDGE_GODATA_URL`,
+//! `GODATA_BRIDGE_GODATA_USER`, `GODATA_BRIDGE_GODATA_PASSWORD`,
+//! `GODATA_BRIDGE_OUTBREAK_ID`, `GODATA_BRIDGE_CAPTURE`), then `validate()`.
+//! Secrets (the Go.Data password, a database URL that may carry one) come
+//! from the environment or a file, never from the TOML, and are held in
+//! [`Secret`], whose `Debug` and `Display` never show them.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::mapping::Rule;
+
+/// A string that never prints.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The namespace of deterministic Go.Data ids (UUIDv5 of table and key).
+/// Changing it after the first sync would make every record new to Go.Data.
+pub const DEFAULT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b8e_5a43_4d0e_9b3c_7e2a_1d5f_0c91);
+/// A missed NOTIFY is caught by this periodic drain at the latest.
+pub const DEFAULT_SAFETY_POLL_SECS: u64 = 30;
+/// Parallel delivery lanes (records are hashed to lanes; order per record).
+pub const DEFAULT_LANES: usize = 8;
+/// Outbox rows claimed per drain.
+pub const DEFAULT_BATCH_SIZE: i64 = 500;
+/// Cap of the exponential retry backoff.
+pub const DEFAULT_MAX_BACKOFF_SECS: u64 = 60;
+/// One Go.Data request may take this long before it counts as failed.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub hmis: Hmis,
+    #[serde(default)]
+    pub godata: Godata,
+    #[serde(default)]
+    pub capture: Capture,
+    #[serde(default)]
+    pub delivery: Delivery,
+    #[serde(default)]
+    pub push: Vec<Push>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hmis {
+    /// File holding the libpq URL (it may carry a password); or env
+    /// `GODATA_BRIDGE_DATABASE_URL`.
+    #[serde(default)]
+    pub database_url_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub database_url: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Godata {
+    /// Base URL, without `/api`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The bridge's own Go.Data account (every login revokes its other tokens).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// File holding the password; or env `GODATA_BRIDGE_GODATA_PASSWORD`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(skip)]
+    pub password: Secret,
+    #[serde(default)]
+    pub outbreak_id: Option<String>,
+    #[serde(default = "default_namespace")]
+    pub id_namespace: Uuid,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+}
+
+fn default_namespace() -> Uuid {
+    DEFAULT_ID_NAMESPACE
+}
+fn default_request_timeout() -> u64 {
+    DEFAULT_REQUEST_TIMEOUT_SECS
+}
+
+impl Default for Godata {
+    fn default() -> Self {
+        Godata {
+            url: None,
+            user: None,
+            password_file: None,
+            password: Secret::default(),
+            outbreak_id: None,
+            id_namespace: DEFAULT_ID_NAMESPACE,
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureMode {
+    #[default]
+    Trigger,
+    Logical,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    #[serde(default)]
+    pub mode: CaptureMode,
+    #[serde(default = "default_safety_poll")]
+    pub safety_poll_secs: u64,
+}
+
+fn default_safety_poll() -> u64 {
+    DEFAULT_SAFETY_POLL_SECS
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            mode: CaptureMode::Trigger,
+            safety_poll_secs: DEFAULT_SAFETY_POLL_SECS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    #[serde(default = "default_lanes")]
+    pub lanes: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: i64,
+    #[serde(default = "default_backoff")]
+    pub max_backoff_secs: u64,
+}
+
+fn default_lanes() -> usize {
+    DEFAULT_LANES
+}
+fn default_batch() -> i64 {
+    DEFAULT_BATCH_SIZE
+}
+fn default_backoff() -> u64 {
+    DEFAULT_MAX_BACKOFF_SECS
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            lanes: DEFAULT_LANES,
+            batch_size: DEFAULT_BATCH_SIZE,
+            max_backoff_secs: DEFAULT_MAX_BACKOFF_SECS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    Case,
+    Contact,
+}
+
+/// The case a contact row belongs to: the case table and the contact
+/// column holding the case's key.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ParentCase {
+    pub table: String,
+    pub column: String,
+}
+
+/// One `[[push]]` table: HMIS rows → Go.Data records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    /// `schema.table`.
+    pub table: String,
+    pub resource: Resource,
+    /// Key columns; empty means the primary key.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// Contacts only: where their case is.
+    #[serde(default)]
+    pub case: Option<ParentCase>,
+    #[serde(default)]
+    pub map: Vec<Rule>,
+}
+
+impl Push {
+    /// (schema, table) of `table`.
+    pub fn schema_table(&self) -> Option<(&str, &str)> {
+        split_table(&self.table)
+    }
+}
+
+/// `schema.table` → (schema, table); both parts non-empty.
+pub fn split_table(t: &str) -> Option<(&str, &str)> {
+    let (s, n) = t.split_once('.')?;
+    (!s.is_empty() && !n.is_empty()).then_some((s, n))
+}
+
+/// A bad config: where (file and field) and what.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: {field}: {message}")]
+    Invalid {
+        file: String,
+        field: String,
+        message: String,
+    },
+}
+
+/// Where environment values come from (a seam for tests).
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Config {
+    /// Reads, applies env overrides, validates.
+    pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Config::parse(&text, &file, env)
+    }
+
+    pub fn parse(text: &str, file: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_string(),
+            message: e.to_string(),
+        })?;
+        c.apply_env(file, env)?;
+        c.validate(file)?;
+        Ok(c)
+    }
+
+    fn apply_env(&mut self, file: &str, env: &dyn Env) -> Result<(), ConfigError> {
+        let read_secret = |field: &str, p: &Path| -> Result<Secret, ConfigError> {
+            std::fs::read_to_string(p)
+                .map(|s| Secret::new(s.trim_end_matches(['\n', '\r'])))
+                .map_err(|e| ConfigError::Invalid {
+                    file: file.to_string(),
+                    field: field.to_string(),
+                    message: format!("cannot read {}: {e}", p.display()),
+                })
+        };
+        if let Some(p) = &self.hmis.database_url_file {
+            self.hmis.database_url = read_secret("hmis.database_url_file", p)?;
+        }
+        if let Some(v) = env.var("GODATA_BRIDGE_DATABASE_URL") {
+            self.hmis.database_url = Secret::new(v);
+        }
+        if let Some(p) = &self.godata.password_file {
+            self.godata.password = read_secret("godata.password_file", p)?;
+        }
+        if let Some(v) = env.var("GODATA_BRIDGE_GODATA_PASSWORD") {
+            self.godata.password = Secret::new(v);
+        }
+        if let Some(v) = env.var("GODATA_BRIDGE_GODATA_URL") {
+            self.godata.url = Some(v);
+        }
+        if let Some(v) = env.var("GODATA_BRIDGE_GODATA_USER") {
+            self.godata.user = Some(v);
+        }
+        if let Some(v) = env.var("GODATA_BRIDGE_OUTBREAK_ID") {
+            self.godata.outbreak_id = Some(v);
+        }
+        if let Some(v) = env.var("GODATA_BRIDGE_CAPTURE") {
+            self.capture.mode = match v.as_str() {
+                "trigger" => CaptureMode::Trigger,
+                "logical" => CaptureMode::Logical,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        file: "environment".into(),
+                        field: "GODATA_BRIDGE_CAPTURE".into(),
+                        message: "must be `trigger` or `logical`".into(),
+                    })
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// Field-level checks that need no database.
+    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+        let bad = |field: String, message: String| {
+            Err(ConfigError::Invalid {
+                file: file.to_string(),
+                field,
+                message,
+            })
+        };
+        if self.hmis.database_url.is_empty() {
+            return bad(
+                "hmis.database_url_file".into(),
+                "no database URL: set GODATA_BRIDGE_DATABASE_URL or hmis.database_url_file".into(),
+            );
+        }
+        match &self.godata.url {
+            None => {
+                return bad(
+                    "godata.url".into(),
+                    "missing (or set GODATA_BRIDGE_GODATA_URL)".into(),
+                )
+            }
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                return bad(
+                    "godata.url".into(),
+                    "must start with http:// or https://".into(),
+                )
+            }
+            _ => {}
+        }
+        if self.godata.user.as_deref().is_none_or(str::is_empty) {
+            return bad(
+                "godata.user".into(),
+                "missing (or set GODATA_BRIDGE_GODATA_USER)".into(),
+            );
+        }
+        if self.godata.password.is_empty() {
+            return bad(
+                "godata.password_file".into(),
+                "no Go.Data password: set GODATA_BRIDGE_GODATA_PASSWORD or godata.password_file"
+                    .into(),
+            );
+        }
+        if self.godata.outbreak_id.as_deref().is_none_or(str::is_empty) {
+            return bad(
+                "godata.outbreak_id".into(),
+                "missing (or set GODATA_BRIDGE_OUTBREAK_ID)".into(),
+            );
+        }
+        if self.delivery.lanes == 0 || self.delivery.lanes > 256 {
+            return bad("delivery.lanes".into(), "must be between 1 and 256".into());
+        }
+        if self.delivery.batch_size < 1 {
+            return bad("delivery.batch_size".into(), "must be at least 1".into());
+        }
+        if self.capture.safety_poll_secs == 0 {
+            return bad(
+                "capture.safety_poll_secs".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.push.iter().enumerate() {
+            let at = |f: &str| format!("push[{i}].{f}");
+            if p.schema_table().is_none() {
+                return bad(at("table"), format!("`{}` is not `schema.table`", p.table));
+            }
+            if !seen.insert(p.table.as_str()) {
+                return bad(at("table"), format!("`{}` is pushed twice", p.table));
+            }
+            match (p.resource, &p.case) {
+                (Resource::Contact, None) => {
+                    return bad(
+                        at("case"),
+                        "a contact table needs `case = { table = …, column = … }`".into(),
+                    )
+                }
+                (Resource::Case, Some(_)) => {
+                    return bad(at("case"), "only contact tables have a case".into())
+                }
+                (Resource::Contact, Some(c)) => {
+                    let parent = self.push.iter().find(|q| q.table == c.table);
+                    if parent.is_none_or(|q| q.resource != Resource::Case) {
+                        return bad(
+                            at("case.table"),
+                            format!("`{}` is not a pushed case table", c.table),
+                        );
+                    }
+                }
+                _ => {}
+            }
+            for (j, rule) in p.map.iter().enumerate() {
+                if let Some(problem) = rule.problems().into_iter().next() {
+                    return bad(at(&format!("map[{j}].{}", problem.field)), problem.message);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct FakeEnv(HashMap<&'static str, &'static str>);
+    impl Env for FakeEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|s| s.to_string())
+        }
+    }
+
+    fn env() -> FakeEnv {
+        FakeEnv(HashMap::from([
+            (
+                "GODATA_BRIDGE_DATABASE_URL",
+                "postgres://bridge:s3cret@db/hmis",
+            ),
+            ("GODATA_BRIDGE_GODATA_PASSWORD", "hunter2"),
+        ]))
+    }
+
+    const BASE: &str = r#"
+[godata]
+url = "http://127.0.0.1:8000"
+user = "bridge@godata.example"
+outbreak_id = "b6b9a9c4-2f4e-4c43-9f53-7b1b0f1f0a01"
+
+[[push]]
+table = "hmis.cases"
+resource = "case"
+map = [{ to = "firstName", from = "first_name" }]
+"#;
+
+    #[test]
+    fn loads_with_env_secrets_that_never_print() {
+        let c = Config::parse(BASE, "t.toml", &env()).unwrap();
+        assert_eq!(c.godata.password.expose(), "hunter2");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("s3cret"), "{dbg}");
+        assert_eq!(c.delivery.lanes, DEFAULT_LANES);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let unknown = format!("{BASE}\n[delivery]\nlanez = 3\n");
+        let e = Config::parse(&unknown, "t.toml", &env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml:") && e.contains("lanez"), "{e}");
+        let bad_rule = BASE.replace(
+            "from = \"first_name\"",
+            "from = \"first_name\", date = \"%Q\"",
+        );
+        let e = Config::parse(&bad_rule, "t.toml", &env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("push[0].map[0].date"), "{e}");
+        let no_pw = Config::parse(
+            BASE,
+            "t.toml",
+            &FakeEnv(HashMap::from([("GODATA_BRIDGE_DATABASE_URL", "x")])),
+        );
+        assert!(no_pw
+            .unwrap_err()
+            .to_string()
+            .contains("godata.password_file"));
+        let contact =
+            format!("{BASE}\n[[push]]\ntable = \"hmis.contacts\"\nresource = \"contact\"\n");
+        let e = Config::parse(&contact, "t.toml", &env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("push[1].case"), "{e}");
+    }
+}
