@@ -1,0 +1,455 @@
+//! HTTP client for the Go.Data REST API (`../shared/reference/godata-api.md`).
+//!
+//! Invariants: at most one login in flight (a mutex around the token);
+//! a 401 triggers one re-login and one retry of that request; the token goes
+//! in a raw `Authorization` header (not `Bearer`, see the reference §1.3).
+//! Errors carry status, Go.Data code and message — never request bodies.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::config::Secret;
+
+pub const EXTERNAL_ID_DOCUMENT: &str = "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_EXTERNAL_ID";
+
+/// What to do about a failed Go.Data call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Transient: keep the change, retry with backoff.
+    Retry,
+    /// This change is refused for good: move it to `dead_letter`.
+    DeadLetter,
+    /// Nothing will work until someone fixes the setup (credentials,
+    /// permissions, active outbreak).
+    Operator,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GodataError {
+    #[error("Go.Data unreachable ({kind})")]
+    Transport {
+        kind: &'static str,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("Go.Data answered {status} {}: {message}", code.as_deref().unwrap_or("-"))]
+    Status {
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+    #[error("Go.Data answered {status} with a body that is not JSON")]
+    BadBody { status: u16 },
+    #[error("the case of this contact is not in Go.Data yet")]
+    CaseMissing,
+}
+
+impl GodataError {
+    /// The one classification of Go.Data failures.
+    pub fn disposition(&self) -> Disposition {
+        match self {
+            GodataError::Transport { .. }
+            | GodataError::CaseMissing
+            | GodataError::BadBody { .. } => Disposition::Retry,
+            GodataError::Status { status, code, .. } => match (*status, code.as_deref()) {
+                (408 | 429, _) | (500..=599, _) => Disposition::Retry,
+                (401, _) | (403, _) => Disposition::Operator,
+                (422, Some("ACTION_TEMPORARILY_BLOCKED")) => Disposition::Operator,
+                _ => Disposition::DeadLetter,
+            },
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            GodataError::Status { status, .. } | GodataError::BadBody { status } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            GodataError::Status { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+fn transport(source: reqwest::Error) -> GodataError {
+    let kind = if source.is_timeout() {
+        "timeout"
+    } else if source.is_connect() {
+        "connect"
+    } else {
+        "connection"
+    };
+    GodataError::Transport { kind, source }
+}
+
+/// A Go.Data API client for one account and one outbreak.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    api: String,
+    user: String,
+    password: Secret,
+    outbreak_id: String,
+    token: Mutex<Option<String>>,
+}
+
+impl Client {
+    pub fn new(
+        base_url: &str,
+        user: &str,
+        password: Secret,
+        outbreak_id: &str,
+        timeout: Duration,
+    ) -> Client {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .build()
+            .expect("static reqwest configuration");
+        Client {
+            http,
+            api: format!(
+                "{}/api",
+                base_url.trim_end_matches('/').trim_end_matches("/api")
+            ),
+            user: user.to_string(),
+            password,
+            outbreak_id: outbreak_id.to_string(),
+            token: Mutex::new(None),
+        }
+    }
+
+    pub fn outbreak_id(&self) -> &str {
+        &self.outbreak_id
+    }
+
+    async fn login(&self) -> Result<String, GodataError> {
+        let resp = self
+            .http
+            .post(format!("{}/oauth/token", self.api))
+            .json(&json!({ "username": self.user, "password": self.password.expose() }))
+            .send()
+            .await
+            .map_err(transport)?;
+        let (status, body) = read(resp).await?;
+        if status != 200 {
+            return Err(status_error(status, &body));
+        }
+        body["access_token"]
+            .as_str()
+            .map(String::from)
+            .ok_or(GodataError::BadBody { status })
+    }
+
+    /// The current token, logging in if there is none.
+    async fn current_token(&self) -> Result<String, GodataError> {
+        let mut guard = self.token.lock().await;
+        if let Some(t) = guard.as_ref() {
+            return Ok(t.clone());
+        }
+        let t = self.login().await?;
+        tracing::info!("logged in to go.data");
+        *guard = Some(t.clone());
+        Ok(t)
+    }
+
+    /// Replaces `stale` with a fresh token, unless another task already did.
+    async fn relogin(&self, stale: &str) -> Result<String, GodataError> {
+        let mut guard = self.token.lock().await;
+        if let Some(t) = guard.as_ref() {
+            if t != stale {
+                return Ok(t.clone());
+            }
+        }
+        *guard = None;
+        let t = self.login().await?;
+        tracing::info!("token rejected; logged in to go.data again");
+        *guard = Some(t.clone());
+        Ok(t)
+    }
+
+    /// One API call; a 401 re-logs in and retries once.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), GodataError> {
+        let mut token = self.current_token().await?;
+        for attempt in 0..2 {
+            let mut rb = self
+                .http
+                .request(method.clone(), format!("{}{}", self.api, path))
+                .header("Authorization", &token);
+            if let Some(b) = body {
+                rb = rb.json(b);
+            }
+            let resp = rb.send().await.map_err(transport)?;
+            let (status, v) = read(resp).await?;
+            if status == 401 && attempt == 0 {
+                token = self.relogin(&token).await?;
+                continue;
+            }
+            return Ok((status, v));
+        }
+        unreachable!("the loop returns on its second pass")
+    }
+
+    fn ob(&self, rest: &str) -> String {
+        format!("/outbreaks/{}/{}", self.outbreak_id, rest)
+    }
+
+    /// Upserts a case with a client-chosen id: `PUT` (partial update); on
+    /// 404 `POST` with the id; a soft-deleted record with that id is
+    /// restored first. Returns the stored case.
+    pub async fn upsert_case(&self, id: Uuid, doc: &Value) -> Result<Value, GodataError> {
+        self.upsert_person("cases", id, doc, None).await
+    }
+
+    /// Upserts a contact; a new one is created through its case
+    /// (`POST /cases/{caseId}/contacts`) with `relationship`.
+    pub async fn upsert_contact(
+        &self,
+        id: Uuid,
+        case_id: Uuid,
+        doc: &Value,
+        relationship: &Value,
+    ) -> Result<Value, GodataError> {
+        self.upsert_person("contacts", id, doc, Some((case_id, relationship)))
+            .await
+    }
+
+    async fn upsert_person(
+        &self,
+        collection: &str,
+        id: Uuid,
+        doc: &Value,
+        parent: Option<(Uuid, &Value)>,
+    ) -> Result<Value, GodataError> {
+        let one = self.ob(&format!("{collection}/{id}"));
+        for _ in 0..3 {
+            let (status, body) = self.call(Method::PUT, &one, Some(doc)).await?;
+            if status == 200 {
+                return Ok(body);
+            }
+            if status != 404 {
+                return Err(status_error(status, &body));
+            }
+            let mut full = doc.clone();
+            full["id"] = json!(id.to_string());
+            let (status, body) = match parent {
+                None => {
+                    self.call(Method::POST, &self.ob(collection), Some(&full))
+                        .await?
+                }
+                Some((case_id, rel)) => {
+                    let item = json!([{ "contact": full, "relationship": rel }]);
+                    let (s, b) = self
+                        .call(
+                            Method::POST,
+                            &self.ob(&format!("cases/{case_id}/contacts")),
+                            Some(&item),
+                        )
+                        .await?;
+                    match s {
+                        200 => (200, b[0]["contact"].clone()),
+                        404 => return Err(GodataError::CaseMissing),
+                        422 if b["error"]["code"]
+                            == "MULTIPLE_CONTACTS_CREATION_PARTIAL_SUCCESS" =>
+                        {
+                            let inner = b["error"]["details"]["failed"][0]["error"].clone();
+                            (
+                                inner["statusCode"]
+                                    .as_u64()
+                                    .and_then(|s| u16::try_from(s).ok())
+                                    .unwrap_or(422),
+                                json!({ "error": inner }),
+                            )
+                        }
+                        _ => (s, b),
+                    }
+                }
+            };
+            match (status, body["error"]["code"].as_str()) {
+                (200, _) => return Ok(body),
+                // A soft-deleted record owns the id: bring it back, then update.
+                (409, Some("MODEL_CONFLICT")) => {
+                    let (s, b) = self
+                        .call(Method::POST, &format!("{one}/restore"), Some(&json!({})))
+                        .await?;
+                    if s != 200 && s != 404 {
+                        return Err(status_error(s, &b));
+                    }
+                }
+                // Someone created it between our PUT and POST: update it.
+                (422, _) if is_id_uniqueness(&body) => {}
+                _ => return Err(status_error(status, &body)),
+            }
+        }
+        Err(GodataError::Status {
+            status: 409,
+            code: Some("MODEL_CONFLICT".into()),
+            message: "upsert did not settle".into(),
+        })
+    }
+
+    /// Soft-deletes a case or contact; already gone is success.
+    pub async fn delete(&self, collection: &str, id: Uuid) -> Result<(), GodataError> {
+        let (status, body) = self
+            .call(
+                Method::DELETE,
+                &self.ob(&format!("{collection}/{id}")),
+                None,
+            )
+            .await?;
+        match status {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(status_error(status, &body)),
+        }
+    }
+
+    /// The live case carrying this EXTERNAL_ID document, if any (adoption
+    /// of cases entered by hand before the bridge).
+    pub async fn find_case_by_external_id(
+        &self,
+        external_id: &str,
+    ) -> Result<Option<Value>, GodataError> {
+        let filter = json!({ "where": { "documents": { "elemMatch": { "type": EXTERNAL_ID_DOCUMENT, "number": external_id } } }, "limit": 2 });
+        let q: String = form_urlencoded::byte_serialize(filter.to_string().as_bytes()).collect();
+        let (status, body) = self
+            .call(Method::GET, &self.ob(&format!("cases?filter={q}")), None)
+            .await?;
+        if status != 200 {
+            return Err(status_error(status, &body));
+        }
+        Ok(body.as_array().and_then(|a| a.first().cloned()))
+    }
+
+    /// Location ids by `identifiers[].code`.
+    pub async fn location_codes(
+        &self,
+    ) -> Result<std::collections::HashMap<String, String>, GodataError> {
+        let (status, body) = self.call(Method::GET, "/locations", None).await?;
+        if status != 200 {
+            return Err(status_error(status, &body));
+        }
+        let mut out = std::collections::HashMap::new();
+        for loc in body.as_array().into_iter().flatten() {
+            let Some(id) = loc["id"].as_str() else {
+                continue;
+            };
+            for ident in loc["identifiers"].as_array().into_iter().flatten() {
+                if let Some(code) = ident["code"].as_str() {
+                    out.insert(code.to_string(), id.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checks that the account can write to the outbreak: it must be the
+    /// user's active outbreak (Go.Data refuses writes elsewhere with 403).
+    pub async fn check_outbreak_access(&self) -> Result<(), GodataError> {
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &format!("/outbreaks/{}", self.outbreak_id),
+                None,
+            )
+            .await?;
+        if status != 200 {
+            return Err(status_error(status, &body));
+        }
+        Ok(())
+    }
+}
+
+fn is_id_uniqueness(body: &Value) -> bool {
+    body["error"]["details"]["codes"]["id"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|x| x == "uniqueness"))
+}
+
+async fn read(resp: reqwest::Response) -> Result<(u16, Value), GodataError> {
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.map_err(transport)?;
+    if bytes.is_empty() {
+        return Ok((status, Value::Null));
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Ok((status, v)),
+        // A proxy's HTML error page: keep the status, drop the body.
+        Err(_) if status >= 400 => Ok((status, Value::Null)),
+        Err(_) => Err(GodataError::BadBody { status }),
+    }
+}
+
+fn status_error(status: u16, body: &Value) -> GodataError {
+    GodataError::Status {
+        status,
+        code: body["error"]["code"].as_str().map(String::from),
+        message: body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(status: u16, code: Option<&str>) -> GodataError {
+        GodataError::Status {
+            status,
+            code: code.map(String::from),
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn one_classification() {
+        assert_eq!(st(503, None).disposition(), Disposition::Retry);
+        assert_eq!(
+            st(500, Some("INTERNAL_ERROR")).disposition(),
+            Disposition::Retry
+        );
+        assert_eq!(st(429, None).disposition(), Disposition::Retry);
+        assert_eq!(st(408, None).disposition(), Disposition::Retry);
+        assert_eq!(
+            st(422, Some("ADDRESS_MULTIPLE_USUAL_PLACE_OF_RESIDENCE")).disposition(),
+            Disposition::DeadLetter
+        );
+        assert_eq!(
+            st(409, Some("DUPLICATE_VISUAL_ID")).disposition(),
+            Disposition::DeadLetter
+        );
+        assert_eq!(
+            st(400, Some("REQUEST_VALIDATION_ERROR")).disposition(),
+            Disposition::DeadLetter
+        );
+        assert_eq!(
+            st(403, Some("ACCESS_DENIED")).disposition(),
+            Disposition::Operator
+        );
+        assert_eq!(
+            st(401, Some("LOGIN_FAILED")).disposition(),
+            Disposition::Operator
+        );
+        assert_eq!(
+            st(422, Some("ACTION_TEMPORARILY_BLOCKED")).disposition(),
+            Disposition::Operator
+        );
+        assert_eq!(GodataError::CaseMissing.disposition(), Disposition::Retry);
+    }
+}
