@@ -511,3 +511,27 @@ map = [{ to = "firstName", from = "first_name" }]
         assert!(e.contains("push[1].case"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    struct Env2;
+    impl Env for Env2 {
+        fn var(&self, name: &str) -> Option<String> {
+            match name {
+                "GODATA_BRIDGE_DATABASE_URL" => Some("postgres://x@localhost/hmis".into()),
+                "GODATA_BRIDGE_GODATA_PASSWORD" => Some("pw".into()),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn the_reference_example_loads() {
+        let text = include_str!("../examples/bridge.toml");
+        let c = Config::parse(text, "examples/bridge.toml", &Env2).unwrap();
+        assert_eq!(c.push.len(), 2);
+        assert_eq!(c.push[1].case.as_ref().unwrap().table, "hmis.cases");
+    }
+}
