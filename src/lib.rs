@@ -10,6 +10,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod deliver;
 pub mod godata;
 pub mod mapping;
 pub mod pg_cluster;

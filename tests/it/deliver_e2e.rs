@@ -1,0 +1,268 @@
+//! HMIS → Go.Data end to end: the reference HMIS with capture installed,
+//! the reference mapping, the delivery loop, the emulator.
+
+use std::time::Duration;
+
+use godata_bridge::capture::install;
+use godata_bridge::config::{Config, Env, Secret};
+use godata_bridge::deliver::{self, Deliverer};
+use godata_bridge::godata::client::Client;
+use godata_bridge::godata::ids::godata_id;
+use godata_bridge::sim::{self, Sim};
+use serde_json::{json, Value};
+
+use crate::support::{fresh_db, start_sim, wait_for, TestDb};
+
+struct TestEnv {
+    db_url: String,
+    godata_url: String,
+}
+
+impl Env for TestEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        match name {
+            "GODATA_BRIDGE_DATABASE_URL" => Some(self.db_url.clone()),
+            "GODATA_BRIDGE_GODATA_URL" => Some(self.godata_url.clone()),
+            "GODATA_BRIDGE_GODATA_PASSWORD" => Some(sim::DEFAULT_PASSWORD.into()),
+            _ => None,
+        }
+    }
+}
+
+struct Bridge {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    config: Config,
+}
+
+async fn setup(sim: &Sim) -> (TestDb, tokio_postgres::Client, Bridge) {
+    let db = fresh_db().await;
+    let mut c = db.client().await;
+    c.batch_execute(include_str!("../../examples/hmis.sql"))
+        .await
+        .unwrap();
+    install::install(&mut c).await.unwrap();
+    install::track(&c, "hmis", "cases", &["case_id".into()])
+        .await
+        .unwrap();
+    install::track(&c, "hmis", "contacts", &["contact_id".into()])
+        .await
+        .unwrap();
+    let env = TestEnv {
+        db_url: db.url.clone(),
+        godata_url: sim.url(),
+    };
+    let config = Config::parse(
+        include_str!("../../examples/bridge.toml"),
+        "examples/bridge.toml",
+        &env,
+    )
+    .unwrap();
+    let client = Client::new(
+        &sim.url(),
+        sim::DEFAULT_USER,
+        Secret::new(sim::DEFAULT_PASSWORD),
+        sim::DEFAULT_OUTBREAK_ID,
+        Duration::from_secs(10),
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(deliver::run(
+        Deliverer::new(config.clone(), client),
+        db.config.clone(),
+        rx,
+    ));
+    (db, c, Bridge { stop, task, config })
+}
+
+fn case_in(sim: &Sim, id: &str) -> Option<Value> {
+    sim.state()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .cloned()
+}
+
+async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn cases_and_contacts_arrive_mapped_and_deletes_follow() {
+    let sim = start_sim().await;
+    let (_db, c, bridge) = setup(&sim).await;
+    let ns = bridge.config.godata.id_namespace;
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, birth_date, age_years, phone, address_line, city,
+                                 district_code, lat, lng, national_id, occupation, onset_date, reported_at, classification,
+                                 risk_level, hospitalized_from, notes)
+         VALUES ('BO-2024-0100', 'Mariama', 'Sesay', 'F', '1987-06-01', 36, '+23276000001', '3 Tikonko Road', 'Bo',
+                 'SL-BO', 7.96, -11.74, 'NID-77', 'teacher', '2024-06-01', '2024-06-02T08:00:00Z', 'confirmed',
+                 'high', '2024-06-03', 'internal note');
+         INSERT INTO hmis.contacts (contact_id, case_id, first_name, sex, district_code, exposure_date, relation, certainty)
+         VALUES ('BO-2024-0100-C1', 'BO-2024-0100', 'Alusine', 'M', 'SL-BO', '2024-05-30', 'family', 'high');",
+    )
+    .await
+    .unwrap();
+    let case_id = godata_id(ns, "hmis.cases", &json!({"case_id": "BO-2024-0100"})).to_string();
+    let contact_id = godata_id(
+        ns,
+        "hmis.contacts",
+        &json!({"contact_id": "BO-2024-0100-C1"}),
+    )
+    .to_string();
+    wait_for(
+        "case and contact in Go.Data",
+        Duration::from_secs(20),
+        || {
+            let ok = case_in(&sim, &case_id).is_some()
+                && sim.state()["contacts"].as_array().unwrap().len() == 1;
+            async move { ok }
+        },
+    )
+    .await;
+    let got = case_in(&sim, &case_id).unwrap();
+    let bo = sim.with_store(|s| {
+        s.locations
+            .iter()
+            .find(|l| l["identifiers"][0]["code"] == "SL-BO")
+            .unwrap()["id"]
+            .clone()
+    });
+    let mut mapped = serde_json::Map::new();
+    for k in [
+        "firstName",
+        "lastName",
+        "gender",
+        "dob",
+        "age",
+        "occupation",
+        "classification",
+        "riskLevel",
+        "dateOfOnset",
+        "dateOfReporting",
+        "documents",
+        "addresses",
+        "dateRanges",
+    ] {
+        if let Some(v) = got.get(k) {
+            mapped.insert(k.into(), v.clone());
+        }
+    }
+    assert_eq!(
+        Value::Object(mapped),
+        json!({
+            "firstName": "Mariama", "lastName": "Sesay",
+            "gender": "LNG_REFERENCE_DATA_CATEGORY_GENDER_FEMALE",
+            "dob": "1987-06-01T00:00:00.000Z",
+            "age": {"years": 36, "months": 0},
+            "occupation": "LNG_REFERENCE_DATA_CATEGORY_OCCUPATION_TEACHER",
+            "classification": "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_CONFIRMED",
+            "riskLevel": "LNG_REFERENCE_DATA_CATEGORY_RISK_LEVEL_3_HIGH",
+            "dateOfOnset": "2024-06-01T00:00:00.000Z",
+            "dateOfReporting": "2024-06-02T08:00:00.000Z",
+            "documents": [
+                {"type": "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_NATIONAL_ID_CARD", "number": "NID-77"},
+                {"type": "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_EXTERNAL_ID", "number": "BO-2024-0100"},
+            ],
+            "addresses": [{
+                "typeId": "LNG_REFERENCE_DATA_CATEGORY_ADDRESS_TYPE_USUAL_PLACE_OF_RESIDENCE",
+                "addressLine1": "3 Tikonko Road", "city": "Bo", "locationId": bo,
+                "phoneNumber": "+23276000001", "geoLocation": {"lat": 7.96, "lng": -11.74},
+            }],
+            "dateRanges": [{"typeId": "LNG_REFERENCE_DATA_CATEGORY_PERSON_DATE_TYPE_HOSPITALIZATION", "startDate": "2024-06-03T00:00:00.000Z"}],
+        })
+    );
+    assert!(
+        !got.to_string().contains("internal note"),
+        "notes are never sent"
+    );
+    let st = sim.state();
+    assert_eq!(st["contacts"][0]["id"], contact_id);
+    let rel = &st["relationships"][0];
+    assert_eq!(rel["persons"][0]["id"], case_id);
+    assert_eq!(rel["contactDate"], "2024-05-30T00:00:00.000Z");
+    assert_eq!(
+        rel["certaintyLevelId"],
+        "LNG_REFERENCE_DATA_CATEGORY_CERTAINTY_LEVEL_3_HIGH"
+    );
+    wait_for("empty outbox", Duration::from_secs(10), || async {
+        outbox_len(&c).await == 0
+    })
+    .await;
+
+    // An update, then a delete of the contact and the case.
+    c.batch_execute("UPDATE hmis.cases SET outcome = 'recovered', outcome_date = '2024-06-20' WHERE case_id = 'BO-2024-0100'")
+        .await
+        .unwrap();
+    wait_for("outcome in Go.Data", Duration::from_secs(20), || {
+        let ok = case_in(&sim, &case_id)
+            .is_some_and(|c| c["outcomeId"] == "LNG_REFERENCE_DATA_CATEGORY_OUTCOME_RECOVERED");
+        async move { ok }
+    })
+    .await;
+    c.batch_execute(
+        "DELETE FROM hmis.contacts WHERE case_id = 'BO-2024-0100'; DELETE FROM hmis.cases WHERE case_id = 'BO-2024-0100';",
+    )
+    .await
+    .unwrap();
+    wait_for("case deleted in Go.Data", Duration::from_secs(20), || {
+        let ok = case_in(&sim, &case_id).is_some_and(|c| c["deleted"] == true);
+        async move { ok }
+    })
+    .await;
+    assert_eq!(sim.state()["contacts"][0]["deleted"], true);
+    assert_eq!(
+        sim.state()["cases"].as_array().unwrap().len(),
+        1,
+        "no duplicates"
+    );
+    bridge.stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), bridge.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn refused_rows_are_dead_lettered_and_later_rows_flow() {
+    let sim = start_sim().await;
+    let (_db, c, bridge) = setup(&sim).await;
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
+         VALUES ('BAD-1', 'Nobody', 'SL-XX', now(), 'suspected');
+         INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
+         VALUES ('GOOD-1', 'Somebody', 'SL-KE', now(), 'suspected');",
+    )
+    .await
+    .unwrap();
+    wait_for("dead letter and delivery", Duration::from_secs(20), || {
+        let c = &c;
+        let sim = &sim;
+        async move {
+            let dl: i64 = c
+                .query_one("SELECT count(*) FROM godata_bridge.dead_letter", &[])
+                .await
+                .unwrap()
+                .get(0);
+            dl == 1 && sim.state()["cases"].as_array().unwrap().len() == 1
+        }
+    })
+    .await;
+    let row = c
+        .query_one("SELECT row_key, reason FROM godata_bridge.dead_letter", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Value>(0), json!({"case_id": "BAD-1"}));
+    let reason: String = row.get(1);
+    assert!(
+        reason.contains("district_code") && !reason.contains("SL-XX"),
+        "{reason}"
+    );
+    assert_eq!(outbox_len(&c).await, 0);
+    bridge.stop.send(true).unwrap();
+    let _ = bridge.task.await;
+}
