@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use godata_bridge::config::{Config, ProcessEnv};
 use godata_bridge::sim::{self, Faults, Sim, SimConfig};
 use godata_bridge::telemetry::{self, LogFormat};
 
@@ -27,6 +28,31 @@ struct Cli {
 enum Command {
     /// Run the Go.Data API emulator (a test bed and demo peer).
     Sim(SimArgs),
+    /// Apply sql/install.sql to the HMIS and track the [[push]] tables.
+    Install(InstallArgs),
+    /// Deliver HMIS changes to Go.Data until SIGTERM/SIGINT.
+    Run(ConfigArg),
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The bridge configuration file.
+    #[arg(
+        long,
+        short,
+        default_value = "godata-bridge.toml",
+        env = "GODATA_BRIDGE_CONFIG"
+    )]
+    config: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct InstallArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print the SQL instead of applying it (for a DBA to review and run).
+    #[arg(long)]
+    print: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -76,9 +102,29 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return report(&anyhow::Error::from(e)),
     };
+    // Config is loaded and validated before anything runs; a bad one exits 2.
+    let config = match &cli.command {
+        Command::Install(InstallArgs { print: true, .. }) => None,
+        Command::Install(InstallArgs { config, .. }) | Command::Run(config) => {
+            match Config::load(&config.config, &ProcessEnv) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        Command::Sim(_) => None,
+    };
     let result = rt.block_on(async {
         match cli.command {
             Command::Sim(args) => run_sim(args).await,
+            Command::Install(InstallArgs { print: true, .. }) => {
+                print!("{}", godata_bridge::capture::install::INSTALL_SQL);
+                Ok(())
+            }
+            Command::Install(_) => install(config.expect("loaded above")).await,
+            Command::Run(_) => run(config.expect("loaded above")).await,
         }
     });
     match result {
@@ -156,5 +202,68 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %server.addr(), "sim started");
     tokio::signal::ctrl_c().await?;
     tracing::info!("sim stopping");
+    Ok(())
+}
+
+async fn connect_hmis(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
+    let pg: tokio_postgres::Config = config
+        .hmis
+        .database_url
+        .expose()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the HMIS database URL is not a valid libpq URL"))?;
+    let (client, conn) = pg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "hmis connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn install(config: Config) -> anyhow::Result<()> {
+    use godata_bridge::capture::install;
+    let mut client = connect_hmis(&config).await?;
+    install::install(&mut client).await?;
+    for p in &config.push {
+        let (schema, table) = p.schema_table().expect("validated");
+        install::track(&client, schema, table, &p.key).await?;
+        tracing::info!(table = %p.table, "tracking");
+    }
+    println!(
+        "installed godata_bridge schema v{} and tracked {} table(s)",
+        install::SCHEMA_VERSION,
+        config.push.len()
+    );
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    use godata_bridge::deliver::{self, Deliverer};
+    use godata_bridge::godata::client::Client;
+    let db: tokio_postgres::Config = config
+        .hmis
+        .database_url
+        .expose()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the HMIS database URL is not a valid libpq URL"))?;
+    let g = &config.godata;
+    let client = Client::new(
+        g.url.as_deref().expect("validated"),
+        g.user.as_deref().expect("validated"),
+        g.password.clone(),
+        g.outbreak_id.as_deref().expect("validated"),
+        std::time::Duration::from_secs(g.request_timeout_secs),
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(deliver::run(Deliverer::new(config, client), db, rx));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = task.await;
     Ok(())
 }

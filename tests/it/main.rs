@@ -4,6 +4,7 @@
 mod support;
 
 mod capture_sql;
+mod cli;
 mod deliver_e2e;
 mod godata_client;
 mod harness;
