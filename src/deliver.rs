@@ -1,15 +1,22 @@
 //! Delivery of captured changes to Go.Data (trigger mode).
 //!
 //! A drain pass reads due outbox rows in id order, coalesces several changes
-//! of one record to its latest state, maps it, and writes it to Go.Data
-//! (cases before contacts, so a contact's case goes first). An outbox row is
-//! deleted only after Go.Data acknowledged the change, or after the change
-//! moved to `dead_letter` (permanent failure, with status, Go.Data code and
-//! reason — never row values). Transient failures stay in the outbox with a
-//! capped, jittered `next_attempt_at`.
+//! of one record to its latest state, maps it, and writes it to Go.Data.
+//! Records go in parallel lanes (hash of the Go.Data id, so one record is
+//! always in one lane and its changes stay in order); all cases of a pass go
+//! before its contacts, so a contact's case exists first.
+//!
+//! Invariant: an outbox row is deleted only after Go.Data acknowledged the
+//! change (in the same transaction that records the link and content hash),
+//! or when the change moves to `dead_letter` (permanent failure, with status,
+//! Go.Data code and reason — never row values). Transient failures stay in
+//! the outbox with a capped, jittered `next_attempt_at`. A change whose
+//! mapped content equals what was last acknowledged is settled without a
+//! request (redeliveries after a crash, no-op updates).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio_postgres::Client as PgClient;
@@ -17,7 +24,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, Resource};
 use crate::godata::client::{Client, Disposition, GodataError, EXTERNAL_ID_DOCUMENT};
-use crate::godata::ids::{external_id, godata_id};
+use crate::godata::ids::{content_hash, external_id, godata_id};
 use crate::mapping::{map_row, Locations, MapError};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +35,7 @@ pub enum DeliverError {
     Operator(#[source] GodataError),
 }
 
-/// Outcome of one drain pass.
+/// Outcome of a drain.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Drained {
     pub delivered: usize,
@@ -40,11 +47,15 @@ impl Drained {
     pub fn settled(&self) -> usize {
         self.delivered + self.dead_lettered
     }
+    fn add(&mut self, o: Drained) {
+        self.delivered += o.delivered;
+        self.dead_lettered += o.dead_lettered;
+        self.deferred += o.deferred;
+    }
 }
 
 /// How long a location table read from Go.Data counts as fresh.
 const LOCATION_REFRESH: Duration = Duration::from_secs(60);
-
 /// How soon a pass with deferred changes looks at the outbox again.
 const DEFERRED_RECHECK: Duration = Duration::from_millis(500);
 
@@ -56,233 +67,21 @@ struct Pending {
     op: String,
     image: Option<Value>,
     attempts: i32,
+    /// From `godata_bridge.link`: the Go.Data id (adopted or derived) and
+    /// the hash of the content last acknowledged.
+    linked: Option<(Uuid, Option<String>)>,
 }
 
-/// The delivery side of the pipeline.
-pub struct Deliverer {
-    pub config: Config,
-    pub client: Client,
-    locations: Locations,
-    locations_at: Option<std::time::Instant>,
-    /// Key columns of tracked tables (`godata_bridge.tracked`).
-    keys: HashMap<String, Vec<String>>,
-}
-
-impl Deliverer {
-    pub fn new(config: Config, client: Client) -> Deliverer {
-        Deliverer {
-            config,
-            client,
-            locations: Locations::new(),
-            locations_at: None,
-            keys: HashMap::new(),
-        }
-    }
-
-    async fn refresh(&mut self, pg: &PgClient) -> Result<(), DeliverError> {
-        for row in pg
-            .query(
-                "SELECT table_name, key_columns FROM godata_bridge.tracked",
-                &[],
-            )
-            .await?
-        {
-            self.keys.insert(row.get(0), row.get(1));
-        }
-        Ok(())
-    }
-
-    async fn refresh_locations(&mut self) -> Result<(), GodataError> {
-        self.locations = self.client.location_codes().await?;
-        self.locations_at = Some(std::time::Instant::now());
-        Ok(())
-    }
-
-    /// Drains due outbox rows until none is left (or only deferred ones).
-    pub async fn drain(&mut self, pg: &PgClient) -> Result<Drained, DeliverError> {
-        self.refresh(pg).await?;
-        let mut total = Drained::default();
-        loop {
-            let d = self.drain_batch(pg).await?;
-            total.delivered += d.delivered;
-            total.dead_lettered += d.dead_lettered;
-            total.deferred += d.deferred;
-            if d.settled() == 0 {
-                return Ok(total);
-            }
-        }
-    }
-
-    async fn drain_batch(&mut self, pg: &PgClient) -> Result<Drained, DeliverError> {
-        let rows = pg
-            .query(
-                "SELECT id, table_name, op::text, row_key, row_image, attempts FROM godata_bridge.outbox
-                  WHERE next_attempt_at IS NULL OR next_attempt_at <= now()
-                  ORDER BY id LIMIT $1",
-                &[&self.config.delivery.batch_size],
-            )
-            .await?;
-        // Latest state per record; BTreeMap keeps a stable order.
-        let mut records: BTreeMap<(String, String), Pending> = BTreeMap::new();
-        for r in &rows {
-            let table: String = r.get(1);
-            let key: Value = r.get(3);
-            let id: i64 = r.get(0);
-            let p = records
-                .entry((table.clone(), key.to_string()))
-                .or_insert(Pending {
-                    table,
-                    key,
-                    max_id: id,
-                    op: String::new(),
-                    image: None,
-                    attempts: 0,
-                });
-            p.max_id = id;
-            p.op = r.get(2);
-            p.image = r.get(4);
-            p.attempts = p.attempts.max(r.get(5));
-        }
-        let mut pending: Vec<Pending> = records.into_values().collect();
-        let is_contact = |t: &str| {
-            self.config
-                .push
-                .iter()
-                .any(|p| p.table == t && p.resource == Resource::Contact)
-        };
-        pending.sort_by_key(|p| (is_contact(&p.table), p.max_id));
-        let mut out = Drained::default();
-        for p in pending {
-            match self.deliver_one(&p).await {
-                Ok(()) => {
-                    pg.execute(
-                        "DELETE FROM godata_bridge.outbox WHERE table_name = $1 AND row_key = $2 AND id <= $3",
-                        &[&p.table, &p.key, &p.max_id],
-                    )
-                    .await?;
-                    out.delivered += 1;
-                }
-                Err(Failure::Permanent {
-                    status,
-                    code,
-                    reason,
-                }) => {
-                    tracing::warn!(table = %p.table, outbox_id = p.max_id, status, code = code.as_deref(), "change dead-lettered");
-                    pg.execute(
-                        "WITH moved AS (
-                            DELETE FROM godata_bridge.outbox WHERE table_name = $1 AND row_key = $2 AND id <= $3
-                            RETURNING *)
-                         INSERT INTO godata_bridge.dead_letter
-                               (id, table_name, op, row_key, row_image, txid, captured_at, attempts, http_status, godata_code, reason)
-                         SELECT id, table_name, op, row_key, row_image, txid, captured_at, attempts + 1, $4, $5, $6 FROM moved",
-                        &[&p.table, &p.key, &p.max_id, &status.map(i32::from), &code, &reason],
-                    )
-                    .await?;
-                    out.dead_lettered += 1;
-                }
-                Err(Failure::Transient(e)) => {
-                    let delay = backoff(p.attempts, self.config.delivery.max_backoff_secs);
-                    tracing::warn!(table = %p.table, outbox_id = p.max_id, attempt = p.attempts + 1, error = %e, "delivery deferred");
-                    pg.execute(
-                        "UPDATE godata_bridge.outbox
-                            SET attempts = attempts + 1, next_attempt_at = now() + $4::float8 * interval '1 second', last_error = $5
-                          WHERE table_name = $1 AND row_key = $2 AND id <= $3",
-                        &[&p.table, &p.key, &p.max_id, &delay.as_secs_f64(), &e.to_string()],
-                    )
-                    .await?;
-                    out.deferred += 1;
-                }
-                Err(Failure::Operator(e)) => return Err(DeliverError::Operator(e)),
-            }
-        }
-        Ok(out)
-    }
-
-    async fn deliver_one(&mut self, p: &Pending) -> Result<(), Failure> {
-        let Some(push) = self
-            .config
-            .push
-            .iter()
-            .find(|x| x.table == p.table)
-            .cloned()
-        else {
-            return Err(Failure::Permanent {
-                status: None,
-                code: None,
-                reason: format!("table {} is not in [[push]]", p.table),
-            });
-        };
-        let ns = self.config.godata.id_namespace;
-        let id = godata_id(ns, &p.table, &p.key);
-        let collection = match push.resource {
-            Resource::Case => "cases",
-            Resource::Contact => "contacts",
-        };
-        if p.op == "D" {
-            return self
-                .client
-                .delete(collection, id)
-                .await
-                .map_err(Failure::from);
-        }
-        let image = p.image.clone().unwrap_or(Value::Null);
-        let mut doc = match map_row(&push.map, &image, &self.locations) {
-            Err(MapError::UnknownLocation { .. }) if !self.locations_fresh() => {
-                self.refresh_locations().await.map_err(Failure::from)?;
-                map_row(&push.map, &image, &self.locations).map_err(Failure::mapping)?
-            }
-            other => other.map_err(Failure::mapping)?,
-        };
-        let docs = doc
-            .as_object_mut()
-            .expect("map_row builds an object")
-            .entry("documents")
-            .or_insert(json!([]));
-        if let Value::Array(d) = docs {
-            d.push(json!({ "type": EXTERNAL_ID_DOCUMENT, "number": external_id(&p.key) }));
-        }
-        match push.resource {
-            Resource::Case => self
-                .client
-                .upsert_case(id, &doc)
-                .await
-                .map(|_| ())
-                .map_err(Failure::from),
-            Resource::Contact => {
-                let rel = doc
-                    .as_object_mut()
-                    .and_then(|o| o.remove("relationship"))
-                    .unwrap_or(json!({}));
-                let parent = push.case.as_ref().expect("validated: contacts have a case");
-                let case_key_value = image.get(&parent.column).cloned().unwrap_or(Value::Null);
-                let parent_keys = self.keys.get(&parent.table).cloned().unwrap_or_default();
-                let Some(parent_col) = parent_keys.first().filter(|_| parent_keys.len() == 1)
-                else {
-                    return Err(Failure::Permanent {
-                        status: None,
-                        code: None,
-                        reason: format!(
-                            "case table {} is not tracked with a one-column key",
-                            parent.table
-                        ),
-                    });
-                };
-                let case_id: Uuid =
-                    godata_id(ns, &parent.table, &json!({ parent_col: case_key_value }));
-                self.client
-                    .upsert_contact(id, case_id, &doc, &rel)
-                    .await
-                    .map(|_| ())
-                    .map_err(Failure::from)
-            }
-        }
-    }
-
-    /// An unknown code re-reads Go.Data's locations at most once a minute.
-    fn locations_fresh(&self) -> bool {
-        self.locations_at
-            .is_some_and(|t| t.elapsed() < LOCATION_REFRESH)
-    }
+/// What Go.Data now holds for a record.
+enum Acked {
+    Upserted {
+        id: Uuid,
+        hash: String,
+        resource: Resource,
+        updated_at: Option<String>,
+    },
+    Deleted,
+    Unchanged,
 }
 
 enum Failure {
@@ -301,6 +100,13 @@ impl Failure {
             status: None,
             code: None,
             reason: format!("mapping: {e}"),
+        }
+    }
+    fn config(reason: String) -> Failure {
+        Failure::Permanent {
+            status: None,
+            code: None,
+            reason,
         }
     }
 }
@@ -326,7 +132,332 @@ impl From<GodataError> for Failure {
     }
 }
 
-/// Capped exponential backoff with full jitter: 0.5 s · 2^attempts, at most
+/// The delivery side of the pipeline.
+pub struct Deliverer {
+    pub config: Config,
+    pub client: Client,
+    locations: RwLock<(Locations, Option<Instant>)>,
+    /// Key columns of tracked tables (`godata_bridge.tracked`).
+    keys: HashMap<String, Vec<String>>,
+}
+
+impl Deliverer {
+    pub fn new(config: Config, client: Client) -> Deliverer {
+        Deliverer {
+            config,
+            client,
+            locations: RwLock::new((Locations::new(), None)),
+            keys: HashMap::new(),
+        }
+    }
+
+    /// Drains due outbox rows until none is left (or only deferred ones).
+    pub async fn drain(&mut self, pg: &PgClient) -> Result<Drained, DeliverError> {
+        for row in pg
+            .query(
+                "SELECT table_name, key_columns FROM godata_bridge.tracked",
+                &[],
+            )
+            .await?
+        {
+            self.keys.insert(row.get(0), row.get(1));
+        }
+        let mut total = Drained::default();
+        loop {
+            let d = self.drain_batch(pg).await?;
+            total.add(d);
+            if d.settled() == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn drain_batch(&self, pg: &PgClient) -> Result<Drained, DeliverError> {
+        let rows = pg
+            .query(
+                "SELECT o.id, o.table_name, o.op::text, o.row_key, o.row_image, o.attempts, l.godata_id, l.content_hash
+                   FROM (SELECT * FROM godata_bridge.outbox
+                          WHERE next_attempt_at IS NULL OR next_attempt_at <= now()
+                          ORDER BY id LIMIT $1) o
+                   LEFT JOIN godata_bridge.link l ON l.table_name = o.table_name AND l.row_key = o.row_key
+                  ORDER BY o.id",
+                &[&self.config.delivery.batch_size],
+            )
+            .await?;
+        // Latest state per record.
+        let mut records: BTreeMap<(String, String), Pending> = BTreeMap::new();
+        for r in &rows {
+            let table: String = r.get(1);
+            let key: Value = r.get(3);
+            let id: i64 = r.get(0);
+            let linked = r
+                .get::<_, Option<Uuid>>(6)
+                .map(|g| (g, r.get::<_, Option<String>>(7)));
+            let p = records
+                .entry((table.clone(), key.to_string()))
+                .or_insert(Pending {
+                    table,
+                    key,
+                    max_id: id,
+                    op: String::new(),
+                    image: None,
+                    attempts: 0,
+                    linked,
+                });
+            p.max_id = id;
+            p.op = r.get(2);
+            p.image = r.get(4);
+            p.attempts = p.attempts.max(r.get(5));
+        }
+        let lanes = self.config.delivery.lanes.max(1);
+        let mut phases: [Vec<Vec<Pending>>; 2] = [
+            (0..lanes).map(|_| vec![]).collect(),
+            (0..lanes).map(|_| vec![]).collect(),
+        ];
+        for p in records.into_values() {
+            let phase = usize::from(self.resource_of(&p.table) == Some(Resource::Contact));
+            let lane = self.lane_of(&p, lanes);
+            phases[phase][lane].push(p);
+        }
+        let mut out = Drained::default();
+        for phase in phases {
+            let results = futures_util::future::join_all(
+                phase.into_iter().map(|lane| self.run_lane(pg, lane)),
+            )
+            .await;
+            let mut operator = None;
+            for r in results {
+                match r {
+                    Ok(d) => out.add(d),
+                    Err(DeliverError::Operator(e)) => operator = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(e) = operator {
+                return Err(DeliverError::Operator(e));
+            }
+        }
+        Ok(out)
+    }
+
+    fn resource_of(&self, table: &str) -> Option<Resource> {
+        self.config
+            .push
+            .iter()
+            .find(|p| p.table == table)
+            .map(|p| p.resource)
+    }
+
+    fn lane_of(&self, p: &Pending, lanes: usize) -> usize {
+        let id = p
+            .linked
+            .as_ref()
+            .map(|(g, _)| *g)
+            .unwrap_or_else(|| self.derived_id(&p.table, &p.key));
+        usize::try_from(id.as_u128() % lanes as u128).expect("less than lanes")
+    }
+
+    fn derived_id(&self, table: &str, key: &Value) -> Uuid {
+        godata_id(self.config.godata.id_namespace, table, key)
+    }
+
+    async fn run_lane(&self, pg: &PgClient, lane: Vec<Pending>) -> Result<Drained, DeliverError> {
+        let mut out = Drained::default();
+        for p in lane {
+            match self.deliver_one(&p).await {
+                Ok(acked) => {
+                    settle_acked(pg, &p, acked).await?;
+                    out.delivered += 1;
+                }
+                Err(Failure::Permanent {
+                    status,
+                    code,
+                    reason,
+                }) => {
+                    tracing::warn!(table = %p.table, outbox_id = p.max_id, status, code = code.as_deref(), "change dead-lettered");
+                    pg.execute(
+                        "WITH moved AS (
+                            DELETE FROM godata_bridge.outbox WHERE table_name = $1 AND row_key = $2 AND id <= $3
+                            RETURNING *)
+                         INSERT INTO godata_bridge.dead_letter
+                               (id, table_name, op, row_key, row_image, txid, captured_at, attempts, http_status, godata_code, reason)
+                         SELECT id, table_name, op, row_key, row_image, txid, captured_at, attempts + 1, $4, $5, $6 FROM moved
+                         ON CONFLICT (id) DO NOTHING",
+                        &[&p.table, &p.key, &p.max_id, &status.map(i32::from), &code, &reason],
+                    )
+                    .await?;
+                    out.dead_lettered += 1;
+                }
+                Err(Failure::Transient(e)) => {
+                    let delay = backoff(p.attempts, self.config.delivery.max_backoff_secs);
+                    tracing::warn!(table = %p.table, outbox_id = p.max_id, attempt = p.attempts + 1, error = %e, "delivery deferred");
+                    pg.execute(
+                        "UPDATE godata_bridge.outbox
+                            SET attempts = attempts + 1, next_attempt_at = now() + $4::float8 * interval '1 second', last_error = $5
+                          WHERE table_name = $1 AND row_key = $2 AND id <= $3",
+                        &[&p.table, &p.key, &p.max_id, &delay.as_secs_f64(), &e.to_string()],
+                    )
+                    .await?;
+                    out.deferred += 1;
+                }
+                Err(Failure::Operator(e)) => return Err(DeliverError::Operator(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn map(&self, rules: &[crate::mapping::Rule], image: &Value) -> Result<Value, Failure> {
+        let first = {
+            let guard = self.locations.read().expect("locations lock");
+            map_row(rules, image, &guard.0)
+        };
+        match first {
+            Err(MapError::UnknownLocation { .. }) => {
+                let fresh = self
+                    .locations
+                    .read()
+                    .expect("locations lock")
+                    .1
+                    .is_some_and(|t| t.elapsed() < LOCATION_REFRESH);
+                if fresh {
+                    return first.map_err(Failure::mapping);
+                }
+                let codes = self.client.location_codes().await.map_err(Failure::from)?;
+                let mut guard = self.locations.write().expect("locations lock");
+                *guard = (codes, Some(Instant::now()));
+                map_row(rules, image, &guard.0).map_err(Failure::mapping)
+            }
+            other => other.map_err(Failure::mapping),
+        }
+    }
+
+    async fn deliver_one(&self, p: &Pending) -> Result<Acked, Failure> {
+        let Some(push) = self.config.push.iter().find(|x| x.table == p.table) else {
+            return Err(Failure::config(format!(
+                "table {} is not in [[push]]",
+                p.table
+            )));
+        };
+        let (id, last_hash) = match &p.linked {
+            Some((g, h)) => (*g, h.clone()),
+            None => (self.derived_id(&p.table, &p.key), None),
+        };
+        let collection = match push.resource {
+            Resource::Case => "cases",
+            Resource::Contact => "contacts",
+        };
+        if p.op == "D" {
+            self.client.delete(collection, id).await?;
+            return Ok(Acked::Deleted);
+        }
+        let image = p.image.clone().unwrap_or(Value::Null);
+        let mut doc = self.map(&push.map, &image).await?;
+        let ext = external_id(&p.key);
+        if let Some(Value::Array(d)) = doc
+            .as_object_mut()
+            .map(|o| o.entry("documents").or_insert(json!([])))
+        {
+            d.push(json!({ "type": EXTERNAL_ID_DOCUMENT, "number": ext }));
+        }
+        let hash = content_hash(&doc);
+        if last_hash.as_deref() == Some(hash.as_str()) {
+            return Ok(Acked::Unchanged);
+        }
+        let (id, stored) = match push.resource {
+            Resource::Case => {
+                // First push of this row: adopt a case entered by hand that
+                // carries the row's key as EXTERNAL_ID document.
+                let adopt = if p.linked.is_none() {
+                    Some(ext.as_str())
+                } else {
+                    None
+                };
+                self.client.upsert_case_adopting(id, adopt, &doc).await?
+            }
+            Resource::Contact => {
+                let rel = doc
+                    .as_object_mut()
+                    .and_then(|o| o.remove("relationship"))
+                    .unwrap_or(json!({}));
+                let case_id = self.case_of_contact(push, &image)?;
+                (
+                    id,
+                    self.client.upsert_contact(id, case_id, &doc, &rel).await?,
+                )
+            }
+        };
+        Ok(Acked::Upserted {
+            id,
+            hash,
+            resource: push.resource,
+            updated_at: stored["updatedAt"].as_str().map(String::from),
+        })
+    }
+
+    fn case_of_contact(&self, push: &crate::config::Push, image: &Value) -> Result<Uuid, Failure> {
+        let parent = push.case.as_ref().expect("validated: contacts have a case");
+        let value = image.get(&parent.column).cloned().unwrap_or(Value::Null);
+        match self.keys.get(&parent.table).map(Vec::as_slice) {
+            Some([col]) => Ok(self.derived_id(&parent.table, &json!({ col.as_str(): value }))),
+            _ => Err(Failure::config(format!(
+                "case table {} is not tracked with a one-column key",
+                parent.table
+            ))),
+        }
+    }
+}
+
+/// Removes the acknowledged changes and records what Go.Data holds, in one
+/// transaction.
+async fn settle_acked(
+    pg: &PgClient,
+    p: &Pending,
+    acked: Acked,
+) -> Result<(), tokio_postgres::Error> {
+    let delete_outbox =
+        "DELETE FROM godata_bridge.outbox WHERE table_name = $1 AND row_key = $2 AND id <= $3";
+    match acked {
+        Acked::Unchanged => {
+            pg.execute(delete_outbox, &[&p.table, &p.key, &p.max_id])
+                .await?;
+        }
+        Acked::Deleted => {
+            pg.execute(
+                &format!(
+                    "WITH gone AS ({delete_outbox}) DELETE FROM godata_bridge.link WHERE table_name = $1 AND row_key = $2"
+                ),
+                &[&p.table, &p.key, &p.max_id],
+            )
+            .await?;
+        }
+        Acked::Upserted {
+            id,
+            hash,
+            resource,
+            updated_at,
+        } => {
+            let resource = match resource {
+                Resource::Case => "case",
+                Resource::Contact => "contact",
+            };
+            pg.execute(
+                &format!(
+                    "WITH gone AS ({delete_outbox})
+                     INSERT INTO godata_bridge.link (table_name, row_key, resource, godata_id, content_hash, godata_updated_at, pushed_at)
+                     VALUES ($1, $2, $4, $5, $6, $7::text::timestamptz, now())
+                     ON CONFLICT (table_name, row_key) DO UPDATE
+                        SET godata_id = EXCLUDED.godata_id, content_hash = EXCLUDED.content_hash,
+                            godata_updated_at = EXCLUDED.godata_updated_at, pushed_at = EXCLUDED.pushed_at"
+                ),
+                &[&p.table, &p.key, &p.max_id, &resource, &id, &hash, &updated_at],
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Capped exponential backoff with jitter: 0.5 s · 2^attempts, at most
 /// `max_secs`, times a random factor in [0.5, 1).
 pub fn backoff(attempts: i32, max_secs: u64) -> Duration {
     let exp = 2f64.powi(attempts.clamp(0, 20));
@@ -336,7 +467,8 @@ pub fn backoff(attempts: i32, max_secs: u64) -> Duration {
 
 /// Runs trigger-mode delivery until `shutdown` flips: LISTEN for wake-ups,
 /// drain on every wake-up, on every (re)connect (notifications sent while
-/// disconnected are lost) and on a slow safety timer.
+/// disconnected are lost) and on a slow safety timer. Shutdown is checked
+/// between drains: a drain in progress finishes its batch first.
 pub async fn run(
     mut deliverer: Deliverer,
     db: tokio_postgres::Config,
@@ -399,6 +531,9 @@ pub async fn run(
                 }
                 Err(DeliverError::Operator(e)) => {
                     tracing::error!(error = %e, status = e.status(), code = e.code(), "go.data refuses the bridge; fix the account or outbreak");
+                    nap = nap.min(Duration::from_secs(
+                        deliverer.config.delivery.max_backoff_secs,
+                    ));
                 }
             }
             tokio::select! {

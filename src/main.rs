@@ -255,6 +255,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         g.outbreak_id.as_deref().expect("validated"),
         std::time::Duration::from_secs(g.request_timeout_secs),
     );
+    // A wrong outbreak or account is for an operator; an unreachable
+    // Go.Data is not (changes wait in the outbox).
+    match client.check_outbreak_access().await {
+        Ok(()) => tracing::info!("go.data account can write to the outbreak"),
+        Err(godata_bridge::godata::client::AccessProblem::Godata(e))
+            if e.disposition() == godata_bridge::godata::client::Disposition::Retry =>
+        {
+            tracing::warn!(error = %e, "go.data not reachable yet; changes wait in the outbox")
+        }
+        Err(e) => return Err(e.into()),
+    }
     let (stop, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(deliver::run(Deliverer::new(config, client), db, rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -99,6 +99,7 @@ pub struct Client {
     password: Secret,
     outbreak_id: String,
     token: Mutex<Option<String>>,
+    user_id: std::sync::Mutex<Option<String>>,
 }
 
 impl Client {
@@ -124,6 +125,7 @@ impl Client {
             password,
             outbreak_id: outbreak_id.to_string(),
             token: Mutex::new(None),
+            user_id: std::sync::Mutex::new(None),
         }
     }
 
@@ -131,11 +133,12 @@ impl Client {
         &self.outbreak_id
     }
 
+    /// `POST /users/login` (it also names the user, for the outbreak check).
     async fn login(&self) -> Result<String, GodataError> {
         let resp = self
             .http
-            .post(format!("{}/oauth/token", self.api))
-            .json(&json!({ "username": self.user, "password": self.password.expose() }))
+            .post(format!("{}/users/login", self.api))
+            .json(&json!({ "email": self.user, "password": self.password.expose() }))
             .send()
             .await
             .map_err(transport)?;
@@ -143,7 +146,10 @@ impl Client {
         if status != 200 {
             return Err(status_error(status, &body));
         }
-        body["access_token"]
+        if let Some(uid) = body["userId"].as_str() {
+            *self.user_id.lock().expect("user id lock") = Some(uid.to_string());
+        }
+        body["id"]
             .as_str()
             .map(String::from)
             .ok_or(GodataError::BadBody { status })
@@ -211,7 +217,23 @@ impl Client {
     /// 404 `POST` with the id; a soft-deleted record with that id is
     /// restored first. Returns the stored case.
     pub async fn upsert_case(&self, id: Uuid, doc: &Value) -> Result<Value, GodataError> {
-        self.upsert_person("cases", id, doc, None).await
+        self.upsert_person("cases", id, doc, None, None)
+            .await
+            .map(|(_, v)| v)
+    }
+
+    /// Like [`Client::upsert_case`], but when `id` is unknown to Go.Data and
+    /// a live case carries `external_id` as EXTERNAL_ID document (entered by
+    /// hand before the bridge), that case is adopted and updated instead.
+    /// Returns the id actually written.
+    pub async fn upsert_case_adopting(
+        &self,
+        id: Uuid,
+        external_id: Option<&str>,
+        doc: &Value,
+    ) -> Result<(Uuid, Value), GodataError> {
+        self.upsert_person("cases", id, doc, None, external_id)
+            .await
     }
 
     /// Upserts a contact; a new one is created through its case
@@ -223,8 +245,9 @@ impl Client {
         doc: &Value,
         relationship: &Value,
     ) -> Result<Value, GodataError> {
-        self.upsert_person("contacts", id, doc, Some((case_id, relationship)))
+        self.upsert_person("contacts", id, doc, Some((case_id, relationship)), None)
             .await
+            .map(|(_, v)| v)
     }
 
     async fn upsert_person(
@@ -233,15 +256,30 @@ impl Client {
         id: Uuid,
         doc: &Value,
         parent: Option<(Uuid, &Value)>,
-    ) -> Result<Value, GodataError> {
+        adopt: Option<&str>,
+    ) -> Result<(Uuid, Value), GodataError> {
         let one = self.ob(&format!("{collection}/{id}"));
         for _ in 0..3 {
             let (status, body) = self.call(Method::PUT, &one, Some(doc)).await?;
             if status == 200 {
-                return Ok(body);
+                return Ok((id, body));
             }
             if status != 404 {
                 return Err(status_error(status, &body));
+            }
+            if let Some(ext) = adopt {
+                if let Some(found) = self.find_case_by_external_id(ext).await? {
+                    let other = found["id"].as_str().and_then(|s| s.parse::<Uuid>().ok());
+                    if let Some(other) = other.filter(|o| *o != id) {
+                        let path = self.ob(&format!("{collection}/{other}"));
+                        let (s, b) = self.call(Method::PUT, &path, Some(doc)).await?;
+                        if s == 200 {
+                            tracing::info!(godata_id = %other, "adopted an existing go.data case");
+                            return Ok((other, b));
+                        }
+                        return Err(status_error(s, &b));
+                    }
+                }
             }
             let mut full = doc.clone();
             full["id"] = json!(id.to_string());
@@ -279,7 +317,7 @@ impl Client {
                 }
             };
             match (status, body["error"]["code"].as_str()) {
-                (200, _) => return Ok(body),
+                (200, _) => return Ok((id, body)),
                 // A soft-deleted record owns the id: bring it back, then update.
                 (409, Some("MODEL_CONFLICT")) => {
                     let (s, b) = self
@@ -355,9 +393,9 @@ impl Client {
         Ok(out)
     }
 
-    /// Checks that the account can write to the outbreak: it must be the
-    /// user's active outbreak (Go.Data refuses writes elsewhere with 403).
-    pub async fn check_outbreak_access(&self) -> Result<(), GodataError> {
+    /// Checks that the account can write to the outbreak: Go.Data refuses
+    /// writes outside the user's active outbreak (403 `ACCESS_DENIED`).
+    pub async fn check_outbreak_access(&self) -> Result<(), AccessProblem> {
         let (status, body) = self
             .call(
                 Method::GET,
@@ -365,11 +403,55 @@ impl Client {
                 None,
             )
             .await?;
+        if status == 404 {
+            return Err(AccessProblem::NoSuchOutbreak(self.outbreak_id.clone()));
+        }
         if status != 200 {
-            return Err(status_error(status, &body));
+            return Err(status_error(status, &body).into());
+        }
+        let uid = self
+            .user_id
+            .lock()
+            .expect("user id lock")
+            .clone()
+            .unwrap_or_default();
+        let (status, user) = self
+            .call(Method::GET, &format!("/users/{uid}"), None)
+            .await?;
+        if status != 200 {
+            return Err(status_error(status, &user).into());
+        }
+        let active = user["activeOutbreakId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if active != self.outbreak_id {
+            return Err(AccessProblem::NotActive {
+                user: self.user.clone(),
+                active,
+                wanted: self.outbreak_id.clone(),
+            });
         }
         Ok(())
     }
+}
+
+/// Why the bridge cannot write to the configured outbreak.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessProblem {
+    #[error(transparent)]
+    Godata(#[from] GodataError),
+    #[error("Go.Data has no outbreak {0} (check godata.outbreak_id)")]
+    NoSuchOutbreak(String),
+    #[error(
+        "the Go.Data user {user} has active outbreak `{active}`, but the bridge writes to `{wanted}`; \
+         Go.Data only accepts writes to the active outbreak: make `{wanted}` that user's active outbreak"
+    )]
+    NotActive {
+        user: String,
+        active: String,
+        wanted: String,
+    },
 }
 
 fn is_id_uniqueness(body: &Value) -> bool {

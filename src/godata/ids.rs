@@ -28,6 +28,19 @@ pub fn external_id(key: &Value) -> String {
     }
 }
 
+/// A stable hash of a mapped document (FNV-1a 64 over its JSON text;
+/// serde_json keeps key order, and the mapping writes keys in rule order),
+/// to tell whether Go.Data already holds exactly this content. Not a
+/// security hash: it only decides whether to skip a request.
+pub fn content_hash(doc: &Value) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in doc.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

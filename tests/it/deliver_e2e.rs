@@ -266,3 +266,55 @@ async fn refused_rows_are_dead_lettered_and_later_rows_flow() {
     bridge.stop.send(true).unwrap();
     let _ = bridge.task.await;
 }
+
+#[tokio::test]
+async fn unchanged_content_is_not_sent_again_and_links_are_recorded() {
+    let sim = start_sim().await;
+    let (_db, c, bridge) = setup(&sim).await;
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('L-1', 'A', now(), 'suspected')",
+    )
+    .await
+    .unwrap();
+    wait_for("delivery", Duration::from_secs(20), || async {
+        outbox_len(&c).await == 0
+    })
+    .await;
+    let link = c
+        .query_one("SELECT godata_id, resource, content_hash FROM godata_bridge.link WHERE row_key = '{\"case_id\": \"L-1\"}'", &[])
+        .await
+        .unwrap();
+    let gid: uuid::Uuid = link.get(0);
+    assert_eq!(
+        gid,
+        godata_id(
+            bridge.config.godata.id_namespace,
+            "hmis.cases",
+            &json!({"case_id": "L-1"})
+        )
+    );
+    assert_eq!(link.get::<_, String>(1), "case");
+    let writes = |sim: &Sim| sim.requests().iter().filter(|r| r.method != "GET").count();
+    let before = writes(&sim);
+    // `notes` is not mapped: the Go.Data content does not change.
+    c.batch_execute("UPDATE hmis.cases SET notes = 'internal' WHERE case_id = 'L-1'")
+        .await
+        .unwrap();
+    wait_for(
+        "the no-op change settled",
+        Duration::from_secs(20),
+        || async { outbox_len(&c).await == 0 },
+    )
+    .await;
+    assert_eq!(writes(&sim), before, "no request for unchanged content");
+    c.batch_execute("UPDATE hmis.cases SET first_name = 'B' WHERE case_id = 'L-1'")
+        .await
+        .unwrap();
+    wait_for("the real change", Duration::from_secs(20), || {
+        let ok = case_in(&sim, &gid.to_string()).is_some_and(|c| c["firstName"] == "B");
+        async move { ok }
+    })
+    .await;
+    bridge.stop.send(true).unwrap();
+    let _ = bridge.task.await;
+}

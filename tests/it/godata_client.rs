@@ -26,7 +26,7 @@ fn client(sim: &Sim) -> Client {
 fn logins(sim: &Sim) -> usize {
     sim.requests()
         .iter()
-        .filter(|r| r.path == "/api/oauth/token")
+        .filter(|r| r.path == "/api/users/login")
         .count()
 }
 
@@ -232,4 +232,65 @@ async fn adoption_lookup_and_location_codes() {
     assert_eq!(codes.len(), 1 + sim::DEFAULT_DISTRICTS.len());
     assert!(codes.contains_key("SL-KE"));
     c.check_outbreak_access().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_hand_entered_case_is_adopted_by_its_external_id() {
+    let sim = start_sim().await;
+    let c = client(&sim);
+    let by_hand = Uuid::new_v4();
+    let doc = json!({"documents": [{"type": "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_EXTERNAL_ID", "number": "KEN-9"}]});
+    c.upsert_case(
+        by_hand,
+        &json!({"firstName": "Typed", "documents": doc["documents"]}),
+    )
+    .await
+    .unwrap();
+    let derived = Uuid::new_v4();
+    let (written, stored) = c
+        .upsert_case_adopting(
+            derived,
+            Some("KEN-9"),
+            &json!({"lastName": "Bridge", "documents": doc["documents"]}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, by_hand, "the existing case was adopted");
+    assert_eq!(
+        (stored["firstName"].as_str(), stored["lastName"].as_str()),
+        (Some("Typed"), Some("Bridge"))
+    );
+    assert_eq!(
+        sim.state()["cases"].as_array().unwrap().len(),
+        1,
+        "no duplicate"
+    );
+}
+
+#[tokio::test]
+async fn outbreak_access_check_explains_the_active_outbreak_rule() {
+    use godata_bridge::godata::client::AccessProblem;
+    let sim = start_sim().await;
+    client(&sim).check_outbreak_access().await.unwrap();
+    let other = Client::new(
+        &sim.url(),
+        sim::DEFAULT_USER,
+        Secret::new(sim::DEFAULT_PASSWORD),
+        sim::OTHER_OUTBREAK_ID,
+        Duration::from_secs(5),
+    );
+    let e = other.check_outbreak_access().await.unwrap_err();
+    assert!(matches!(e, AccessProblem::NotActive { .. }), "{e}");
+    assert!(e.to_string().contains("active outbreak"), "{e}");
+    let none = Client::new(
+        &sim.url(),
+        sim::DEFAULT_USER,
+        Secret::new(sim::DEFAULT_PASSWORD),
+        "no-such",
+        Duration::from_secs(5),
+    );
+    assert!(matches!(
+        none.check_outbreak_access().await.unwrap_err(),
+        AccessProblem::NoSuchOutbreak(_)
+    ));
 }
