@@ -41,6 +41,8 @@ pub struct Drained {
     pub delivered: usize,
     pub dead_lettered: usize,
     pub deferred: usize,
+    /// When the earliest deferred change comes due, if any is waiting.
+    pub next_due: Option<Duration>,
 }
 
 impl Drained {
@@ -56,8 +58,9 @@ impl Drained {
 
 /// How long a location table read from Go.Data counts as fresh.
 const LOCATION_REFRESH: Duration = Duration::from_secs(60);
-/// How soon a pass with deferred changes looks at the outbox again.
-const DEFERRED_RECHECK: Duration = Duration::from_millis(500);
+/// Added to the due time of a deferred change before looking again, so the
+/// row is due when the drain reads it.
+const DUE_SLACK: Duration = Duration::from_millis(10);
 
 /// One coalesced record of a batch.
 struct Pending {
@@ -167,6 +170,15 @@ impl Deliverer {
             let d = self.drain_batch(pg).await?;
             total.add(d);
             if d.settled() == 0 {
+                let due: Option<f64> = pg
+                    .query_one(
+                        "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
+                           FROM godata_bridge.outbox WHERE next_attempt_at > now()",
+                        &[],
+                    )
+                    .await?
+                    .get(0);
+                total.next_due = due.map(|s| Duration::from_secs_f64(s.max(0.0)));
                 return Ok(total);
             }
         }
@@ -510,21 +522,22 @@ pub async fn run(
         failures = 0;
         // Drain once on every (re)connect, then on wake-ups and the timer.
         loop {
-            // Deferred changes come due without a wake-up: look again soon.
+            // Deferred changes come due without a wake-up: look again then.
             let mut nap = safety;
             match deliverer.drain(&pg).await {
-                Ok(d) if d.settled() + d.deferred > 0 => {
-                    tracing::info!(
-                        delivered = d.delivered,
-                        dead_lettered = d.dead_lettered,
-                        deferred = d.deferred,
-                        "drained outbox"
-                    );
-                    if d.deferred > 0 {
-                        nap = nap.min(DEFERRED_RECHECK);
+                Ok(d) => {
+                    if d.settled() + d.deferred > 0 {
+                        tracing::info!(
+                            delivered = d.delivered,
+                            dead_lettered = d.dead_lettered,
+                            deferred = d.deferred,
+                            "drained outbox"
+                        );
+                    }
+                    if let Some(due) = d.next_due {
+                        nap = nap.min(due + DUE_SLACK);
                     }
                 }
-                Ok(_) => {}
                 Err(DeliverError::Db(e)) => {
                     tracing::warn!(error = %e, "hmis database error; reconnecting");
                     break;

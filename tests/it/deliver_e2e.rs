@@ -8,7 +8,7 @@ use godata_bridge::config::{Config, Env, Secret};
 use godata_bridge::deliver::{self, Deliverer};
 use godata_bridge::godata::client::Client;
 use godata_bridge::godata::ids::godata_id;
-use godata_bridge::sim::{self, Sim};
+use godata_bridge::sim::{self, Faults, Sim};
 use serde_json::{json, Value};
 
 use crate::support::{fresh_db, start_sim, wait_for, TestDb};
@@ -37,7 +37,21 @@ struct Bridge {
 
 async fn setup(sim: &Sim) -> (TestDb, tokio_postgres::Client, Bridge) {
     let db = fresh_db().await;
-    let mut c = db.client().await;
+    let (c, config) = prepare(sim, &db.config, &db.url).await;
+    let bridge = start_bridge(sim, config, db.config.clone());
+    (db, c, bridge)
+}
+
+/// The reference HMIS with capture installed, and the reference config.
+async fn prepare(
+    sim: &Sim,
+    pg: &tokio_postgres::Config,
+    url: &str,
+) -> (tokio_postgres::Client, Config) {
+    let (mut c, conn) = pg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
     c.batch_execute(include_str!("../../examples/hmis.sql"))
         .await
         .unwrap();
@@ -49,7 +63,7 @@ async fn setup(sim: &Sim) -> (TestDb, tokio_postgres::Client, Bridge) {
         .await
         .unwrap();
     let env = TestEnv {
-        db_url: db.url.clone(),
+        db_url: url.to_string(),
         godata_url: sim.url(),
     };
     let config = Config::parse(
@@ -58,6 +72,10 @@ async fn setup(sim: &Sim) -> (TestDb, tokio_postgres::Client, Bridge) {
         &env,
     )
     .unwrap();
+    (c, config)
+}
+
+fn start_bridge(sim: &Sim, config: Config, pg: tokio_postgres::Config) -> Bridge {
     let client = Client::new(
         &sim.url(),
         sim::DEFAULT_USER,
@@ -66,12 +84,8 @@ async fn setup(sim: &Sim) -> (TestDb, tokio_postgres::Client, Bridge) {
         Duration::from_secs(10),
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(deliver::run(
-        Deliverer::new(config.clone(), client),
-        db.config.clone(),
-        rx,
-    ));
-    (db, c, Bridge { stop, task, config })
+    let task = tokio::spawn(deliver::run(Deliverer::new(config.clone(), client), pg, rx));
+    Bridge { stop, task, config }
 }
 
 fn case_in(sim: &Sim, id: &str) -> Option<Value> {
@@ -317,4 +331,163 @@ async fn unchanged_content_is_not_sent_again_and_links_are_recorded() {
     .await;
     bridge.stop.send(true).unwrap();
     let _ = bridge.task.await;
+}
+
+fn count(sim: &Sim, what: &str, pred: impl Fn(&Value) -> bool) -> usize {
+    sim.state()[what]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| pred(x))
+        .count()
+}
+
+#[tokio::test]
+async fn changes_made_while_the_bridge_is_stopped_are_delivered_once() {
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let (c, config) = prepare(&sim, &db.config, &db.url).await;
+    // 2,000 changes: 1,000 inserts, then 1,000 updates, bridge not running.
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
+         SELECT 'S-' || g, 'P' || g, 'SL-BO', now(), 'suspected' FROM generate_series(1, 1000) g;
+         UPDATE hmis.cases SET classification = 'confirmed' WHERE case_id LIKE 'S-%';",
+    )
+    .await
+    .unwrap();
+    assert_eq!(outbox_len(&c).await, 2000);
+    let bridge = start_bridge(&sim, config, db.config.clone());
+    wait_for(
+        "the backlog delivered",
+        Duration::from_secs(120),
+        || async { outbox_len(&c).await == 0 },
+    )
+    .await;
+    let confirmed = "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_CONFIRMED";
+    assert_eq!(
+        count(&sim, "cases", |_| true),
+        1000,
+        "one Go.Data case per HMIS row"
+    );
+    assert_eq!(
+        count(&sim, "cases", |c| c["classification"] == confirmed),
+        1000,
+        "latest state delivered"
+    );
+    let creates = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/cases"))
+        .count();
+    assert_eq!(creates, 1000, "each case created exactly once");
+    bridge.stop.send(true).unwrap();
+    let _ = bridge.task.await;
+}
+
+#[tokio::test]
+async fn emulator_faults_lose_and_duplicate_nothing() {
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let (c, mut config) = prepare(&sim, &db.config, &db.url).await;
+    config.delivery.max_backoff_secs = 1;
+    sim.set_faults(Faults {
+        error_rate: 0.2,
+        drop_rate: 0.05,
+        drop_after_rate: 0.05,
+        latency_spike_rate: 0.01,
+        latency_spike_ms: 2000,
+        ..Faults::default()
+    });
+    let bridge = start_bridge(&sim, config, db.config.clone());
+    for batch in 0..4 {
+        c.batch_execute(&format!(
+            "INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
+             SELECT 'F-{batch}-' || g, 'P' || g, 'SL-KE', now(), 'probable' FROM generate_series(1, 25) g;
+             INSERT INTO hmis.contacts (contact_id, case_id, first_name, district_code, exposure_date, relation, certainty)
+             SELECT 'F-{batch}-' || g || '-C', 'F-{batch}-' || g, 'K' || g, 'SL-KE', '2024-05-01', 'family', 'high'
+               FROM generate_series(1, 12) g;"
+        ))
+        .await
+        .unwrap();
+        if batch == 2 {
+            sim.expire_tokens();
+        }
+    }
+    wait_for(
+        "everything delivered under faults",
+        Duration::from_secs(180),
+        || async { outbox_len(&c).await == 0 },
+    )
+    .await;
+    sim.set_faults(Faults::default());
+    assert_eq!(count(&sim, "cases", |_| true), 100);
+    assert_eq!(count(&sim, "contacts", |_| true), 48);
+    assert_eq!(
+        count(&sim, "relationships", |_| true),
+        48,
+        "one relationship per contact"
+    );
+    let dead: i64 = c
+        .query_one("SELECT count(*) FROM godata_bridge.dead_letter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0, "transient faults never dead-letter");
+    bridge.stop.send(true).unwrap();
+    let _ = bridge.task.await;
+}
+
+#[tokio::test]
+async fn a_postgres_restart_is_survived() {
+    use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
+    // Its own cluster: restarting the shared one would hit other tests.
+    let mut cluster =
+        tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()).unwrap())
+            .await
+            .unwrap();
+    let sim = start_sim().await;
+    let pg = cluster.config("postgres");
+    let (c, config) = prepare(&sim, &pg, &cluster.url("postgres")).await;
+    let bridge = start_bridge(&sim, config, pg.clone());
+    c.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('R-1', 'A', now(), 'suspected')")
+        .await
+        .unwrap();
+    wait_for("first case", Duration::from_secs(20), || {
+        let n = count(&sim, "cases", |_| true);
+        async move { n == 1 }
+    })
+    .await;
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop_server(false).unwrap();
+        cluster.start_server().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    let (c2, conn) = cluster
+        .config("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    c2.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('R-2', 'B', now(), 'suspected')")
+        .await
+        .unwrap();
+    wait_for(
+        "the case written after the restart",
+        Duration::from_secs(60),
+        || {
+            let n = count(&sim, "cases", |_| true);
+            async move { n == 2 }
+        },
+    )
+    .await;
+    bridge.stop.send(true).unwrap();
+    let _ = bridge.task.await;
+    drop(c);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
 }

@@ -78,6 +78,10 @@ pub async fn start_sim() -> Sim {
 }
 
 pub async fn start_sim_with(config: SimConfig) -> Sim {
+    // `TEST_LOG=1 cargo test -- --nocapture` shows the bridge's logs.
+    if std::env::var_os("TEST_LOG").is_some() {
+        godata_bridge::telemetry::init(godata_bridge::telemetry::LogFormat::Pretty);
+    }
     Sim::start(config).await.expect("start emulator")
 }
 
