@@ -390,14 +390,21 @@ impl Store {
         kind: Kind,
         filter: &Filter,
     ) -> Result<Vec<Value>, ApiError> {
-        let docs: Vec<Value> = self
-            .persons
-            .values()
-            .filter(|p| Self::is_kind(p, outbreak_id, kind))
-            .filter(|p| filter.include_deleted || p["deleted"] != true)
-            .map(public_person)
-            .collect();
-        filter.apply(docs, PERSON_DEFAULT_ORDER)
+        // `where` first, on references: only matches are copied.
+        let mut docs = Vec::new();
+        for p in self.persons.values() {
+            if Self::is_kind(p, outbreak_id, kind)
+                && (filter.include_deleted || p["deleted"] != true)
+                && filter.matches(p)?
+            {
+                docs.push(public_person(p));
+            }
+        }
+        let rest = Filter {
+            where_: None,
+            ..filter.clone()
+        };
+        rest.apply(docs, PERSON_DEFAULT_ORDER)
     }
 
     /// `GET …/count?where=`: deleted rows are counted only when the `where`
