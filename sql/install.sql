@@ -218,6 +218,40 @@ BEGIN
 END
 $$;
 
+-- Backfill: enqueues up to `chunk` existing rows of a tracked table whose
+-- key is after `after` (NULL: from the start), in key order, as upserts.
+-- Returns how many rows it enqueued and the last key, for the next call.
+-- Keyset paging on the key columns, so each chunk is an index range scan.
+CREATE OR REPLACE FUNCTION godata_bridge.backfill_chunk(tbl regclass, after jsonb, chunk int)
+RETURNS TABLE (enqueued bigint, last_key jsonb) LANGUAGE plpgsql AS $$
+DECLARE
+    keys text[];
+    cols text;
+    vals text;
+BEGIN
+    SELECT key_columns INTO keys FROM godata_bridge.tracked WHERE table_name = godata_bridge.qualified(tbl);
+    IF keys IS NULL THEN
+        RAISE EXCEPTION 'godata_bridge.backfill: % is not tracked', tbl;
+    END IF;
+    SELECT string_agg(format('t.%I', u.k), ', ' ORDER BY u.i),
+           string_agg(format('($1->>%L)::%s', u.k, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY u.i)
+      INTO cols, vals
+      FROM unnest(keys) WITH ORDINALITY AS u(k, i)
+      JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.k;
+    RETURN QUERY EXECUTE format(
+        'WITH chunk AS (SELECT to_jsonb(t) AS r FROM %s t %s ORDER BY %s LIMIT %s),
+              ins AS (INSERT INTO godata_bridge.outbox (table_name, op, row_key, row_image)
+                      SELECT %L, ''U'', godata_bridge.row_key(r, %L::jsonb), r FROM chunk
+                      RETURNING id, row_key)
+         SELECT count(*), (SELECT row_key FROM ins ORDER BY id DESC LIMIT 1) FROM ins',
+        tbl,
+        CASE WHEN after IS NULL THEN '' ELSE format('WHERE (%s) > (%s)', cols, vals) END,
+        cols, chunk, godata_bridge.qualified(tbl), to_jsonb(keys)::text)
+    USING after;
+    PERFORM pg_notify('godata_bridge', '');
+END
+$$;
+
 -- Least privilege for the bridge's role (create it yourself, LOGIN, with a
 -- password from your secret store): its own schema, reading the tracked
 -- tables. Write-back targets are granted when they are configured.

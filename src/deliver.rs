@@ -142,6 +142,8 @@ pub struct Deliverer {
     locations: RwLock<(Locations, Option<Instant>)>,
     /// Key columns of tracked tables (`godata_bridge.tracked`).
     keys: HashMap<String, Vec<String>>,
+    /// The last `dead-letter retry` seen; a new one drops cached locations.
+    retry_mark: Option<Value>,
 }
 
 impl Deliverer {
@@ -151,6 +153,7 @@ impl Deliverer {
             client,
             locations: RwLock::new((Locations::new(), None)),
             keys: HashMap::new(),
+            retry_mark: None,
         }
     }
 
@@ -164,6 +167,17 @@ impl Deliverer {
             .await?
         {
             self.keys.insert(row.get(0), row.get(1));
+        }
+        let mark: Option<Value> = pg
+            .query_opt(
+                "SELECT value FROM godata_bridge.state WHERE name = 'dead_letter_retry'",
+                &[],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if mark != self.retry_mark {
+            self.retry_mark = mark;
+            self.locations.write().expect("locations lock").1 = None;
         }
         let mut total = Drained::default();
         loop {

@@ -9,10 +9,12 @@
 //! - [`telemetry`]: tracing setup shared by every command.
 
 pub mod capture;
+pub mod commands;
 pub mod config;
 pub mod deliver;
 pub mod godata;
 pub mod mapping;
+pub mod ops;
 pub mod pg_cluster;
 pub mod sim;
 pub mod telemetry;

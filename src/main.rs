@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use godata_bridge::commands::{self, DeadLetterAction};
 use godata_bridge::config::{Config, ProcessEnv};
 use godata_bridge::sim::{self, Faults, Sim, SimConfig};
 use godata_bridge::telemetry::{self, LogFormat};
@@ -32,6 +33,57 @@ enum Command {
     Install(InstallArgs),
     /// Deliver HMIS changes to Go.Data until SIGTERM/SIGINT.
     Run(ConfigArg),
+    /// Outbox depth, oldest pending change, dead letters, last delivery.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, retry or discard changes Go.Data refused.
+    DeadLetter {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        action: DeadLetterCmd,
+    },
+    /// Enqueue the existing rows of the [[push]] tables (first deployment).
+    Backfill {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this table (`schema.table`); default: every [[push]] table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 1000)]
+        chunk: i32,
+    },
+    /// Check config, database catalog, Go.Data login and outbreak access.
+    Check(ConfigArg),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCmd {
+    /// Show dead letters (ids, keys, status, Go.Data code, reason).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back into the outbox.
+    Retry {
+        /// Dead-letter ids.
+        ids: Vec<i64>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete dead letters for good.
+    Discard {
+        ids: Vec<i64>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -103,32 +155,64 @@ fn main() -> ExitCode {
         Err(e) => return report(&anyhow::Error::from(e)),
     };
     // Config is loaded and validated before anything runs; a bad one exits 2.
-    let config = match &cli.command {
-        Command::Install(InstallArgs { print: true, .. }) => None,
-        Command::Install(InstallArgs { config, .. }) | Command::Run(config) => {
-            match Config::load(&config.config, &ProcessEnv) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-        Command::Sim(_) => None,
+    let config_arg = match &cli.command {
+        Command::Install(InstallArgs { print: true, .. }) | Command::Sim(_) => None,
+        Command::Install(InstallArgs { config, .. })
+        | Command::Run(config)
+        | Command::Check(config)
+        | Command::Status { config, .. }
+        | Command::DeadLetter { config, .. }
+        | Command::Backfill { config, .. } => Some(config.config.clone()),
     };
+    let config = match &config_arg {
+        None => None,
+        Some(path) => match Config::load(path, &ProcessEnv) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let file = config_arg
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let result = rt.block_on(async {
+        let cfg = || config.as_ref().expect("loaded above");
         match cli.command {
             Command::Sim(args) => run_sim(args).await,
             Command::Install(InstallArgs { print: true, .. }) => {
                 print!("{}", godata_bridge::capture::install::INSTALL_SQL);
                 Ok(())
             }
-            Command::Install(_) => install(config.expect("loaded above")).await,
-            Command::Run(_) => run(config.expect("loaded above")).await,
+            Command::Install(_) => commands::install(cfg(), &file).await,
+            Command::Run(_) => commands::run(config.clone().expect("loaded above"), &file).await,
+            Command::Status { json, .. } => commands::status(cfg(), json).await,
+            Command::DeadLetter { action, .. } => {
+                let action = match action {
+                    DeadLetterCmd::List { json } => DeadLetterAction::List { json },
+                    DeadLetterCmd::Retry { ids, all } | DeadLetterCmd::Discard { ids, all }
+                        if ids.is_empty() && !all =>
+                    {
+                        return Err(anyhow::anyhow!("name the dead-letter ids, or pass --all"));
+                    }
+                    DeadLetterCmd::Retry { ids, .. } => DeadLetterAction::Retry(ids),
+                    DeadLetterCmd::Discard { ids, .. } => DeadLetterAction::Discard(ids),
+                };
+                commands::dead_letter(cfg(), action).await
+            }
+            Command::Backfill { table, chunk, .. } => {
+                commands::backfill(cfg(), table.as_deref(), chunk).await
+            }
+            Command::Check(_) => commands::check(cfg(), &file).await,
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<commands::CatalogMismatch>() => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => report(&e),
     }
 }
@@ -202,79 +286,5 @@ async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %server.addr(), "sim started");
     tokio::signal::ctrl_c().await?;
     tracing::info!("sim stopping");
-    Ok(())
-}
-
-async fn connect_hmis(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    let pg: tokio_postgres::Config = config
-        .hmis
-        .database_url
-        .expose()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("the HMIS database URL is not a valid libpq URL"))?;
-    let (client, conn) = pg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "hmis connection ended");
-        }
-    });
-    Ok(client)
-}
-
-async fn install(config: Config) -> anyhow::Result<()> {
-    use godata_bridge::capture::install;
-    let mut client = connect_hmis(&config).await?;
-    install::install(&mut client).await?;
-    for p in &config.push {
-        let (schema, table) = p.schema_table().expect("validated");
-        install::track(&client, schema, table, &p.key).await?;
-        tracing::info!(table = %p.table, "tracking");
-    }
-    println!(
-        "installed godata_bridge schema v{} and tracked {} table(s)",
-        install::SCHEMA_VERSION,
-        config.push.len()
-    );
-    Ok(())
-}
-
-async fn run(config: Config) -> anyhow::Result<()> {
-    use godata_bridge::deliver::{self, Deliverer};
-    use godata_bridge::godata::client::Client;
-    let db: tokio_postgres::Config = config
-        .hmis
-        .database_url
-        .expose()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("the HMIS database URL is not a valid libpq URL"))?;
-    let g = &config.godata;
-    let client = Client::new(
-        g.url.as_deref().expect("validated"),
-        g.user.as_deref().expect("validated"),
-        g.password.clone(),
-        g.outbreak_id.as_deref().expect("validated"),
-        std::time::Duration::from_secs(g.request_timeout_secs),
-    );
-    // A wrong outbreak or account is for an operator; an unreachable
-    // Go.Data is not (changes wait in the outbox).
-    match client.check_outbreak_access().await {
-        Ok(()) => tracing::info!("go.data account can write to the outbreak"),
-        Err(godata_bridge::godata::client::AccessProblem::Godata(e))
-            if e.disposition() == godata_bridge::godata::client::Disposition::Retry =>
-        {
-            tracing::warn!(error = %e, "go.data not reachable yet; changes wait in the outbox")
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(deliver::run(Deliverer::new(config, client), db, rx));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-    let _ = stop.send(true);
-    let _ = task.await;
     Ok(())
 }

@@ -97,7 +97,11 @@ fn spawn_run(example: &str, env: &[(&str, String)]) -> tokio::process::Child {
         .args(["run", "--config", example, "--log-format", "json"])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .kill_on_drop(true)
         .spawn()
         .unwrap()
@@ -211,4 +215,215 @@ async fn kill_9_mid_burst_loses_and_duplicates_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(dead, 0);
+}
+
+/// Runs the binary with `args` and the env; returns (exit code, stdout, stderr).
+async fn bridge_cmd(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn dead_letter_retry_after_the_fix_delivers_and_status_tells() {
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let c = db.client().await;
+    c.batch_execute(include_str!("../../examples/hmis.sql"))
+        .await
+        .unwrap();
+    let env = [
+        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
+        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
+        (
+            "GODATA_BRIDGE_GODATA_PASSWORD",
+            sim::DEFAULT_PASSWORD.to_string(),
+        ),
+    ];
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
+    let (code, _, err) = bridge_cmd(&["install", "--config", example], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    let _bridge = spawn_run(example, &env);
+    // A district the Go.Data instance does not know yet.
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
+         VALUES ('DL-1', 'Aminata', 'SL-NEW', now(), 'suspected')",
+    )
+    .await
+    .unwrap();
+    wait_for("the dead letter", Duration::from_secs(30), || {
+        let c = &c;
+        async move {
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM godata_bridge.dead_letter", &[])
+                .await
+                .unwrap()
+                .get(0);
+            n == 1
+        }
+    })
+    .await;
+    let (code, out, _) = bridge_cmd(&["status", "--config", example, "--json"], &env).await;
+    assert_eq!(code, Some(0));
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["dead_letters"], 1);
+    assert_eq!(status["outbox_depth"], 0);
+    let (_, out, _) = bridge_cmd(&["dead-letter", "--config", example, "list"], &env).await;
+    assert!(
+        out.contains("DL-1") && out.contains("district_code"),
+        "{out}"
+    );
+    assert!(!out.contains("Aminata"), "no row values in the listing");
+    let (code, _, err) = bridge_cmd(&["dead-letter", "--config", example, "retry"], &env).await;
+    assert_ne!(code, Some(0), "retry without ids or --all is refused");
+    assert!(err.contains("--all"));
+    // The fix: Go.Data gets the district.
+    sim.with_store(|s| {
+        let mut loc = serde_json::Map::new();
+        loc.insert("name".into(), "New district".into());
+        loc.insert(
+            "identifiers".into(),
+            serde_json::json!([{ "code": "SL-NEW" }]),
+        );
+        s.add_location(loc);
+    });
+    // `retry` makes the running bridge re-read Go.Data's locations.
+    let (code, out, _) = bridge_cmd(
+        &["dead-letter", "--config", example, "retry", "--all"],
+        &env,
+    )
+    .await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("1 dead letter"), "{out}");
+    wait_for(
+        "the retried case in Go.Data",
+        Duration::from_secs(30),
+        || {
+            let n = sim.with_store(|s| s.persons.len());
+            async move { n == 1 }
+        },
+    )
+    .await;
+    let (_, out, _) = bridge_cmd(&["status", "--config", example, "--json"], &env).await;
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            status["dead_letters"].as_i64(),
+            status["linked_records"].as_i64()
+        ),
+        (Some(0), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn backfill_enqueues_existing_rows_in_chunks() {
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let c = db.client().await;
+    c.batch_execute(include_str!("../../examples/hmis.sql"))
+        .await
+        .unwrap();
+    let env = [
+        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
+        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
+        (
+            "GODATA_BRIDGE_GODATA_PASSWORD",
+            sim::DEFAULT_PASSWORD.to_string(),
+        ),
+    ];
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
+    assert_eq!(
+        bridge_cmd(&["install", "--config", example], &env).await.0,
+        Some(0)
+    );
+    let (code, out, err) =
+        bridge_cmd(&["backfill", "--config", example, "--chunk", "2"], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("hmis.cases: 6 rows enqueued")
+            && out.contains("hmis.contacts: 5 rows enqueued"),
+        "{out}"
+    );
+    let _bridge = spawn_run(example, &env);
+    wait_for("the seed rows in Go.Data", Duration::from_secs(60), || {
+        let n = sim.with_store(|s| s.persons.len());
+        async move { n == 11 }
+    })
+    .await;
+    // A second backfill re-sends nothing: Go.Data already holds that content.
+    let writes = sim.requests().iter().filter(|r| r.method != "GET").count();
+    assert_eq!(
+        bridge_cmd(&["backfill", "--config", example], &env).await.0,
+        Some(0)
+    );
+    wait_for(
+        "the second backfill settled",
+        Duration::from_secs(60),
+        || {
+            let c = &c;
+            async move {
+                let n: i64 = c
+                    .query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                n == 0
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        sim.requests().iter().filter(|r| r.method != "GET").count(),
+        writes
+    );
+}
+
+#[tokio::test]
+async fn check_reports_and_catalog_mismatch_exits_2() {
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let c = db.client().await;
+    c.batch_execute(include_str!("../../examples/hmis.sql"))
+        .await
+        .unwrap();
+    let env = [
+        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
+        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
+        (
+            "GODATA_BRIDGE_GODATA_PASSWORD",
+            sim::DEFAULT_PASSWORD.to_string(),
+        ),
+    ];
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
+    let (code, out, _) = bridge_cmd(&["check", "--config", example], &env).await;
+    assert_ne!(code, Some(0), "capture is not installed yet");
+    assert!(out.contains("FAIL capture installed"), "{out}");
+    assert!(
+        out.contains("ok   go.data login and outbreak access"),
+        "{out}"
+    );
+    assert_eq!(
+        bridge_cmd(&["install", "--config", example], &env).await.0,
+        Some(0)
+    );
+    let (code, out, _) = bridge_cmd(&["check", "--config", example], &env).await;
+    assert_eq!(code, Some(0), "{out}");
+    // A column the HMIS does not have: named, exit 2, nothing changed.
+    c.batch_execute("ALTER TABLE hmis.cases RENAME COLUMN national_id TO nid")
+        .await
+        .unwrap();
+    let (code, _, err) = bridge_cmd(&["run", "--config", example], &env).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("national_id") && err.contains("push[0].map["),
+        "{err}"
+    );
 }

@@ -1,0 +1,280 @@
+//! What each subcommand does, once its arguments are parsed and its config
+//! loaded. `main.rs` only parses and dispatches.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::capture::install as capture;
+use crate::config::{split_table, Config};
+use crate::deliver::{self, Deliverer};
+use crate::godata::client::{AccessProblem, Client, Disposition};
+use crate::ops;
+
+/// A config that does not fit the database: exit code 2, like a bad file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {}", problems.join("; "))]
+pub struct CatalogMismatch {
+    pub file: String,
+    pub problems: Vec<String>,
+}
+
+fn pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Config> {
+    config
+        .hmis
+        .database_url
+        .expose()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the HMIS database URL is not a valid libpq URL"))
+}
+
+pub async fn connect_hmis(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = pg_config(config)?
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("cannot connect to the HMIS database")?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "hmis connection ended");
+        }
+    });
+    Ok(client)
+}
+
+pub fn godata_client(config: &Config) -> Client {
+    let g = &config.godata;
+    Client::new(
+        g.url.as_deref().expect("validated"),
+        g.user.as_deref().expect("validated"),
+        g.password.clone(),
+        g.outbreak_id.as_deref().expect("validated"),
+        Duration::from_secs(g.request_timeout_secs),
+    )
+}
+
+async fn check_catalog(
+    pg: &tokio_postgres::Client,
+    config: &Config,
+    file: &str,
+) -> anyhow::Result<()> {
+    let problems = ops::catalog_problems(pg, config).await?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(CatalogMismatch {
+        file: file.to_string(),
+        problems,
+    }
+    .into())
+}
+
+pub async fn install(config: &Config, file: &str) -> anyhow::Result<()> {
+    let mut pg = connect_hmis(config).await?;
+    check_catalog(&pg, config, file).await?;
+    capture::install(&mut pg)
+        .await
+        .context("applying sql/install.sql")?;
+    for p in &config.push {
+        let (schema, table) = p.schema_table().expect("validated");
+        capture::track(&pg, schema, table, &p.key)
+            .await
+            .with_context(|| format!("tracking {}", p.table))?;
+        tracing::info!(table = %p.table, "tracking");
+    }
+    println!(
+        "installed godata_bridge schema v{} and tracked {} table(s)",
+        capture::SCHEMA_VERSION,
+        config.push.len()
+    );
+    Ok(())
+}
+
+pub async fn run(config: Config, file: &str) -> anyhow::Result<()> {
+    let db = pg_config(&config)?;
+    match connect_hmis(&config).await {
+        Ok(pg) => check_catalog(&pg, &config, file).await?,
+        Err(e) => tracing::warn!(error = %e, "hmis database not reachable yet; will retry"),
+    }
+    let client = godata_client(&config);
+    // A wrong outbreak or account is for an operator; an unreachable
+    // Go.Data is not (changes wait in the outbox).
+    match client.check_outbreak_access().await {
+        Ok(()) => tracing::info!("go.data account can write to the outbreak"),
+        Err(AccessProblem::Godata(e)) if e.disposition() == Disposition::Retry => {
+            tracing::warn!(error = %e, "go.data not reachable yet; changes wait in the outbox")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(deliver::run(Deliverer::new(config, client), db, rx));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = task.await;
+    Ok(())
+}
+
+pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let pg = connect_hmis(config).await?;
+    let s = ops::status(&pg)
+        .await
+        .context("reading godata_bridge state (is it installed?)")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("outbox depth        {}", s.outbox_depth);
+    println!(
+        "oldest pending      {}",
+        s.oldest_pending_age_secs
+            .map(|a| format!("{a:.1} s ago"))
+            .unwrap_or_else(|| "-".into())
+    );
+    println!("waiting for retry   {}", s.deferred);
+    println!("dead letters        {}", s.dead_letters);
+    println!(
+        "last delivery       {}",
+        s.last_delivery.as_deref().unwrap_or("-")
+    );
+    println!("linked records      {}", s.linked_records);
+    println!("tracked tables      {}", s.tracked_tables.join(", "));
+    Ok(())
+}
+
+/// `dead-letter list|retry|discard`.
+pub enum DeadLetterAction {
+    List { json: bool },
+    Retry(Vec<i64>),
+    Discard(Vec<i64>),
+}
+
+pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::Result<()> {
+    let mut pg = connect_hmis(config).await?;
+    match action {
+        DeadLetterAction::List { json } => {
+            let list = ops::dead_letters(&pg).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no dead letters");
+            } else {
+                for d in list {
+                    println!(
+                        "{:>8}  {}  {}  {}  {}  status={} code={}  {}",
+                        d.id,
+                        d.failed_at,
+                        d.table,
+                        d.op,
+                        d.key,
+                        d.http_status
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        d.godata_code.as_deref().unwrap_or("-"),
+                        d.reason
+                    );
+                }
+            }
+        }
+        DeadLetterAction::Retry(ids) => {
+            let n = ops::retry_dead_letters(&mut pg, &ids).await?;
+            println!("{n} dead letter(s) back in the outbox");
+        }
+        DeadLetterAction::Discard(ids) => {
+            let n = ops::discard_dead_letters(&pg, &ids).await?;
+            println!("{n} dead letter(s) discarded");
+        }
+    }
+    Ok(())
+}
+
+pub async fn backfill(config: &Config, table: Option<&str>, chunk: i32) -> anyhow::Result<()> {
+    let pg = connect_hmis(config).await?;
+    let tables: Vec<&str> = match table {
+        Some(t) => {
+            if !config.push.iter().any(|p| p.table == t) {
+                anyhow::bail!("--table {t}: not a [[push]] table of the config");
+            }
+            vec![t]
+        }
+        // Cases before contacts, in config order.
+        None => config.push.iter().map(|p| p.table.as_str()).collect(),
+    };
+    let tty = std::io::stderr().is_terminal();
+    for t in tables {
+        let (schema, name) = split_table(t).expect("validated");
+        let total = ops::backfill(&pg, schema, name, chunk, |n| {
+            if tty {
+                eprint!("\rbackfill {t}: {n} rows enqueued");
+                let _ = std::io::stderr().flush();
+            } else {
+                tracing::info!(table = t, enqueued = n, "backfill progress");
+            }
+        })
+        .await
+        .with_context(|| format!("backfilling {t}"))?;
+        if tty {
+            eprintln!();
+        }
+        println!("{t}: {total} rows enqueued");
+    }
+    Ok(())
+}
+
+/// `check`: config, catalog, Go.Data login, outbreak access, location
+/// codes. Prints one line per check; fails if any failed.
+pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
+    let mut failed = 0;
+    let mut report = |ok: bool, what: &str, detail: String| {
+        if !ok {
+            failed += 1;
+        }
+        println!(
+            "{} {what}{}",
+            if ok { "ok  " } else { "FAIL" },
+            if detail.is_empty() {
+                detail
+            } else {
+                format!(": {detail}")
+            }
+        );
+    };
+    report(true, "config", file.to_string());
+    match connect_hmis(config).await {
+        Err(e) => report(false, "hmis database", format!("{e:#}")),
+        Ok(pg) => {
+            report(true, "hmis database", String::new());
+            let problems = ops::catalog_problems(&pg, config).await?;
+            report(
+                problems.is_empty(),
+                "tables and columns",
+                problems.join("; "),
+            );
+            match ops::status(&pg).await {
+                Ok(s) => report(
+                    true,
+                    "capture installed",
+                    format!("tracking {}", s.tracked_tables.join(", ")),
+                ),
+                Err(_) => report(
+                    false,
+                    "capture installed",
+                    "run `godata-bridge install`".into(),
+                ),
+            }
+        }
+    }
+    let client = godata_client(config);
+    match client.check_outbreak_access().await {
+        Ok(()) => report(true, "go.data login and outbreak access", String::new()),
+        Err(e) => report(false, "go.data login and outbreak access", e.to_string()),
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} check(s) failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Operator commands on the HMIS-side state: `status`, `dead-letter
+//! list|retry|discard`, `backfill`, and the catalog check that `check`,
+//! `install` and `run` share. Output carries ids, counts, keys and ages —
+//! never row values.
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::GenericClient;
+
+use crate::config::{split_table, Config};
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Status {
+    pub outbox_depth: i64,
+    /// Seconds since the oldest pending change was captured.
+    pub oldest_pending_age_secs: Option<f64>,
+    /// Changes waiting for a retry after a transient failure.
+    pub deferred: i64,
+    pub dead_letters: i64,
+    /// When Go.Data last acknowledged a change (RFC 3339).
+    pub last_delivery: Option<String>,
+    pub linked_records: i64,
+    pub tracked_tables: Vec<String>,
+}
+
+pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::Error> {
+    let r = pg
+        .query_one(
+            "SELECT (SELECT count(*) FROM godata_bridge.outbox),
+                    (SELECT extract(epoch FROM now() - min(captured_at))::float8 FROM godata_bridge.outbox),
+                    (SELECT count(*) FROM godata_bridge.outbox WHERE next_attempt_at > now()),
+                    (SELECT count(*) FROM godata_bridge.dead_letter),
+                    (SELECT to_char(max(pushed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM godata_bridge.link),
+                    (SELECT count(*) FROM godata_bridge.link),
+                    (SELECT coalesce(array_agg(table_name ORDER BY table_name), '{}') FROM godata_bridge.tracked)",
+            &[],
+        )
+        .await?;
+    Ok(Status {
+        outbox_depth: r.get(0),
+        oldest_pending_age_secs: r.get(1),
+        deferred: r.get(2),
+        dead_letters: r.get(3),
+        last_delivery: r.get(4),
+        linked_records: r.get(5),
+        tracked_tables: r.get(6),
+    })
+}
+
+/// One dead letter, as `dead-letter list` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub table: String,
+    pub op: String,
+    /// The HMIS key (an identifier, not patient data).
+    pub key: Value,
+    pub failed_at: String,
+    pub attempts: i32,
+    pub http_status: Option<i32>,
+    pub godata_code: Option<String>,
+    pub reason: String,
+}
+
+pub async fn dead_letters(
+    pg: &impl GenericClient,
+) -> Result<Vec<DeadLetter>, tokio_postgres::Error> {
+    let rows = pg
+        .query(
+            "SELECT id, table_name, op::text, row_key,
+                    to_char(failed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    attempts, http_status, godata_code, reason
+               FROM godata_bridge.dead_letter ORDER BY id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| DeadLetter {
+            id: r.get(0),
+            table: r.get(1),
+            op: r.get(2),
+            key: r.get(3),
+            failed_at: r.get(4),
+            attempts: r.get(5),
+            http_status: r.get(6),
+            godata_code: r.get(7),
+            reason: r.get(8),
+        })
+        .collect())
+}
+
+/// Moves dead letters back into the outbox (all when `ids` is empty) and
+/// wakes the bridge. Returns how many moved.
+pub async fn retry_dead_letters(
+    pg: &mut tokio_postgres::Client,
+    ids: &[i64],
+) -> Result<u64, tokio_postgres::Error> {
+    let tx = pg.transaction().await?;
+    let n = tx
+        .execute(
+            "WITH moved AS (
+                DELETE FROM godata_bridge.dead_letter WHERE cardinality($1::int8[]) = 0 OR id = ANY($1)
+                RETURNING table_name, op, row_key, row_image, id)
+             INSERT INTO godata_bridge.outbox (table_name, op, row_key, row_image)
+             SELECT table_name, op, row_key, row_image FROM moved ORDER BY id",
+            &[&ids],
+        )
+        .await?;
+    // Tells the bridge to re-read what it caches from Go.Data (locations):
+    // the operator may have fixed the cause there.
+    tx.execute(
+        "INSERT INTO godata_bridge.state (name, value) VALUES ('dead_letter_retry', to_jsonb(now()))
+         ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+        &[],
+    )
+    .await?;
+    tx.execute("SELECT pg_notify('godata_bridge', '')", &[])
+        .await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Deletes dead letters for good (all when `ids` is empty).
+pub async fn discard_dead_letters(
+    pg: &impl GenericClient,
+    ids: &[i64],
+) -> Result<u64, tokio_postgres::Error> {
+    pg.execute(
+        "DELETE FROM godata_bridge.dead_letter WHERE cardinality($1::int8[]) = 0 OR id = ANY($1)",
+        &[&ids],
+    )
+    .await
+}
+
+/// Enqueues every existing row of `schema.table`, `chunk` rows per
+/// transaction; `progress` hears the running total after each chunk.
+pub async fn backfill(
+    pg: &impl GenericClient,
+    schema: &str,
+    table: &str,
+    chunk: i32,
+    mut progress: impl FnMut(i64),
+) -> Result<i64, tokio_postgres::Error> {
+    let mut after: Option<Value> = None;
+    let mut total = 0;
+    loop {
+        let r = pg
+            .query_one(
+                "SELECT enqueued, last_key FROM godata_bridge.backfill_chunk(format('%I.%I', $1::text, $2::text)::regclass, $3, $4)",
+                &[&schema, &table, &after, &chunk],
+            )
+            .await?;
+        let n: i64 = r.get(0);
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n;
+        after = r.get(1);
+        progress(total);
+    }
+}
+
+/// Checks every `[[push]]` table and column against the catalog. Each
+/// problem names the config field and the database object.
+pub async fn catalog_problems(
+    pg: &impl GenericClient,
+    config: &Config,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut out = vec![];
+    for (i, p) in config.push.iter().enumerate() {
+        let (schema, table) = split_table(&p.table).expect("validated");
+        let cols: Vec<String> = pg
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a
+                   JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&schema, &table],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if cols.is_empty() {
+            out.push(format!(
+                "push[{i}].table: no table {} in the HMIS database",
+                p.table
+            ));
+            continue;
+        }
+        let mut need: Vec<(String, &str)> = vec![];
+        for (k, key) in p.key.iter().enumerate() {
+            need.push((format!("push[{i}].key[{k}]"), key));
+        }
+        if let Some(c) = &p.case {
+            need.push((format!("push[{i}].case.column"), &c.column));
+        }
+        for (j, rule) in p.map.iter().enumerate() {
+            for col in rule.columns() {
+                need.push((format!("push[{i}].map[{j}] (to = {})", rule.to), col));
+            }
+        }
+        for (field, col) in need {
+            if !cols.iter().any(|c| c == col) {
+                out.push(format!("{field}: table {} has no column `{col}`", p.table));
+            }
+        }
+    }
+    Ok(out)
+}
