@@ -278,3 +278,151 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `demo`: a throwaway PostgreSQL (or `database_url`), the reference HMIS,
+/// the emulator, install, backfill, the bridge; a few HMIS changes shown
+/// arriving in Go.Data; then it keeps running until Ctrl-C/SIGTERM so a
+/// person can change rows with psql and watch.
+pub async fn demo(
+    database_url: Option<String>,
+    godata_listen: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    use crate::pg_cluster::{Cluster, ClusterOptions};
+    use crate::sim::{Sim, SimConfig};
+
+    let (cluster, url) = match database_url {
+        Some(u) => (None, u),
+        None => {
+            println!("starting a throwaway PostgreSQL …");
+            let c =
+                tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default())).await??;
+            let url = c.url("postgres");
+            (Some(c), url)
+        }
+    };
+    let sim = match Sim::start(SimConfig {
+        listen: godata_listen,
+        ..SimConfig::default()
+    })
+    .await
+    {
+        Ok(s) => s,
+        Err(_) => Sim::start(SimConfig::default()).await?, // the port is taken: any free one
+    };
+    struct DemoEnv(String, String);
+    impl crate::config::Env for DemoEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            match name {
+                "GODATA_BRIDGE_DATABASE_URL" => Some(self.0.clone()),
+                "GODATA_BRIDGE_GODATA_URL" => Some(self.1.clone()),
+                "GODATA_BRIDGE_GODATA_PASSWORD" => Some(crate::sim::DEFAULT_PASSWORD.into()),
+                _ => None,
+            }
+        }
+    }
+    let file = "examples/bridge.toml (built in)";
+    let config = Config::parse(
+        include_str!("../examples/bridge.toml"),
+        file,
+        &DemoEnv(url.clone(), sim.url()),
+    )?;
+    let pg = connect_hmis(&config).await?;
+    pg.batch_execute(include_str!("../examples/hmis.sql"))
+        .await
+        .context("loading examples/hmis.sql")?;
+    install(&config, file).await?;
+    backfill(&config, None, 1000).await?;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let bridge = tokio::spawn(deliver::run(
+        Deliverer::new(config.clone(), godata_client(&config)),
+        pg_config(&config)?,
+        rx,
+    ));
+    let count =
+        |sim: &Sim| sim.with_store(|s| s.persons.values().filter(|p| p["deleted"] != true).count());
+    wait_until("the seed rows in Go.Data", || count(&sim) == 11).await?;
+    println!(
+        "HMIS seed rows are in Go.Data: {} cases and contacts",
+        count(&sim)
+    );
+
+    println!("\nmaking HMIS changes:");
+    pg.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, age_years, district_code, reported_at, classification)
+         VALUES ('BO-2024-0002', 'Demo', 'Case', 'M', 40, 'SL-BO', now(), 'suspected');",
+    )
+    .await?;
+    println!("  INSERT hmis.cases BO-2024-0002 (suspected)");
+    let ns = config.godata.id_namespace;
+    let id = crate::godata::ids::godata_id(
+        ns,
+        "hmis.cases",
+        &serde_json::json!({"case_id": "BO-2024-0002"}),
+    )
+    .to_string();
+    let field = |sim: &Sim, f: &str| sim.with_store(|s| s.persons.get(&id).map(|p| p[f].clone()));
+    wait_until("the new case", || field(&sim, "classification").is_some()).await?;
+    println!(
+        "  → Go.Data case {id}: {}",
+        field(&sim, "classification")
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or_default()
+    );
+    pg.batch_execute(
+        "UPDATE hmis.cases SET classification = 'confirmed' WHERE case_id = 'BO-2024-0002'",
+    )
+    .await?;
+    println!("  UPDATE classification = confirmed");
+    let confirmed = "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_CONFIRMED";
+    wait_until("the update", || {
+        field(&sim, "classification").is_some_and(|c| c == confirmed)
+    })
+    .await?;
+    println!("  → Go.Data case {id}: {confirmed}");
+    pg.batch_execute("DELETE FROM hmis.cases WHERE case_id = 'BO-2024-0002'")
+        .await?;
+    println!("  DELETE");
+    wait_until("the delete", || {
+        field(&sim, "deleted").is_some_and(|d| d == true)
+    })
+    .await?;
+    println!("  → Go.Data case {id}: deleted (soft)");
+
+    println!("\ndemo ready. Try:");
+    println!("  psql '{url}' -c \"UPDATE hmis.cases SET outcome = 'recovered' WHERE case_id = 'KEN-2024-0002'\"");
+    println!(
+        "  curl -s {}/__sim/state    # what Go.Data holds",
+        sim.url()
+    );
+    println!(
+        "  Go.Data API: {}/api (user {}, password {})",
+        sim.url(),
+        crate::sim::DEFAULT_USER,
+        crate::sim::DEFAULT_PASSWORD
+    );
+    println!("Ctrl-C stops the demo and removes the throwaway database.");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = stop.send(true);
+    let _ = bridge.await;
+    drop(pg);
+    if let Some(c) = cluster {
+        tokio::task::spawn_blocking(move || drop(c)).await?;
+    }
+    Ok(())
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("demo: timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

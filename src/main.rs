@@ -61,6 +61,15 @@ enum Command {
     },
     /// Check config, database catalog, Go.Data login and outbreak access.
     Check(ConfigArg),
+    /// The whole flow on a throwaway PostgreSQL and the emulator; runs until Ctrl-C.
+    Demo {
+        /// Use this database instead of a throwaway cluster (it gets the `hmis` schema).
+        #[arg(long, env = "GODATA_BRIDGE_DATABASE_URL")]
+        database_url: Option<String>,
+        /// Where the emulator listens (any free port if taken).
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        godata_listen: SocketAddr,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,7 +165,9 @@ fn main() -> ExitCode {
     };
     // Config is loaded and validated before anything runs; a bad one exits 2.
     let config_arg = match &cli.command {
-        Command::Install(InstallArgs { print: true, .. }) | Command::Sim(_) => None,
+        Command::Install(InstallArgs { print: true, .. })
+        | Command::Sim(_)
+        | Command::Demo { .. } => None,
         Command::Install(InstallArgs { config, .. })
         | Command::Run(config)
         | Command::Check(config)
@@ -205,6 +216,10 @@ fn main() -> ExitCode {
                 commands::backfill(cfg(), table.as_deref(), chunk).await
             }
             Command::Check(_) => commands::check(cfg(), &file).await,
+            Command::Demo {
+                database_url,
+                godata_listen,
+            } => commands::demo(database_url, godata_listen).await,
         }
     });
     match result {

@@ -427,3 +427,101 @@ async fn check_reports_and_catalog_mismatch_exits_2() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn demo_shows_the_flow_and_stops_cleanly() {
+    let mut demo = Command::new(BIN)
+        .args([
+            "demo",
+            "--godata-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .env_remove("GODATA_BRIDGE_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let mut seen = vec![];
+    let ready = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            let done = l.starts_with("demo ready");
+            seen.push(l);
+            if done {
+                return;
+            }
+        }
+        panic!("demo ended early: {seen:?}");
+    })
+    .await;
+    assert!(ready.is_ok(), "demo not ready in time");
+    let text = seen.join("\n");
+    assert!(text.contains("HMIS seed rows are in Go.Data: 11"), "{text}");
+    assert!(
+        text.contains("CASE_CLASSIFICATION_CONFIRMED") && text.contains("deleted (soft)"),
+        "{text}"
+    );
+    let pid = demo.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(30), demo.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn hostile_table_name_in_config_is_refused_and_changes_nothing() {
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let c = db.client().await;
+    c.batch_execute("CREATE TABLE y (id int)").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[godata]\nurl = \"{}\"\nuser = \"{}\"\noutbreak_id = \"{}\"\n\n[[push]]\ntable = 'public.x\"; drop table y; --'\nresource = \"case\"\nmap = [{{ to = \"firstName\", from = \"a\" }}]\n",
+            sim.url(),
+            sim::DEFAULT_USER,
+            sim::DEFAULT_OUTBREAK_ID
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
+        (
+            "GODATA_BRIDGE_GODATA_PASSWORD",
+            sim::DEFAULT_PASSWORD.to_string(),
+        ),
+    ];
+    let (code, _, err) = bridge_cmd(&["install", "--config", path.to_str().unwrap()], &env).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("push[0].table") && err.contains("no table"),
+        "{err}"
+    );
+    let y: i64 = c
+        .query_one("SELECT count(*) FROM pg_tables WHERE tablename = 'y'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(y, 1);
+    let schema: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'godata_bridge'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schema, 0, "nothing was installed");
+}
