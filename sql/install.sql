@@ -14,9 +14,14 @@
 --   track(table, key_columns) / untrack(table)
 --   grant_bridge(role)  least-privilege grants for the bridge's own role
 --
--- Capture is statement-level with transition tables: one trigger call per
--- statement, set-based inserts into the outbox, so a 100k-row bulk load is
--- one INSERT … SELECT rather than 100k trigger calls. Rows written with
+-- Capture is statement-level with transition tables (one trigger call per
+-- statement, one set-based INSERT … SELECT into the outbox), and the outbox
+-- holds only (table, op, key): the bridge reads the row's current state when
+-- it delivers (a claim check). track() generates each table's trigger
+-- functions with its key columns inlined, so no row is turned into jsonb on
+-- the HMIS's write path. Measured on PostgreSQL 15, 100k-row INSERT … SELECT:
+-- 0.45 s without capture, 3.5 s with a generic trigger storing row images,
+-- 1.4 s with this design (README, "Capture cost"). Rows written with
 -- `SET LOCAL godata_bridge.origin = 'godata'` (the bridge's write-back) are
 -- not captured, so two-way sync does not echo.
 
@@ -33,7 +38,6 @@ CREATE TABLE IF NOT EXISTS godata_bridge.outbox (
     table_name   text NOT NULL,                 -- schema-qualified, quoted as regclass prints it
     op           "char" NOT NULL CHECK (op IN ('I', 'U', 'D')),
     row_key      jsonb NOT NULL,                -- {"key column": value, …}
-    row_image    jsonb,                         -- the new row (I/U) or the old row (D)
     txid         xid8 NOT NULL DEFAULT pg_current_xact_id(),
     captured_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     attempts     int NOT NULL DEFAULT 0,
@@ -47,7 +51,6 @@ CREATE TABLE IF NOT EXISTS godata_bridge.dead_letter (
     table_name   text NOT NULL,
     op           "char" NOT NULL,
     row_key      jsonb NOT NULL,
-    row_image    jsonb,
     txid         xid8 NOT NULL,
     captured_at  timestamptz NOT NULL,
     failed_at    timestamptz NOT NULL DEFAULT now(),
@@ -90,75 +93,23 @@ RETURNS text LANGUAGE sql STABLE AS $$
      WHERE c.oid = tbl
 $$;
 
--- {"col": value} of `r` for the key columns `keys` (a JSON array of names).
-CREATE OR REPLACE FUNCTION godata_bridge.row_key(r jsonb, keys jsonb)
-RETURNS jsonb LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT jsonb_object_agg(k, r -> k) FROM jsonb_array_elements_text(keys) AS k
-$$;
-
 -- True when the current transaction is the bridge's own write-back.
 CREATE OR REPLACE FUNCTION godata_bridge.is_bridge_write()
 RETURNS boolean LANGUAGE sql STABLE AS $$
     SELECT coalesce(current_setting('godata_bridge.origin', true), '') = 'godata'
 $$;
 
--- TG_ARGV[0]: the key columns as a JSON array.
-CREATE OR REPLACE FUNCTION godata_bridge.capture_insert()
-RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF godata_bridge.is_bridge_write() THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO godata_bridge.outbox (table_name, op, row_key, row_image)
-    SELECT format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'I',
-           godata_bridge.row_key(s.r, TG_ARGV[0]::jsonb), s.r
-      FROM (SELECT to_jsonb(n) AS r FROM new_rows n) s;
-    IF FOUND THEN
-        PERFORM pg_notify('godata_bridge', '');
-    END IF;
-    RETURN NULL;
-END
+-- jsonb_build_object('k1', <alias>.k1, …) for key columns `keys`.
+CREATE OR REPLACE FUNCTION godata_bridge.key_expr(keys text[], alias text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'jsonb_build_object(' || string_agg(format('%L, %s.%I', k, alias, k), ', ' ORDER BY i) || ')'
+      FROM unnest(keys) WITH ORDINALITY AS u(k, i)
 $$;
 
--- An update that changes the key is a delete of the old key plus an upsert.
-CREATE OR REPLACE FUNCTION godata_bridge.capture_update()
-RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF godata_bridge.is_bridge_write() THEN
-        RETURN NULL;
-    END IF;
-    WITH n AS (
-        SELECT to_jsonb(x) AS r, godata_bridge.row_key(to_jsonb(x), TG_ARGV[0]::jsonb) AS k FROM new_rows x
-    ), o AS (
-        SELECT to_jsonb(x) AS r, godata_bridge.row_key(to_jsonb(x), TG_ARGV[0]::jsonb) AS k FROM old_rows x
-    )
-    INSERT INTO godata_bridge.outbox (table_name, op, row_key, row_image)
-    SELECT format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'D', o.k, o.r
-      FROM o WHERE NOT EXISTS (SELECT 1 FROM n WHERE n.k = o.k)
-    UNION ALL
-    SELECT format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'U', n.k, n.r FROM n;
-    IF FOUND THEN
-        PERFORM pg_notify('godata_bridge', '');
-    END IF;
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION godata_bridge.capture_delete()
-RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF godata_bridge.is_bridge_write() THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO godata_bridge.outbox (table_name, op, row_key, row_image)
-    SELECT format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'D',
-           godata_bridge.row_key(s.r, TG_ARGV[0]::jsonb), s.r
-      FROM (SELECT to_jsonb(o) AS r FROM old_rows o) s;
-    IF FOUND THEN
-        PERFORM pg_notify('godata_bridge', '');
-    END IF;
-    RETURN NULL;
-END
+-- Name of a tracked table's generated trigger function (`op`: i, u, d).
+CREATE OR REPLACE FUNCTION godata_bridge.capture_function(tbl regclass, op text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT format('godata_bridge.%I', 'capture_' || tbl::oid || '_' || op)
 $$;
 
 -- Starts capturing `tbl`. `key_columns` default to the primary key.
@@ -167,7 +118,7 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     keys text[] := key_columns;
     col text;
-    keys_json text;
+    name text;
 BEGIN
     IF (SELECT relkind FROM pg_class WHERE oid = tbl) NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'godata_bridge.track: % is not a table', tbl;
@@ -188,19 +139,51 @@ BEGIN
             RAISE EXCEPTION 'godata_bridge.track: table % has no column %', tbl, quote_ident(col);
         END IF;
     END LOOP;
-    keys_json := to_jsonb(keys)::text;
+    name := godata_bridge.qualified(tbl);
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $b$
+        BEGIN
+            IF godata_bridge.is_bridge_write() THEN RETURN NULL; END IF;
+            INSERT INTO godata_bridge.outbox (table_name, op, row_key)
+            SELECT %L, 'I', %s FROM new_rows n;
+            IF FOUND THEN PERFORM pg_notify('godata_bridge', ''); END IF;
+            RETURN NULL;
+        END $b$ $f$, godata_bridge.capture_function(tbl, 'i'), name, godata_bridge.key_expr(keys, 'n'));
+    -- An update that changes the key is a delete of the old key plus an upsert.
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $b$
+        BEGIN
+            IF godata_bridge.is_bridge_write() THEN RETURN NULL; END IF;
+            WITH nk AS (SELECT %s AS k FROM new_rows n), ok AS (SELECT %s AS k FROM old_rows o)
+            INSERT INTO godata_bridge.outbox (table_name, op, row_key)
+            SELECT %L, 'D', ok.k FROM ok WHERE NOT EXISTS (SELECT 1 FROM nk WHERE nk.k = ok.k)
+            UNION ALL
+            SELECT %L, 'U', nk.k FROM nk;
+            IF FOUND THEN PERFORM pg_notify('godata_bridge', ''); END IF;
+            RETURN NULL;
+        END $b$ $f$, godata_bridge.capture_function(tbl, 'u'), godata_bridge.key_expr(keys, 'n'),
+           godata_bridge.key_expr(keys, 'o'), name, name);
+    EXECUTE format($f$
+        CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $b$
+        BEGIN
+            IF godata_bridge.is_bridge_write() THEN RETURN NULL; END IF;
+            INSERT INTO godata_bridge.outbox (table_name, op, row_key)
+            SELECT %L, 'D', %s FROM old_rows o;
+            IF FOUND THEN PERFORM pg_notify('godata_bridge', ''); END IF;
+            RETURN NULL;
+        END $b$ $f$, godata_bridge.capture_function(tbl, 'd'), name, godata_bridge.key_expr(keys, 'o'));
     EXECUTE format('DROP TRIGGER IF EXISTS godata_bridge_capture_insert ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS godata_bridge_capture_update ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS godata_bridge_capture_delete ON %s', tbl);
     EXECUTE format('CREATE TRIGGER godata_bridge_capture_insert AFTER INSERT ON %s '
-                   'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT '
-                   'EXECUTE FUNCTION godata_bridge.capture_insert(%L)', tbl, keys_json);
+                   'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                   tbl, godata_bridge.capture_function(tbl, 'i'));
     EXECUTE format('CREATE TRIGGER godata_bridge_capture_update AFTER UPDATE ON %s '
-                   'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT '
-                   'EXECUTE FUNCTION godata_bridge.capture_update(%L)', tbl, keys_json);
+                   'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                   tbl, godata_bridge.capture_function(tbl, 'u'));
     EXECUTE format('CREATE TRIGGER godata_bridge_capture_delete AFTER DELETE ON %s '
-                   'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT '
-                   'EXECUTE FUNCTION godata_bridge.capture_delete(%L)', tbl, keys_json);
+                   'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
+                   tbl, godata_bridge.capture_function(tbl, 'd'));
     INSERT INTO godata_bridge.tracked (table_name, key_columns)
     VALUES (godata_bridge.qualified(tbl), keys)
     ON CONFLICT (table_name) DO UPDATE SET key_columns = EXCLUDED.key_columns, tracked_at = now();
@@ -214,6 +197,9 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS godata_bridge_capture_insert ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS godata_bridge_capture_update ON %s', tbl);
     EXECUTE format('DROP TRIGGER IF EXISTS godata_bridge_capture_delete ON %s', tbl);
+    EXECUTE format('DROP FUNCTION IF EXISTS %s()', godata_bridge.capture_function(tbl, 'i'));
+    EXECUTE format('DROP FUNCTION IF EXISTS %s()', godata_bridge.capture_function(tbl, 'u'));
+    EXECUTE format('DROP FUNCTION IF EXISTS %s()', godata_bridge.capture_function(tbl, 'd'));
     DELETE FROM godata_bridge.tracked WHERE table_name = godata_bridge.qualified(tbl);
 END
 $$;
@@ -239,16 +225,42 @@ BEGIN
       FROM unnest(keys) WITH ORDINALITY AS u(k, i)
       JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.k;
     RETURN QUERY EXECUTE format(
-        'WITH chunk AS (SELECT to_jsonb(t) AS r FROM %s t %s ORDER BY %s LIMIT %s),
-              ins AS (INSERT INTO godata_bridge.outbox (table_name, op, row_key, row_image)
-                      SELECT %L, ''U'', godata_bridge.row_key(r, %L::jsonb), r FROM chunk
+        'WITH chunk AS (SELECT %s AS k FROM %s t %s ORDER BY %s LIMIT %s),
+              ins AS (INSERT INTO godata_bridge.outbox (table_name, op, row_key)
+                      SELECT %L, ''U'', k FROM chunk
                       RETURNING id, row_key)
          SELECT count(*), (SELECT row_key FROM ins ORDER BY id DESC LIMIT 1) FROM ins',
-        tbl,
+        godata_bridge.key_expr(keys, 't'), tbl,
         CASE WHEN after IS NULL THEN '' ELSE format('WHERE (%s) > (%s)', cols, vals) END,
-        cols, chunk, godata_bridge.qualified(tbl), to_jsonb(keys)::text)
+        cols, chunk, godata_bridge.qualified(tbl))
     USING after;
     PERFORM pg_notify('godata_bridge', '');
+END
+$$;
+
+-- The current rows of a tracked table for the given keys (the claim check
+-- behind each outbox row): (row_key, row as jsonb). Keys of rows that no
+-- longer exist are absent from the result.
+CREATE OR REPLACE FUNCTION godata_bridge.fetch_rows(tbl regclass, wanted jsonb[])
+RETURNS TABLE (row_key jsonb, row_image jsonb) LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    keys text[];
+    cols text;
+    vals text;
+BEGIN
+    SELECT key_columns INTO keys FROM godata_bridge.tracked WHERE table_name = godata_bridge.qualified(tbl);
+    IF keys IS NULL THEN
+        RAISE EXCEPTION 'godata_bridge.fetch_rows: % is not tracked', tbl;
+    END IF;
+    SELECT string_agg(format('t.%I', u.k), ', ' ORDER BY u.i),
+           string_agg(format('(w->>%L)::%s', u.k, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY u.i)
+      INTO cols, vals
+      FROM unnest(keys) WITH ORDINALITY AS u(k, i)
+      JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.k;
+    RETURN QUERY EXECUTE format(
+        'SELECT %s, to_jsonb(t) FROM %s t WHERE (%s) IN (SELECT %s FROM unnest($1) AS w)',
+        godata_bridge.key_expr(keys, 't'), tbl, cols, vals)
+    USING wanted;
 END
 $$;
 

@@ -68,6 +68,7 @@ struct Pending {
     key: Value,
     max_id: i64,
     op: String,
+    /// The row's current state (upserts only), read at delivery time.
     image: Option<Value>,
     attempts: i32,
     /// From `godata_bridge.link`: the Go.Data id (adopted or derived) and
@@ -201,7 +202,7 @@ impl Deliverer {
     async fn drain_batch(&self, pg: &PgClient) -> Result<Drained, DeliverError> {
         let rows = pg
             .query(
-                "SELECT o.id, o.table_name, o.op::text, o.row_key, o.row_image, o.attempts, l.godata_id, l.content_hash
+                "SELECT o.id, o.table_name, o.op::text, o.row_key, o.attempts, l.godata_id, l.content_hash
                    FROM (SELECT * FROM godata_bridge.outbox
                           WHERE next_attempt_at IS NULL OR next_attempt_at <= now()
                           ORDER BY id LIMIT $1) o
@@ -217,8 +218,8 @@ impl Deliverer {
             let key: Value = r.get(3);
             let id: i64 = r.get(0);
             let linked = r
-                .get::<_, Option<Uuid>>(6)
-                .map(|g| (g, r.get::<_, Option<String>>(7)));
+                .get::<_, Option<Uuid>>(5)
+                .map(|g| (g, r.get::<_, Option<String>>(6)));
             let p = records
                 .entry((table.clone(), key.to_string()))
                 .or_insert(Pending {
@@ -232,9 +233,9 @@ impl Deliverer {
                 });
             p.max_id = id;
             p.op = r.get(2);
-            p.image = r.get(4);
-            p.attempts = p.attempts.max(r.get(5));
+            p.attempts = p.attempts.max(r.get(4));
         }
+        self.fetch_images(pg, &mut records).await?;
         let lanes = self.config.delivery.lanes.max(1);
         let mut phases: [Vec<Vec<Pending>>; 2] = [
             (0..lanes).map(|_| vec![]).collect(),
@@ -264,6 +265,37 @@ impl Deliverer {
             }
         }
         Ok(out)
+    }
+
+    /// Reads the current rows behind the upserts of a batch (the outbox
+    /// holds only keys), one query per table.
+    async fn fetch_images(
+        &self,
+        pg: &PgClient,
+        records: &mut BTreeMap<(String, String), Pending>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let mut by_table: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for p in records.values().filter(|p| p.op != "D") {
+            by_table
+                .entry(p.table.clone())
+                .or_default()
+                .push(p.key.clone());
+        }
+        for (table, keys) in by_table {
+            let rows = pg
+                .query(
+                    "SELECT row_key, row_image FROM godata_bridge.fetch_rows($1::text::regclass, $2)",
+                    &[&table, &keys],
+                )
+                .await?;
+            for r in rows {
+                let key: Value = r.get(0);
+                if let Some(p) = records.get_mut(&(table.clone(), key.to_string())) {
+                    p.image = r.get(1);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn resource_of(&self, table: &str) -> Option<Resource> {
@@ -306,8 +338,8 @@ impl Deliverer {
                             DELETE FROM godata_bridge.outbox WHERE table_name = $1 AND row_key = $2 AND id <= $3
                             RETURNING *)
                          INSERT INTO godata_bridge.dead_letter
-                               (id, table_name, op, row_key, row_image, txid, captured_at, attempts, http_status, godata_code, reason)
-                         SELECT id, table_name, op, row_key, row_image, txid, captured_at, attempts + 1, $4, $5, $6 FROM moved
+                               (id, table_name, op, row_key, txid, captured_at, attempts, http_status, godata_code, reason)
+                         SELECT id, table_name, op, row_key, txid, captured_at, attempts + 1, $4, $5, $6 FROM moved
                          ON CONFLICT (id) DO NOTHING",
                         &[&p.table, &p.key, &p.max_id, &status.map(i32::from), &code, &reason],
                     )
@@ -376,7 +408,11 @@ impl Deliverer {
             self.client.delete(collection, id).await?;
             return Ok(Acked::Deleted);
         }
-        let image = p.image.clone().unwrap_or(Value::Null);
+        // The row is gone since this change: its delete is further on in
+        // the outbox, nothing to send for this one.
+        let Some(image) = p.image.clone() else {
+            return Ok(Acked::Unchanged);
+        };
         let mut doc = self.map(&push.map, &image).await?;
         let ext = external_id(&p.key);
         if let Some(Value::Array(d)) = doc

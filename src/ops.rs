@@ -102,9 +102,9 @@ pub async fn retry_dead_letters(
         .execute(
             "WITH moved AS (
                 DELETE FROM godata_bridge.dead_letter WHERE cardinality($1::int8[]) = 0 OR id = ANY($1)
-                RETURNING table_name, op, row_key, row_image, id)
-             INSERT INTO godata_bridge.outbox (table_name, op, row_key, row_image)
-             SELECT table_name, op, row_key, row_image FROM moved ORDER BY id",
+                RETURNING table_name, op, row_key, id)
+             INSERT INTO godata_bridge.outbox (table_name, op, row_key)
+             SELECT table_name, op, row_key FROM moved ORDER BY id",
             &[&ids],
         )
         .await?;
