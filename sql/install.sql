@@ -99,6 +99,20 @@ RETURNS boolean LANGUAGE sql STABLE AS $$
     SELECT coalesce(current_setting('godata_bridge.origin', true), '') = 'godata'
 $$;
 
+-- NOTIFY takes a cluster-wide lock at commit, so writers notify only when
+-- the bridge may be asleep. While it drains, the bridge holds this advisory
+-- lock exclusively and a writer's shared try-lock fails: the writer skips
+-- NOTIFY. After releasing the lock, the bridge waits for every transaction
+-- that was in progress at that moment (any skipper is one of them) and
+-- drains again, so a skipped wake-up is never lost (src/deliver.rs).
+CREATE OR REPLACE FUNCTION godata_bridge.awake_lock_key()
+RETURNS bigint LANGUAGE sql IMMUTABLE AS $$ SELECT 7205759403792793601::bigint $$;
+
+CREATE OR REPLACE FUNCTION godata_bridge.bridge_asleep()
+RETURNS boolean LANGUAGE sql VOLATILE AS $$
+    SELECT pg_try_advisory_xact_lock_shared(godata_bridge.awake_lock_key())
+$$;
+
 -- jsonb_build_object('k1', <alias>.k1, …) for key columns `keys`.
 CREATE OR REPLACE FUNCTION godata_bridge.key_expr(keys text[], alias text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
@@ -146,7 +160,7 @@ BEGIN
             IF godata_bridge.is_bridge_write() THEN RETURN NULL; END IF;
             INSERT INTO godata_bridge.outbox (table_name, op, row_key)
             SELECT %L, 'I', %s FROM new_rows n;
-            IF FOUND THEN PERFORM pg_notify('godata_bridge', ''); END IF;
+            IF FOUND AND godata_bridge.bridge_asleep() THEN PERFORM pg_notify('godata_bridge', ''); END IF;
             RETURN NULL;
         END $b$ $f$, godata_bridge.capture_function(tbl, 'i'), name, godata_bridge.key_expr(keys, 'n'));
     -- An update that changes the key is a delete of the old key plus an upsert.
@@ -159,7 +173,7 @@ BEGIN
             SELECT %L, 'D', ok.k FROM ok WHERE NOT EXISTS (SELECT 1 FROM nk WHERE nk.k = ok.k)
             UNION ALL
             SELECT %L, 'U', nk.k FROM nk;
-            IF FOUND THEN PERFORM pg_notify('godata_bridge', ''); END IF;
+            IF FOUND AND godata_bridge.bridge_asleep() THEN PERFORM pg_notify('godata_bridge', ''); END IF;
             RETURN NULL;
         END $b$ $f$, godata_bridge.capture_function(tbl, 'u'), godata_bridge.key_expr(keys, 'n'),
            godata_bridge.key_expr(keys, 'o'), name, name);
@@ -169,7 +183,7 @@ BEGIN
             IF godata_bridge.is_bridge_write() THEN RETURN NULL; END IF;
             INSERT INTO godata_bridge.outbox (table_name, op, row_key)
             SELECT %L, 'D', %s FROM old_rows o;
-            IF FOUND THEN PERFORM pg_notify('godata_bridge', ''); END IF;
+            IF FOUND AND godata_bridge.bridge_asleep() THEN PERFORM pg_notify('godata_bridge', ''); END IF;
             RETURN NULL;
         END $b$ $f$, godata_bridge.capture_function(tbl, 'd'), name, godata_bridge.key_expr(keys, 'o'));
     EXECUTE format('DROP TRIGGER IF EXISTS godata_bridge_capture_insert ON %s', tbl);

@@ -519,6 +519,66 @@ async fn settle_acked(
     Ok(())
 }
 
+/// How long a wake cycle waits for the transactions that may have skipped
+/// their NOTIFY before it drains once more.
+const SKIPPER_WAIT: Duration = Duration::from_millis(50);
+/// How often transactions still running after that wait are looked at.
+const WATCH_POLL: Duration = Duration::from_millis(200);
+
+/// One wake-up, without losing a skipped NOTIFY:
+/// 1. hold the "awake" advisory lock (writers then skip NOTIFY) and drain;
+/// 2. release it, and list the transactions in progress at that moment —
+///    every writer that skipped its NOTIFY is one of them, or has committed;
+/// 3. wait briefly for them, then drain again (lock not held, so writers
+///    notify again). A writer still running after the wait stays in
+///    `pending`; its end is checked every [`WATCH_POLL`].
+async fn wake_cycle(
+    deliverer: &mut Deliverer,
+    pg: &PgClient,
+    pending: &mut Vec<String>,
+) -> Result<Drained, DeliverError> {
+    pg.execute(
+        "SELECT pg_advisory_lock(godata_bridge.awake_lock_key())",
+        &[],
+    )
+    .await?;
+    let first = deliverer.drain(pg).await;
+    pg.execute(
+        "SELECT pg_advisory_unlock(godata_bridge.awake_lock_key())",
+        &[],
+    )
+    .await?;
+    let mut total = first?;
+    let now_running: Vec<String> = pg
+        .query_one(
+            "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) AS x",
+            &[],
+        )
+        .await?
+        .get(0);
+    let mut watch: Vec<String> = pending.drain(..).chain(now_running).collect();
+    let deadline = Instant::now() + SKIPPER_WAIT;
+    loop {
+        watch = pg
+            .query_one(
+                "SELECT coalesce(array_agg(x), '{}') FROM unnest($1::text[]) AS x
+                  WHERE pg_xact_status(x::xid8) = 'in progress'",
+                &[&watch],
+            )
+            .await?
+            .get(0);
+        if watch.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    *pending = watch;
+    let second = deliverer.drain(pg).await?;
+    total.add(second);
+    total.next_due = second.next_due;
+    Ok(total)
+}
+
 /// Capped exponential backoff with jitter: 0.5 s · 2^attempts, at most
 /// `max_secs`, times a random factor in [0.5, 1).
 pub fn backoff(attempts: i32, max_secs: u64) -> Duration {
@@ -571,10 +631,12 @@ pub async fn run(
         tracing::info!("listening for hmis changes");
         failures = 0;
         // Drain once on every (re)connect, then on wake-ups and the timer.
+        let mut pending = Vec::new();
         loop {
             // Deferred changes come due without a wake-up: look again then.
             let mut nap = safety;
-            match deliverer.drain(&pg).await {
+            let mut again = false;
+            match wake_cycle(&mut deliverer, &pg, &mut pending).await {
                 Ok(d) => {
                     if d.settled() + d.deferred > 0 {
                         tracing::info!(
@@ -587,6 +649,8 @@ pub async fn run(
                     if let Some(due) = d.next_due {
                         nap = nap.min(due + DUE_SLACK);
                     }
+                    // Work arrived while we drained: go round at once.
+                    again = d.settled() > 0;
                 }
                 Err(DeliverError::Db(e)) => {
                     tracing::warn!(error = %e, "hmis database error; reconnecting");
@@ -598,6 +662,12 @@ pub async fn run(
                         deliverer.config.delivery.max_backoff_secs,
                     ));
                 }
+            }
+            if !pending.is_empty() {
+                nap = nap.min(WATCH_POLL);
+            }
+            if again && !*shutdown.borrow() {
+                continue;
             }
             tokio::select! {
                 biased;

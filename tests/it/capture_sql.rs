@@ -246,3 +246,50 @@ async fn hostile_identifiers_are_quoted() {
         "untracked tables are not captured"
     );
 }
+
+#[tokio::test]
+async fn writers_skip_notify_while_the_bridge_is_awake() {
+    let (db, c) = hmis_with_capture().await;
+    let (listener, mut conn) = db.config.connect(tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(msg) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let Ok(AsyncMessage::Notification(_)) = msg {
+                let _ = tx.send(());
+            }
+        }
+    });
+    listener
+        .batch_execute("LISTEN godata_bridge")
+        .await
+        .unwrap();
+    // The listener plays the bridge: it holds the "awake" lock.
+    listener
+        .batch_execute("SELECT pg_advisory_lock(godata_bridge.awake_lock_key())")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('A-1', 'A', now(), 'suspected')")
+        .await
+        .unwrap();
+    listener.batch_execute("SELECT 1").await.unwrap();
+    assert!(
+        rx.try_recv().is_err(),
+        "no NOTIFY while the bridge is awake"
+    );
+    assert_eq!(
+        outbox(&c).await.len(),
+        1,
+        "the change is captured all the same"
+    );
+    listener
+        .batch_execute("SELECT pg_advisory_unlock(godata_bridge.awake_lock_key())")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('A-2', 'B', now(), 'suspected')")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("NOTIFY once the bridge sleeps")
+        .unwrap();
+}

@@ -491,3 +491,70 @@ async fn a_postgres_restart_is_survived() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_change_committed_while_the_bridge_drains_is_not_stranded() {
+    // No safety timer to hide behind: only the wake protocol can deliver B.
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let (c, mut config) = prepare(&sim, &db.config, &db.url).await;
+    config.capture.safety_poll_secs = 3600;
+    sim.set_faults(Faults {
+        latency_ms: 300,
+        ..Faults::default()
+    });
+    let bridge = start_bridge(&sim, config, db.config.clone());
+    c.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('W-A', 'A', now(), 'suspected')")
+        .await
+        .unwrap();
+    wait_for("the bridge draining (awake lock held)", Duration::from_secs(20), || {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock' AND granted
+                   AND objid = (godata_bridge.awake_lock_key() & 4294967295)::oid",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        }
+    })
+    .await;
+    // A writer inserts while the bridge holds the lock (so its trigger skips
+    // NOTIFY) and commits only after the bridge went back to sleep.
+    let mut w = db.client().await;
+    let tx = w.transaction().await.unwrap();
+    tx.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('W-B', 'B', now(), 'suspected')")
+        .await
+        .unwrap();
+    wait_for("the bridge asleep again (awake lock free)", Duration::from_secs(20), || {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'
+                   AND objid = (godata_bridge.awake_lock_key() & 4294967295)::oid",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 0
+        }
+    })
+    .await;
+    assert_eq!(
+        sim.with_store(|s| s.persons.len()),
+        1,
+        "A is delivered, B is not committed yet"
+    );
+    tx.commit().await.unwrap();
+    wait_for("both cases in Go.Data", Duration::from_secs(20), || {
+        let n = sim.with_store(|s| s.persons.len());
+        async move { n == 2 }
+    })
+    .await;
+    bridge.stop.send(true).unwrap();
+    let _ = bridge.task.await;
+}
