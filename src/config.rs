@@ -166,6 +166,12 @@ pub struct Delivery {
     pub batch_size: i64,
     #[serde(default = "default_backoff")]
     pub max_backoff_secs: u64,
+    /// Before creating a case the bridge never pushed, look for a live
+    /// Go.Data case with the row's key as EXTERNAL_ID document (entered by
+    /// hand before the bridge) and adopt it. Off by default: it costs a
+    /// filtered list request (a collection scan in Go.Data) per new case.
+    #[serde(default)]
+    pub adopt_by_external_id: bool,
 }
 
 fn default_lanes() -> usize {
@@ -184,6 +190,7 @@ impl Default for Delivery {
             lanes: DEFAULT_LANES,
             batch_size: DEFAULT_BATCH_SIZE,
             max_backoff_secs: DEFAULT_MAX_BACKOFF_SECS,
+            adopt_by_external_id: false,
         }
     }
 }

@@ -427,14 +427,13 @@ impl Deliverer {
         }
         let (id, stored) = match push.resource {
             Resource::Case => {
-                // First push of this row: adopt a case entered by hand that
-                // carries the row's key as EXTERNAL_ID document.
-                let adopt = if p.linked.is_none() {
-                    Some(ext.as_str())
-                } else {
-                    None
-                };
-                self.client.upsert_case_adopting(id, adopt, &doc).await?
+                // First push of this row: optionally adopt a case entered by
+                // hand that carries the row's key as EXTERNAL_ID document.
+                let adopt = (p.linked.is_none() && self.config.delivery.adopt_by_external_id)
+                    .then_some(ext.as_str());
+                self.client
+                    .upsert_case_adopting(id, adopt, &doc, p.linked.is_some())
+                    .await?
             }
             Resource::Contact => {
                 let rel = doc
@@ -444,7 +443,9 @@ impl Deliverer {
                 let case_id = self.case_of_contact(push, &image)?;
                 (
                     id,
-                    self.client.upsert_contact(id, case_id, &doc, &rel).await?,
+                    self.client
+                        .upsert_contact(id, case_id, &doc, &rel, p.linked.is_some())
+                        .await?,
                 )
             }
         };

@@ -217,7 +217,7 @@ impl Client {
     /// 404 `POST` with the id; a soft-deleted record with that id is
     /// restored first. Returns the stored case.
     pub async fn upsert_case(&self, id: Uuid, doc: &Value) -> Result<Value, GodataError> {
-        self.upsert_person("cases", id, doc, None, None)
+        self.upsert_person("cases", id, doc, None, None, true)
             .await
             .map(|(_, v)| v)
     }
@@ -225,18 +225,21 @@ impl Client {
     /// Like [`Client::upsert_case`], but when `id` is unknown to Go.Data and
     /// a live case carries `external_id` as EXTERNAL_ID document (entered by
     /// hand before the bridge), that case is adopted and updated instead.
-    /// Returns the id actually written.
+    /// Returns the id actually written. `known`: the bridge pushed this
+    /// record before, so the update is tried first.
     pub async fn upsert_case_adopting(
         &self,
         id: Uuid,
         external_id: Option<&str>,
         doc: &Value,
+        known: bool,
     ) -> Result<(Uuid, Value), GodataError> {
-        self.upsert_person("cases", id, doc, None, external_id)
+        self.upsert_person("cases", id, doc, None, external_id, known)
             .await
     }
 
-    /// Upserts a contact; a new one is created through its case
+    /// Upserts a contact (`known`: the bridge pushed it before, so try the
+    /// update first); a new one is created through its case
     /// (`POST /cases/{caseId}/contacts`) with `relationship`.
     pub async fn upsert_contact(
         &self,
@@ -244,10 +247,18 @@ impl Client {
         case_id: Uuid,
         doc: &Value,
         relationship: &Value,
+        known: bool,
     ) -> Result<Value, GodataError> {
-        self.upsert_person("contacts", id, doc, Some((case_id, relationship)), None)
-            .await
-            .map(|(_, v)| v)
+        self.upsert_person(
+            "contacts",
+            id,
+            doc,
+            Some((case_id, relationship)),
+            None,
+            known,
+        )
+        .await
+        .map(|(_, v)| v)
     }
 
     async fn upsert_person(
@@ -257,16 +268,23 @@ impl Client {
         doc: &Value,
         parent: Option<(Uuid, &Value)>,
         adopt: Option<&str>,
+        known: bool,
     ) -> Result<(Uuid, Value), GodataError> {
         let one = self.ob(&format!("{collection}/{id}"));
+        // A record the bridge never pushed is most likely new: create first
+        // (one request); if it exists after all, the create says so.
+        let mut put_first = known || adopt.is_some();
         for _ in 0..3 {
-            let (status, body) = self.call(Method::PUT, &one, Some(doc)).await?;
-            if status == 200 {
-                return Ok((id, body));
+            if put_first {
+                let (status, body) = self.call(Method::PUT, &one, Some(doc)).await?;
+                if status == 200 {
+                    return Ok((id, body));
+                }
+                if status != 404 {
+                    return Err(status_error(status, &body));
+                }
             }
-            if status != 404 {
-                return Err(status_error(status, &body));
-            }
+            put_first = true;
             if let Some(ext) = adopt {
                 if let Some(found) = self.find_case_by_external_id(ext).await? {
                     let other = found["id"].as_str().and_then(|s| s.parse::<Uuid>().ok());

@@ -116,7 +116,13 @@ async fn contacts_wait_for_their_case_and_are_created_through_it() {
     let (case_id, contact_id) = (Uuid::new_v4(), Uuid::new_v4());
     let rel = json!({"contactDate": "2024-05-02T00:00:00.000Z", "certaintyLevelId": "LNG_REFERENCE_DATA_CATEGORY_CERTAINTY_LEVEL_3_HIGH"});
     let e = c
-        .upsert_contact(contact_id, case_id, &json!({"firstName": "Sahr"}), &rel)
+        .upsert_contact(
+            contact_id,
+            case_id,
+            &json!({"firstName": "Sahr"}),
+            &rel,
+            false,
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, GodataError::CaseMissing));
@@ -125,12 +131,24 @@ async fn contacts_wait_for_their_case_and_are_created_through_it() {
         .await
         .unwrap();
     let k = c
-        .upsert_contact(contact_id, case_id, &json!({"firstName": "Sahr"}), &rel)
+        .upsert_contact(
+            contact_id,
+            case_id,
+            &json!({"firstName": "Sahr"}),
+            &rel,
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(k["id"], contact_id.to_string());
     let k = c
-        .upsert_contact(contact_id, case_id, &json!({"lastName": "Kamara"}), &rel)
+        .upsert_contact(
+            contact_id,
+            case_id,
+            &json!({"lastName": "Kamara"}),
+            &rel,
+            true,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -252,6 +270,7 @@ async fn a_hand_entered_case_is_adopted_by_its_external_id() {
             derived,
             Some("KEN-9"),
             &json!({"lastName": "Bridge", "documents": doc["documents"]}),
+            false,
         )
         .await
         .unwrap();
@@ -293,4 +312,34 @@ async fn outbreak_access_check_explains_the_active_outbreak_rule() {
         none.check_outbreak_access().await.unwrap_err(),
         AccessProblem::NoSuchOutbreak(_)
     ));
+}
+
+#[tokio::test]
+async fn a_record_never_pushed_is_created_in_one_request() {
+    let sim = start_sim().await;
+    let c = client(&sim);
+    let id = Uuid::new_v4();
+    c.upsert_case_adopting(id, None, &json!({"firstName": "A"}), false)
+        .await
+        .unwrap();
+    let calls = |sim: &Sim| -> Vec<(String, u16)> {
+        sim.requests()
+            .into_iter()
+            .filter(|r| r.path.contains("/cases"))
+            .map(|r| (r.method, r.status))
+            .collect()
+    };
+    assert_eq!(calls(&sim), [("POST".into(), 200)]);
+    // Believed new but already there (say, the link was lost in a crash):
+    // the create is refused and the update follows.
+    let (_, stored) = c
+        .upsert_case_adopting(id, None, &json!({"firstName": "B"}), false)
+        .await
+        .unwrap();
+    assert_eq!(stored["firstName"], "B");
+    assert_eq!(
+        calls(&sim)[1..],
+        [("POST".into(), 422), ("PUT".into(), 200)]
+    );
+    assert_eq!(sim.state()["cases"].as_array().unwrap().len(), 1);
 }
