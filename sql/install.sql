@@ -154,8 +154,11 @@ BEGIN
         END IF;
     END LOOP;
     name := godata_bridge.qualified(tbl);
+    -- The capture functions run as their owner (who installed the bridge),
+    -- so the HMIS application's roles need no rights on godata_bridge.
     EXECUTE format($f$
-        CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $b$
+        CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql
+        SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
         BEGIN
             IF godata_bridge.is_bridge_write() THEN RETURN NULL; END IF;
             INSERT INTO godata_bridge.outbox (table_name, op, row_key)
@@ -165,7 +168,8 @@ BEGIN
         END $b$ $f$, godata_bridge.capture_function(tbl, 'i'), name, godata_bridge.key_expr(keys, 'n'));
     -- An update that changes the key is a delete of the old key plus an upsert.
     EXECUTE format($f$
-        CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $b$
+        CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql
+        SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
         BEGIN
             IF godata_bridge.is_bridge_write() THEN RETURN NULL; END IF;
             WITH nk AS (SELECT %s AS k FROM new_rows n), ok AS (SELECT %s AS k FROM old_rows o)
@@ -178,7 +182,8 @@ BEGIN
         END $b$ $f$, godata_bridge.capture_function(tbl, 'u'), godata_bridge.key_expr(keys, 'n'),
            godata_bridge.key_expr(keys, 'o'), name, name);
     EXECUTE format($f$
-        CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql AS $b$
+        CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql
+        SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $b$
         BEGIN
             IF godata_bridge.is_bridge_write() THEN RETURN NULL; END IF;
             INSERT INTO godata_bridge.outbox (table_name, op, row_key)

@@ -558,3 +558,76 @@ async fn a_change_committed_while_the_bridge_drains_is_not_stranded() {
     bridge.stop.send(true).unwrap();
     let _ = bridge.task.await;
 }
+
+#[tokio::test]
+async fn least_privilege_roles_end_to_end() {
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let (c, _) = prepare(&sim, &db.config, &db.url).await;
+    let suffix = db.name.clone();
+    // Roles are cluster-wide: names of this test's own.
+    let (app, bridge_role) = (format!("hmis_app_{suffix}"), format!("bridge_{suffix}"));
+    c.batch_execute(&format!(
+        "CREATE ROLE {app} LOGIN;
+         GRANT USAGE ON SCHEMA hmis TO {app};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON hmis.cases, hmis.contacts TO {app};
+         CREATE ROLE {bridge_role} LOGIN;
+         SELECT godata_bridge.grant_bridge('{bridge_role}');"
+    ))
+    .await
+    .unwrap();
+    // The HMIS application has no rights on godata_bridge, yet its writes
+    // are captured (the capture functions run as their owner).
+    let mut app_cfg = db.config.clone();
+    app_cfg.user(&app);
+    let (app_client, conn) = app_cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    assert!(
+        app_client
+            .query("SELECT 1 FROM godata_bridge.outbox", &[])
+            .await
+            .is_err(),
+        "the app cannot read the outbox"
+    );
+    app_client
+        .batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('LP-1', 'A', now(), 'suspected')")
+        .await
+        .unwrap();
+    // The bridge runs as its least-privilege role.
+    let mut bridge_cfg = db.config.clone();
+    bridge_cfg.user(&bridge_role);
+    let env = TestEnv {
+        db_url: db.url.clone(),
+        godata_url: sim.url(),
+    };
+    let config = Config::parse(
+        include_str!("../../examples/bridge.toml"),
+        "examples/bridge.toml",
+        &env,
+    )
+    .unwrap();
+    let bridge = start_bridge(&sim, config, bridge_cfg.clone());
+    wait_for(
+        "delivery by the least-privilege bridge",
+        Duration::from_secs(20),
+        || {
+            let n = sim.with_store(|s| s.persons.len());
+            async move { n == 1 }
+        },
+    )
+    .await;
+    let (bc, conn) = bridge_cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    assert!(
+        bc.batch_execute("UPDATE hmis.cases SET first_name = 'X'")
+            .await
+            .is_err(),
+        "the bridge role cannot write HMIS tables it was not granted"
+    );
+    bridge.stop.send(true).unwrap();
+    let _ = bridge.task.await;
+}
