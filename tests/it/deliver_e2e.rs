@@ -196,12 +196,38 @@ async fn cases_and_contacts_arrive_mapped_and_deletes_follow() {
     );
     let st = sim.state();
     assert_eq!(st["contacts"][0]["id"], contact_id);
+    let contact = &st["contacts"][0];
+    let projected: serde_json::Map<String, Value> =
+        ["firstName", "gender", "addresses", "documents"]
+            .iter()
+            .filter_map(|k| contact.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+    assert_eq!(
+        Value::Object(projected),
+        json!({
+            "firstName": "Alusine",
+            "gender": "LNG_REFERENCE_DATA_CATEGORY_GENDER_MALE",
+            "addresses": [{
+                "typeId": "LNG_REFERENCE_DATA_CATEGORY_ADDRESS_TYPE_USUAL_PLACE_OF_RESIDENCE",
+                "locationId": bo,
+            }],
+            "documents": [{"type": "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_EXTERNAL_ID", "number": "BO-2024-0100-C1"}],
+        })
+    );
+    assert!(
+        contact.get("relationship").is_none(),
+        "relationship fields go to the relationship"
+    );
     let rel = &st["relationships"][0];
     assert_eq!(rel["persons"][0]["id"], case_id);
     assert_eq!(rel["contactDate"], "2024-05-30T00:00:00.000Z");
     assert_eq!(
         rel["certaintyLevelId"],
         "LNG_REFERENCE_DATA_CATEGORY_CERTAINTY_LEVEL_3_HIGH"
+    );
+    assert_eq!(
+        rel["socialRelationshipTypeId"],
+        "LNG_REFERENCE_DATA_CATEGORY_CONTEXT_OF_TRANSMISSION_FAMILY"
     );
     wait_for("empty outbox", Duration::from_secs(10), || async {
         outbox_len(&c).await == 0
