@@ -18,3 +18,4 @@ pub mod ops;
 pub mod pg_cluster;
 pub mod sim;
 pub mod telemetry;
+pub mod writeback;

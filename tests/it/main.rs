@@ -6,6 +6,7 @@ mod support;
 mod capture_sql;
 mod cli;
 mod deliver_e2e;
+mod fhir_bundles;
 mod godata_client;
 mod harness;
 mod sim_auth;

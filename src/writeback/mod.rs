@@ -1,0 +1,4 @@
+//! Flow 2, Go.Data → HMIS. So far: the FHIR R4 transform of Go.Data
+//! records ([`fhir`]). The cursor pull and the staged upsert come next.
+
+pub mod fhir;
