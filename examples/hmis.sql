@@ -97,3 +97,24 @@ VALUES
   ('WAU-2024-0001-C1', 'WAU-2024-0001', 'Kadiatu', 'Bah', 'F', '2001-12-24', NULL,
    '23 Kissy Road', 'Freetown', 'SL-WU', '2024-05-09', 'friend', 'medium')
 ON CONFLICT (contact_id) DO NOTHING;
+
+-- Write-back target (Go.Data → HMIS): the Go.Data toolkit demo's
+-- FHIR-shaped table, extended. `identifier` is the HMIS case_id for cases
+-- that came from the HMIS, else the Go.Data visualId (else its id).
+CREATE TABLE IF NOT EXISTS hmis.tbl_cases (
+    identifier           text PRIMARY KEY,
+    externalid           text UNIQUE,          -- the Go.Data id
+    name                 text,
+    telecom              text,                 -- E.164 where it can be told
+    address              text,
+    active               boolean,
+    birthdate            date,
+    registrationdate     date,
+    locationid           text,
+    gender               text,                 -- FHIR code: male|female|other|unknown
+    verification_status  text,
+    clinical_status      text,
+    deceased             boolean,
+    godata_updated_at    timestamptz,
+    fhir                 jsonb                 -- the FHIR R4 transaction Bundle
+);

@@ -106,7 +106,16 @@ pub async fn run(config: Config, file: &str) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e.into()),
     }
+    let client = std::sync::Arc::new(client);
     let (stop, rx) = tokio::sync::watch::channel(false);
+    let pull = (!config.pull.target.is_empty()).then(|| {
+        tokio::spawn(crate::writeback::pull::run(
+            config.clone(),
+            client.clone(),
+            db.clone(),
+            rx.clone(),
+        ))
+    });
     let task = tokio::spawn(deliver::run(Deliverer::new(config, client), db, rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -116,6 +125,9 @@ pub async fn run(config: Config, file: &str) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop.send(true);
     let _ = task.await;
+    if let Some(p) = pull {
+        let _ = p.await;
+    }
     Ok(())
 }
 

@@ -71,6 +71,93 @@ pub struct Config {
     pub delivery: Delivery,
     #[serde(default)]
     pub push: Vec<Push>,
+    #[serde(default)]
+    pub pull: Pull,
+    #[serde(default)]
+    pub fhir: Fhir,
+}
+
+/// Go.Data → HMIS: how often and how much to pull, and where to write.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pull {
+    #[serde(default = "default_pull_interval")]
+    pub interval_secs: u64,
+    #[serde(default = "default_page_size")]
+    pub page_size: i64,
+    #[serde(default)]
+    pub target: Vec<crate::writeback::target::Target>,
+}
+
+/// Go.Data has no webhooks: changes are polled this often.
+pub const DEFAULT_PULL_INTERVAL_SECS: u64 = 5;
+/// Records per page (and per write-back transaction).
+pub const DEFAULT_PAGE_SIZE: i64 = 500;
+
+fn default_pull_interval() -> u64 {
+    DEFAULT_PULL_INTERVAL_SECS
+}
+fn default_page_size() -> i64 {
+    DEFAULT_PAGE_SIZE
+}
+
+impl Default for Pull {
+    fn default() -> Self {
+        Pull {
+            interval_secs: DEFAULT_PULL_INTERVAL_SECS,
+            page_size: DEFAULT_PAGE_SIZE,
+            target: vec![],
+        }
+    }
+}
+
+/// FHIR R4 output settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fhir {
+    /// The Go.Data server's timezone as an offset (`+00:00`): dates are cut
+    /// to `YYYY-MM-DD` there.
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    #[serde(default = "default_system_base")]
+    pub system_base: String,
+    #[serde(default = "default_hmis_key_system")]
+    pub hmis_key_system: String,
+    #[serde(default = "default_disease")]
+    pub disease: String,
+}
+
+fn default_tz() -> String {
+    "+00:00".into()
+}
+fn default_system_base() -> String {
+    "urn:godata".into()
+}
+fn default_hmis_key_system() -> String {
+    "urn:hmis:key".into()
+}
+fn default_disease() -> String {
+    "Outbreak disease".into()
+}
+
+impl Default for Fhir {
+    fn default() -> Self {
+        Fhir {
+            timezone: default_tz(),
+            system_base: default_system_base(),
+            hmis_key_system: default_hmis_key_system(),
+            disease: default_disease(),
+        }
+    }
+}
+
+impl Fhir {
+    /// The timezone as a chrono offset; `None` when it does not parse.
+    pub fn offset(&self) -> Option<chrono::FixedOffset> {
+        chrono::DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{}", self.timezone))
+            .ok()
+            .map(|d| *d.offset())
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -402,6 +489,23 @@ impl Config {
                 "capture.safety_poll_secs".into(),
                 "must be at least 1".into(),
             );
+        }
+        if self.fhir.offset().is_none() {
+            return bad(
+                "fhir.timezone".into(),
+                format!("`{}` is not an offset like +00:00", self.fhir.timezone),
+            );
+        }
+        if self.pull.page_size < 1 || self.pull.interval_secs == 0 {
+            return bad(
+                "pull".into(),
+                "page_size and interval_secs must be at least 1".into(),
+            );
+        }
+        for (i, t) in self.pull.target.iter().enumerate() {
+            if let Some(p) = t.problems().into_iter().next() {
+                return bad(format!("pull.target[{i}]"), p);
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.push.iter().enumerate() {

@@ -139,7 +139,8 @@ impl From<GodataError> for Failure {
 /// The delivery side of the pipeline.
 pub struct Deliverer {
     pub config: Config,
-    pub client: Client,
+    /// Shared with the pull: one account, one token, one login at a time.
+    pub client: std::sync::Arc<Client>,
     locations: RwLock<(Locations, Option<Instant>)>,
     /// Key columns of tracked tables (`godata_bridge.tracked`).
     keys: HashMap<String, Vec<String>>,
@@ -148,10 +149,10 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub fn new(config: Config, client: Client) -> Deliverer {
+    pub fn new(config: Config, client: impl Into<std::sync::Arc<Client>>) -> Deliverer {
         Deliverer {
             config,
-            client,
+            client: client.into(),
             locations: RwLock::new((Locations::new(), None)),
             keys: HashMap::new(),
             retry_mark: None,

@@ -207,5 +207,34 @@ pub async fn catalog_problems(
             }
         }
     }
+    for (i, t) in config.pull.target.iter().enumerate() {
+        let (schema, table) = split_table(&t.table).expect("validated");
+        let cols: Vec<String> = pg
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a
+                   JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&schema, &table],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if cols.is_empty() {
+            out.push(format!(
+                "pull.target[{i}].table: no table {} in the HMIS database",
+                t.table
+            ));
+            continue;
+        }
+        for (j, c) in t.columns.iter().enumerate() {
+            if !cols.contains(&c.column) {
+                out.push(format!(
+                    "pull.target[{i}].columns[{j}]: table {} has no column `{}`",
+                    t.table, c.column
+                ));
+            }
+        }
+    }
     Ok(out)
 }

@@ -389,6 +389,21 @@ impl Client {
         Ok(body.as_array().and_then(|a| a.first().cloned()))
     }
 
+    /// One page of the outbreak's cases for a LoopBack `filter`.
+    pub async fn list_cases(&self, filter: &Value) -> Result<Vec<Value>, GodataError> {
+        let q: String = form_urlencoded::byte_serialize(filter.to_string().as_bytes()).collect();
+        let (status, body) = self
+            .call(Method::GET, &self.ob(&format!("cases?filter={q}")), None)
+            .await?;
+        if status != 200 {
+            return Err(status_error(status, &body));
+        }
+        match body {
+            Value::Array(a) => Ok(a),
+            _ => Err(GodataError::BadBody { status }),
+        }
+    }
+
     /// Location ids by `identifiers[].code`.
     pub async fn location_codes(
         &self,

@@ -2,3 +2,5 @@
 //! records ([`fhir`]). The cursor pull and the staged upsert come next.
 
 pub mod fhir;
+pub mod pull;
+pub mod target;

@@ -15,3 +15,4 @@ mod sim_cli;
 mod sim_contacts;
 mod sim_faults;
 mod sim_filter;
+mod writeback_e2e;

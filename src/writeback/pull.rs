@@ -1,0 +1,180 @@
+//! The Go.Data → HMIS pull. Go.Data has no webhooks, so the bridge polls
+//! the outbreak's cases with a cursor on (`dbUpdatedAt`, `id`) — ordered,
+//! paged, soft-deleted records included (top-level `"deleted": true`) — and
+//! writes each page to the `[[pull.target]]` tables in one transaction that
+//! also advances the cursor, under `godata_bridge.origin = 'godata'` so the
+//! capture triggers skip it. A crash before the commit repeats the page; the
+//! upserts change nothing the second time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::godata::client::{Client, GodataError};
+use crate::writeback::fhir::{case_bundle, FhirOptions};
+use crate::writeback::target::{self, OnDelete, Sources};
+
+const CURSOR: &str = "pull_cursor:case";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("HMIS database error")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("Go.Data error")]
+    Godata(#[from] GodataError),
+    #[error("the pull cursor moved under us (another bridge pulling?)")]
+    CursorMoved,
+}
+
+/// Options of the FHIR transform from the config.
+pub fn fhir_options(config: &Config) -> FhirOptions {
+    FhirOptions {
+        timezone: config.fhir.offset().expect("validated"),
+        system_base: config.fhir.system_base.clone(),
+        hmis_key_system: config.fhir.hmis_key_system.clone(),
+        disease: config.fhir.disease.clone(),
+        source: format!(
+            "{}/api/outbreaks/{}",
+            config
+                .godata
+                .url
+                .as_deref()
+                .unwrap_or_default()
+                .trim_end_matches('/'),
+            config.godata.outbreak_id.as_deref().unwrap_or_default()
+        ),
+        namespace: config.godata.id_namespace,
+    }
+}
+
+/// The filter of the page after `cursor` (ties on `dbUpdatedAt` broken by
+/// `id`, so a page boundary inside a tie misses and repeats nothing).
+pub fn page_filter(cursor: Option<&Value>, limit: i64) -> Value {
+    let mut f = json!({ "order": ["dbUpdatedAt ASC", "id ASC"], "limit": limit, "deleted": true });
+    if let Some(c) = cursor {
+        f["where"] = json!({ "or": [
+            { "dbUpdatedAt": { "gt": c["dbUpdatedAt"] } },
+            { "and": [ { "dbUpdatedAt": c["dbUpdatedAt"] }, { "id": { "gt": c["id"] } } ] },
+        ]});
+    }
+    f
+}
+
+/// Pulls pages until Go.Data has nothing newer; returns records written.
+pub async fn pull_once(
+    pg: &mut tokio_postgres::Client,
+    config: &Config,
+    client: &Client,
+) -> Result<usize, PullError> {
+    let o = fhir_options(config);
+    let mut total = 0;
+    loop {
+        let cursor: Option<Value> = pg
+            .query_opt(
+                "SELECT value FROM godata_bridge.state WHERE name = $1",
+                &[&CURSOR],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let page = client
+            .list_cases(&page_filter(cursor.as_ref(), config.pull.page_size))
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(total);
+        };
+        let next = json!({ "dbUpdatedAt": last["dbUpdatedAt"], "id": last["id"] });
+        let tx = pg.transaction().await?;
+        tx.batch_execute("SET LOCAL godata_bridge.origin = 'godata'")
+            .await?;
+        for (i, t) in config.pull.target.iter().enumerate() {
+            let mut rows = vec![];
+            let mut deleted = vec![];
+            let key_at = t
+                .columns
+                .iter()
+                .position(|c| c.column == t.key)
+                .expect("validated");
+            for rec in &page {
+                let bundle = case_bundle(rec, &o);
+                let row = target::row(
+                    t,
+                    &Sources {
+                        bundle: &bundle,
+                        godata: rec,
+                    },
+                    o.timezone,
+                );
+                if rec["deleted"] == true {
+                    match t.on_delete {
+                        OnDelete::Ignore => continue,
+                        OnDelete::Delete => {
+                            if let Some(k) = &row[key_at] {
+                                deleted.push(k.clone());
+                            }
+                            continue;
+                        }
+                        OnDelete::MarkInactive => {}
+                    }
+                }
+                rows.push(row);
+            }
+            target::write(&tx, &format!("godata_bridge_stage_{i}"), t, &rows, &deleted).await?;
+        }
+        let moved = tx
+            .execute(
+                "INSERT INTO godata_bridge.state (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+                  WHERE godata_bridge.state.value IS NOT DISTINCT FROM $3",
+                &[&CURSOR, &next, &cursor],
+            )
+            .await?;
+        if moved != 1 {
+            return Err(PullError::CursorMoved);
+        }
+        tx.commit().await?;
+        total += page.len();
+        tracing::info!(records = page.len(), "pulled a page from go.data");
+        if i64::try_from(page.len()).unwrap_or(i64::MAX) < config.pull.page_size {
+            return Ok(total);
+        }
+    }
+}
+
+/// Polls every `pull.interval_secs` until `shutdown` flips.
+pub async fn run(
+    config: Config,
+    client: Arc<Client>,
+    db: tokio_postgres::Config,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let interval = Duration::from_secs(config.pull.interval_secs);
+    let mut pg: Option<tokio_postgres::Client> = None;
+    while !*shutdown.borrow() {
+        if pg.as_ref().is_none_or(|c| c.is_closed()) {
+            pg = match db.connect(tokio_postgres::NoTls).await {
+                Ok((c, conn)) => {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    Some(c)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pull: cannot connect to the hmis database");
+                    None
+                }
+            };
+        }
+        if let Some(c) = pg.as_mut() {
+            if let Err(e) = pull_once(c, &config, &client).await {
+                tracing::warn!(error = %e, "pull failed; retrying at the next interval");
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

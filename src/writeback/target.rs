@@ -1,0 +1,392 @@
+//! `[[pull.target]]`: FHIR elements (by path) → columns of an HMIS table,
+//! written as a staged upsert: COPY into a temporary table, then one
+//! `INSERT … SELECT … ON CONFLICT (key) DO UPDATE … WHERE` (or an `UPDATE …
+//! FROM` for update-only targets) that changes a row only when the incoming
+//! record is newer and different. Runs inside the caller's transaction,
+//! which carries `godata_bridge.origin = 'godata'` so capture skips it.
+//!
+//! Paths: `Patient.name[0].family`, `Patient.identifier[system=urn:hmis:key].value`
+//! (first element whose field equals the value), `godata.<field>` (the raw
+//! Go.Data record), `bundle` (the whole Bundle); `a | b` falls back to `b`
+//! when `a` is absent.
+
+use std::collections::BTreeMap;
+
+use chrono::FixedOffset;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// What happens to a target row when its Go.Data record is soft-deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDelete {
+    /// Write the record as usual (its mapping shows it inactive:
+    /// `Patient.active` is false, the Condition entered-in-error).
+    #[default]
+    MarkInactive,
+    /// Delete the target row.
+    Delete,
+    /// Leave the target row alone.
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Insert new rows, update existing ones.
+    #[default]
+    Upsert,
+    /// Only update rows that exist (e.g. Go.Data-owned columns of a table
+    /// the HMIS owns otherwise).
+    UpdateOnly,
+}
+
+/// How a value is rendered for its column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum As {
+    /// Strings as they are, other JSON as JSON text.
+    #[default]
+    Text,
+    /// A HumanName as "given… family".
+    FullName,
+    /// An Address as "line, city, postalCode, country".
+    AddressText,
+    /// A Go.Data date, as a date in the Go.Data server's timezone.
+    Date,
+    /// `deceased[x]`: true for `deceasedBoolean: true` or any date.
+    Deceased,
+}
+
+/// One column of a target.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Column {
+    pub column: String,
+    pub from: String,
+    #[serde(default, rename = "as")]
+    pub render: As,
+    /// Value map: source value → column value (a missing entry leaves the
+    /// column NULL).
+    #[serde(default)]
+    pub values: Option<BTreeMap<String, String>>,
+}
+
+/// One `[[pull.target]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// `schema.table`.
+    pub table: String,
+    /// The key column (it must have a unique index for upserts).
+    pub key: String,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub on_delete: OnDelete,
+    /// A timestamptz column holding Go.Data's `updatedAt`: a row is only
+    /// changed by a newer record.
+    #[serde(default)]
+    pub updated_column: Option<String>,
+    pub columns: Vec<Column>,
+}
+
+impl Target {
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = vec![];
+        if crate::config::split_table(&self.table).is_none() {
+            out.push(format!("table: `{}` is not `schema.table`", self.table));
+        }
+        if !self.columns.iter().any(|c| c.column == self.key) {
+            out.push(format!("key: `{}` is not one of the columns", self.key));
+        }
+        if let Some(u) = &self.updated_column {
+            if !self.columns.iter().any(|c| &c.column == u) {
+                out.push(format!("updated_column: `{u}` is not one of the columns"));
+            }
+        }
+        out
+    }
+}
+
+/// The documents a path can start from.
+pub struct Sources<'a> {
+    pub bundle: &'a Value,
+    pub godata: &'a Value,
+}
+
+impl Sources<'_> {
+    fn resource(&self, kind: &str) -> Option<&Value> {
+        self.bundle["entry"]
+            .as_array()?
+            .iter()
+            .map(|e| &e["resource"])
+            .find(|r| r["resourceType"] == kind)
+    }
+
+    /// Resolves `a | b | …` to the first present, non-null value.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        path.split('|').find_map(|alt| self.get_one(alt.trim()))
+    }
+
+    fn get_one(&self, path: &str) -> Option<Value> {
+        if path == "bundle" {
+            return Some(self.bundle.clone());
+        }
+        let (root, rest) = path.split_once('.').unwrap_or((path, ""));
+        let mut cur = if root == "godata" {
+            self.godata
+        } else {
+            self.resource(root)?
+        };
+        for seg in rest.split('.').filter(|s| !s.is_empty()) {
+            let (name, selectors) = match seg.find('[') {
+                Some(i) => (&seg[..i], &seg[i..]),
+                None => (seg, ""),
+            };
+            cur = cur.get(name)?;
+            let mut sel = selectors;
+            while let Some(r) = sel.strip_prefix('[') {
+                let end = r.find(']')?;
+                let inner = &r[..end];
+                cur = match inner.split_once('=') {
+                    Some((field, want)) => cur.as_array()?.iter().find(|e| e[field] == want)?,
+                    None => cur.get(inner.parse::<usize>().ok()?)?,
+                };
+                sel = &r[end + 1..];
+            }
+        }
+        (!cur.is_null()).then(|| cur.clone())
+    }
+}
+
+fn render(v: &Value, how: As, tz: FixedOffset) -> Option<String> {
+    Some(match how {
+        As::Text => match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        },
+        As::FullName => {
+            let mut parts: Vec<&str> = v["given"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if let Some(f) = v["family"].as_str() {
+                parts.push(f);
+            }
+            if parts.is_empty() {
+                return None;
+            }
+            parts.join(" ")
+        }
+        As::AddressText => {
+            let mut parts: Vec<&str> = v["line"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            for k in ["city", "postalCode", "country"] {
+                if let Some(s) = v[k].as_str() {
+                    parts.push(s);
+                }
+            }
+            if parts.is_empty() {
+                return None;
+            }
+            parts.join(", ")
+        }
+        As::Date => {
+            let s = v.as_str()?;
+            match chrono::DateTime::parse_from_rfc3339(s) {
+                Ok(t) => t.with_timezone(&tz).format("%Y-%m-%d").to_string(),
+                Err(_) => s.to_string(),
+            }
+        }
+        As::Deceased => match v {
+            Value::Bool(b) => b.to_string(),
+            Value::String(_) => "true".into(),
+            _ => return None,
+        },
+    })
+}
+
+/// The row a record gives a target: one optional text per column.
+pub fn row(target: &Target, src: &Sources<'_>, tz: FixedOffset) -> Vec<Option<String>> {
+    target
+        .columns
+        .iter()
+        .map(|c| {
+            let v = src.get(&c.from)?;
+            let text = render(&v, c.render, tz)?;
+            match &c.values {
+                Some(map) => map.get(&text).cloned(),
+                None => Some(text),
+            }
+        })
+        .collect()
+}
+
+fn qi(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn qtable(t: &str) -> String {
+    let (s, n) = crate::config::split_table(t).expect("validated");
+    format!("{}.{}", qi(s), qi(n))
+}
+
+/// CSV field for COPY: NULL is an unquoted empty field.
+fn csv_field(v: &Option<String>) -> String {
+    match v {
+        None => String::new(),
+        Some(s) => format!("\"{}\"", s.replace('"', "\"\"")),
+    }
+}
+
+/// Writes `rows` (and deletes `deleted_keys`) into the target, inside `tx`.
+/// Returns how many rows changed.
+pub async fn write(
+    tx: &tokio_postgres::Transaction<'_>,
+    stage: &str,
+    target: &Target,
+    rows: &[Vec<Option<String>>],
+    deleted_keys: &[String],
+) -> Result<u64, tokio_postgres::Error> {
+    use futures_util::SinkExt;
+    let table = qtable(&target.table);
+    let cols: Vec<String> = target.columns.iter().map(|c| qi(&c.column)).collect();
+    let col_list = cols.join(", ");
+    let key = qi(&target.key);
+    let mut changed = 0;
+    if !deleted_keys.is_empty() {
+        changed += tx
+            .execute(
+                &format!("DELETE FROM {table} WHERE {key}::text = ANY($1)"),
+                &[&deleted_keys],
+            )
+            .await?;
+    }
+    let rows: Vec<&Vec<Option<String>>> = rows
+        .iter()
+        .filter(|r| {
+            let k = target
+                .columns
+                .iter()
+                .position(|c| c.column == target.key)
+                .expect("validated");
+            r[k].is_some()
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(changed);
+    }
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DROP AS SELECT {col_list} FROM {table} WITH NO DATA;
+         TRUNCATE {stage}"
+    ))
+    .await?;
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {stage} ({col_list}) FROM STDIN (FORMAT csv)"
+        ))
+        .await?;
+    let mut buf = String::new();
+    for r in &rows {
+        buf.push_str(&r.iter().map(csv_field).collect::<Vec<_>>().join(","));
+        buf.push('\n');
+    }
+    let mut sink = Box::pin(sink);
+    sink.send(bytes::Bytes::from(buf)).await?;
+    sink.as_mut().finish().await?;
+    let others: Vec<&String> = cols.iter().filter(|c| **c != key).collect();
+    let changed_cond = format!(
+        "({}) IS DISTINCT FROM ({})",
+        others
+            .iter()
+            .map(|c| format!("t.{c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        others
+            .iter()
+            .map(|c| format!("s.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut newer = match &target.updated_column {
+        Some(u) => format!(
+            " AND (t.{0} IS NULL OR s.{0} IS NULL OR t.{0} <= s.{0})",
+            qi(u)
+        ),
+        None => String::new(),
+    };
+    // A row whose own HMIS change is still on its way to Go.Data is newer
+    // than what Go.Data sent: leave it (the next pull brings the merged state).
+    newer.push_str(&format!(
+        " AND NOT EXISTS (SELECT 1 FROM godata_bridge.outbox o
+                           WHERE o.table_name = godata_bridge.qualified('{}'::regclass)
+                             AND o.row_key = jsonb_build_object('{}', t.{key}))",
+        qtable(&target.table).replace('\'', "''"),
+        target.key.replace('\'', "''"),
+    ));
+    let set = others
+        .iter()
+        .map(|c| format!("{c} = s.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    changed += match target.mode {
+        Mode::UpdateOnly => {
+            tx.execute(
+                &format!("UPDATE {table} AS t SET {set} FROM {stage} AS s WHERE t.{key} = s.{key} AND {changed_cond}{newer}"),
+                &[],
+            )
+            .await?
+        }
+        Mode::Upsert => {
+            let set_excluded = others.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", ");
+            let cond = changed_cond.replace("s.", "EXCLUDED.");
+            let newer = newer.replace("s.", "EXCLUDED.");
+            tx.execute(
+                &format!(
+                    "INSERT INTO {table} AS t ({col_list}) SELECT DISTINCT ON ({key}) {col_list} FROM {stage}
+                     ON CONFLICT ({key}) DO UPDATE SET {set_excluded} WHERE {cond}{newer}"
+                ),
+                &[],
+            )
+            .await?
+        }
+    };
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn paths_with_selectors_and_fallbacks() {
+        let bundle = json!({"entry": [{"resource": {"resourceType": "Patient",
+            "identifier": [{"system": "urn:godata:case", "value": "g1"}, {"system": "urn:hmis:key", "value": "KEN-1"}],
+            "name": [{"given": ["Aminata", "Sia"], "family": "Kamara"}]}}]});
+        let godata = json!({"id": "g1", "visualId": null});
+        let s = Sources {
+            bundle: &bundle,
+            godata: &godata,
+        };
+        assert_eq!(
+            s.get("Patient.identifier[system=urn:hmis:key].value"),
+            Some(json!("KEN-1"))
+        );
+        assert_eq!(s.get("godata.visualId | godata.id"), Some(json!("g1")));
+        assert_eq!(s.get("Patient.name[0].family"), Some(json!("Kamara")));
+        assert_eq!(s.get("Condition.code"), None);
+        let tz = FixedOffset::east_opt(0).unwrap();
+        assert_eq!(
+            render(&s.get("Patient.name[0]").unwrap(), As::FullName, tz).as_deref(),
+            Some("Aminata Sia Kamara")
+        );
+    }
+}

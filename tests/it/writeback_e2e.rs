@@ -1,0 +1,387 @@
+//! Go.Data → HMIS end to end: cursor pull, FHIR R4, staged upserts into
+//! `hmis.tbl_cases` and update-only `hmis.cases`, without echo.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use godata_bridge::capture::install;
+use godata_bridge::config::{Config, Env, Secret};
+use godata_bridge::deliver::{self, Deliverer};
+use godata_bridge::godata::client::Client;
+use godata_bridge::sim::{self, Sim, SimConfig};
+use godata_bridge::writeback::pull;
+use serde_json::{json, Value};
+
+use crate::support::{fresh_db, ob, start_sim_with, wait_for, Api};
+
+const TRACER: &str = "tracer@godata.example";
+
+struct TestEnv(String, String);
+impl Env for TestEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        match name {
+            "GODATA_BRIDGE_DATABASE_URL" => Some(self.0.clone()),
+            "GODATA_BRIDGE_GODATA_URL" => Some(self.1.clone()),
+            "GODATA_BRIDGE_GODATA_PASSWORD" => Some(sim::DEFAULT_PASSWORD.into()),
+            _ => None,
+        }
+    }
+}
+
+async fn sim_with_tracer() -> Sim {
+    start_sim_with(SimConfig {
+        users: vec![
+            (sim::DEFAULT_USER.into(), sim::DEFAULT_PASSWORD.into()),
+            (TRACER.into(), "tracer-password".into()),
+        ],
+        ..SimConfig::default()
+    })
+    .await
+}
+
+async fn tracer(sim: &Sim) -> Api {
+    let mut api = Api::for_sim(sim);
+    api.login_as(TRACER, "tracer-password").await;
+    api
+}
+
+struct Setup {
+    c: tokio_postgres::Client,
+    config: Config,
+    client: Arc<Client>,
+    db: crate::support::TestDb,
+}
+
+async fn setup(sim: &Sim) -> Setup {
+    let db = fresh_db().await;
+    let mut c = db.client().await;
+    c.batch_execute(include_str!("../../examples/hmis.sql"))
+        .await
+        .unwrap();
+    install::install(&mut c).await.unwrap();
+    install::track(&c, "hmis", "cases", &["case_id".into()])
+        .await
+        .unwrap();
+    install::track(&c, "hmis", "contacts", &["contact_id".into()])
+        .await
+        .unwrap();
+    let config = Config::parse(
+        include_str!("../../examples/bridge.toml"),
+        "examples/bridge.toml",
+        &TestEnv(db.url.clone(), sim.url()),
+    )
+    .unwrap();
+    let client = Arc::new(Client::new(
+        &sim.url(),
+        sim::DEFAULT_USER,
+        Secret::new(sim::DEFAULT_PASSWORD),
+        sim::DEFAULT_OUTBREAK_ID,
+        Duration::from_secs(10),
+    ));
+    Setup {
+        c,
+        config,
+        client,
+        db,
+    }
+}
+
+async fn tbl_case(c: &tokio_postgres::Client, externalid: &str) -> Option<tokio_postgres::Row> {
+    c.query_opt(
+        "SELECT * FROM hmis.tbl_cases WHERE externalid = $1",
+        &[&externalid],
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn cases_recorded_in_godata_reach_the_hmis_as_fhir() {
+    let sim = sim_with_tracer().await;
+    let s = setup(&sim).await;
+    let mut pg = s.db.client().await;
+    let t = tracer(&sim).await;
+    let (_, created) = t
+        .post(
+            &ob("cases"),
+            json!({"firstName": "Kadiatu", "lastName": "Bah", "gender": "LNG_REFERENCE_DATA_CATEGORY_GENDER_FEMALE",
+                   "dob": "2001-12-24", "visualId": "CA-9999999999", "dateOfReporting": "2024-06-01",
+                   "classification": "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_SUSPECT",
+                   "addresses": [{"typeId": "LNG_REFERENCE_DATA_CATEGORY_ADDRESS_TYPE_USUAL_PLACE_OF_RESIDENCE",
+                                  "addressLine1": "23 Kissy Road", "city": "Freetown", "locationId": "loc-wu",
+                                  "phoneNumber": "076 99-00-11"}]}),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        pull::pull_once(&mut pg, &s.config, &s.client)
+            .await
+            .unwrap(),
+        1
+    );
+    let row = tbl_case(&s.c, &id)
+        .await
+        .expect("the case is in hmis.tbl_cases");
+    assert_eq!(
+        row.get::<_, String>("identifier"),
+        "CA-0000000001",
+        "no HMIS key: the visualId"
+    );
+    assert_eq!(row.get::<_, String>("name"), "Kadiatu Bah");
+    assert_eq!(row.get::<_, String>("telecom"), "076990011");
+    assert_eq!(row.get::<_, String>("address"), "23 Kissy Road, Freetown");
+    assert_eq!(row.get::<_, String>("gender"), "female");
+    assert_eq!(
+        row.get::<_, chrono::NaiveDate>("birthdate").to_string(),
+        "2001-12-24"
+    );
+    assert_eq!(
+        row.get::<_, chrono::NaiveDate>("registrationdate")
+            .to_string(),
+        "2024-06-01"
+    );
+    assert_eq!(row.get::<_, String>("locationid"), "loc-wu");
+    assert_eq!(row.get::<_, String>("verification_status"), "provisional");
+    assert_eq!(row.get::<_, String>("clinical_status"), "active");
+    assert!(row.get::<_, bool>("active"));
+    let fhir: Value = row.get("fhir");
+    assert_eq!(fhir["type"], "transaction");
+    assert_eq!(fhir["entry"][0]["resource"]["resourceType"], "Patient");
+    // Nothing new: the next pull writes nothing.
+    assert_eq!(
+        pull::pull_once(&mut pg, &s.config, &s.client)
+            .await
+            .unwrap(),
+        0
+    );
+    // An update and a soft delete follow.
+    t.put(
+        &ob(&format!("cases/{id}")),
+        json!({"classification": "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_CONFIRMED"}),
+    )
+    .await;
+    pull::pull_once(&mut pg, &s.config, &s.client)
+        .await
+        .unwrap();
+    let row = tbl_case(&s.c, &id).await.unwrap();
+    assert_eq!(row.get::<_, String>("verification_status"), "confirmed");
+    t.delete(&ob(&format!("cases/{id}"))).await;
+    pull::pull_once(&mut pg, &s.config, &s.client)
+        .await
+        .unwrap();
+    let row = tbl_case(&s.c, &id).await.unwrap();
+    assert!(
+        !row.get::<_, bool>("active"),
+        "a soft delete marks the row inactive"
+    );
+    assert_eq!(
+        row.get::<_, String>("verification_status"),
+        "entered-in-error"
+    );
+    let n: i64 =
+        s.c.query_one("SELECT count(*) FROM hmis.tbl_cases", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(n, 1, "one row per Go.Data case");
+}
+
+#[tokio::test]
+async fn equal_timestamps_across_page_boundaries_miss_and_repeat_nothing() {
+    let sim = sim_with_tracer().await;
+    let mut s = setup(&sim).await;
+    let mut pg = s.db.client().await;
+    let t = tracer(&sim).await;
+    for i in 0..7 {
+        t.post(&ob("cases"), json!({"firstName": format!("P{i}")}))
+            .await;
+    }
+    // Same dbUpdatedAt for all: only the id breaks the ties.
+    sim.with_store(|st| {
+        for p in st.persons.values_mut() {
+            p["dbUpdatedAt"] = json!("2024-06-01T00:00:00.000Z");
+        }
+    });
+    s.config.pull.page_size = 2;
+    assert_eq!(
+        pull::pull_once(&mut pg, &s.config, &s.client)
+            .await
+            .unwrap(),
+        7
+    );
+    let n: i64 =
+        s.c.query_one("SELECT count(*) FROM hmis.tbl_cases", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(n, 7);
+    assert_eq!(
+        pull::pull_once(&mut pg, &s.config, &s.client)
+            .await
+            .unwrap(),
+        0,
+        "nothing repeated"
+    );
+    let pages = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/cases"))
+        .count();
+    assert_eq!(pages, 4 + 1, "pages of 2, 2, 2, 1, then an empty one");
+}
+
+#[tokio::test]
+async fn two_way_outcome_change_comes_back_without_echo() {
+    let sim = sim_with_tracer().await;
+    let s = setup(&sim).await;
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let mut config = s.config.clone();
+    config.pull.interval_secs = 1;
+    let bridge = tokio::spawn(deliver::run(
+        Deliverer::new(config.clone(), s.client.clone()),
+        s.db.config.clone(),
+        rx.clone(),
+    ));
+    let puller = tokio::spawn(pull::run(
+        config.clone(),
+        s.client.clone(),
+        s.db.config.clone(),
+        rx,
+    ));
+    s.c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification, notes)
+         VALUES ('TW-1', 'Aminata', now(), 'confirmed', 'kept by the HMIS')",
+    )
+    .await
+    .unwrap();
+    let gid = godata_bridge::godata::ids::godata_id(
+        config.godata.id_namespace,
+        "hmis.cases",
+        &json!({"case_id": "TW-1"}),
+    )
+    .to_string();
+    wait_for("the case in Go.Data", Duration::from_secs(20), || {
+        let ok = sim.with_store(|st| st.persons.contains_key(&gid));
+        async move { ok }
+    })
+    .await;
+    wait_for(
+        "the pushed case written back to tbl_cases",
+        Duration::from_secs(20),
+        || {
+            let c = &s.c;
+            let gid = gid.clone();
+            async move { tbl_case(c, &gid).await.is_some() }
+        },
+    )
+    .await;
+    assert_eq!(
+        tbl_case(&s.c, &gid)
+            .await
+            .unwrap()
+            .get::<_, String>("identifier"),
+        "TW-1",
+        "the HMIS key"
+    );
+    // A tracer records the outcome in Go.Data.
+    let writes_before = sim.requests().iter().filter(|r| r.method != "GET").count();
+    let t = tracer(&sim).await;
+    let (st, _) = t
+        .put(&ob(&format!("cases/{gid}")), json!({"outcomeId": "LNG_REFERENCE_DATA_CATEGORY_OUTCOME_RECOVERED", "dateOfOutcome": "2024-06-20"}))
+        .await;
+    assert_eq!(st, 200);
+    wait_for("the outcome in hmis.cases", Duration::from_secs(20), || {
+        let c = &s.c;
+        async move {
+            let r = c
+                .query_one(
+                    "SELECT outcome, outcome_date::text FROM hmis.cases WHERE case_id = 'TW-1'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            r.get::<_, Option<String>>(0).as_deref() == Some("recovered")
+                && r.get::<_, Option<String>>(1).as_deref() == Some("2024-06-20")
+        }
+    })
+    .await;
+    let r =
+        s.c.query_one(
+            "SELECT first_name, notes, classification FROM hmis.cases WHERE case_id = 'TW-1'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, String>(0), r.get::<_, String>(1)),
+        ("Aminata".into(), "kept by the HMIS".into()),
+        "HMIS-owned columns untouched"
+    );
+    // Let another pull and drain pass, then count: no echo.
+    let pulls_before = sim.requests().iter().filter(|r| r.method == "GET").count();
+    wait_for("two more pulls", Duration::from_secs(20), || {
+        let n = sim.requests().iter().filter(|r| r.method == "GET").count();
+        async move { n >= pulls_before + 2 }
+    })
+    .await;
+    let outbox: i64 =
+        s.c.query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(outbox, 0, "the write-back was not captured");
+    let writes_after = sim.requests().iter().filter(|r| r.method != "GET").count();
+    assert_eq!(
+        writes_after,
+        writes_before + 2,
+        "only the tracer's login and PUT: the bridge wrote nothing back to Go.Data"
+    );
+    stop.send(true).unwrap();
+    let _ = bridge.await;
+    let _ = puller.await;
+}
+
+#[tokio::test]
+async fn a_pending_hmis_change_is_not_overwritten_by_older_godata_state() {
+    let sim = sim_with_tracer().await;
+    let s = setup(&sim).await;
+    let mut pg = s.db.client().await;
+    s.c.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('PD-1', 'A', now(), 'suspected')")
+        .await
+        .unwrap();
+    let mut d = Deliverer::new(s.config.clone(), s.client.clone());
+    d.drain(&pg).await.unwrap();
+    // The HMIS confirms the case; the bridge has not delivered it yet.
+    s.c.batch_execute("UPDATE hmis.cases SET classification = 'confirmed' WHERE case_id = 'PD-1'")
+        .await
+        .unwrap();
+    pull::pull_once(&mut pg, &s.config, &s.client)
+        .await
+        .unwrap();
+    let class: String =
+        s.c.query_one(
+            "SELECT classification FROM hmis.cases WHERE case_id = 'PD-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        class, "confirmed",
+        "Go.Data's older 'suspected' did not overwrite the pending HMIS change"
+    );
+    // Once delivered, Go.Data agrees and the next pull changes nothing.
+    d.drain(&pg).await.unwrap();
+    pull::pull_once(&mut pg, &s.config, &s.client)
+        .await
+        .unwrap();
+    let class: String =
+        s.c.query_one(
+            "SELECT classification FROM hmis.cases WHERE case_id = 'PD-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(class, "confirmed");
+}
