@@ -91,6 +91,7 @@ pub async fn install(config: &Config, file: &str) -> anyhow::Result<()> {
 }
 
 pub async fn run(config: Config, file: &str) -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let db = pg_config(&config)?;
     match connect_hmis(&config).await {
         Ok(pg) => check_catalog(&pg, &config, file).await?,
@@ -117,7 +118,6 @@ pub async fn run(config: Config, file: &str) -> anyhow::Result<()> {
         ))
     });
     let task = tokio::spawn(deliver::run(Deliverer::new(config, client), db, rx));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -301,6 +301,9 @@ pub async fn demo(
 ) -> anyhow::Result<()> {
     use crate::pg_cluster::{Cluster, ClusterOptions};
     use crate::sim::{Sim, SimConfig};
+    // Before anything is printed: a SIGTERM right after "demo ready" must
+    // find the handler in place.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
 
     let (cluster, url) = match database_url {
         Some(u) => (None, u),
@@ -414,7 +417,6 @@ pub async fn demo(
         crate::sim::DEFAULT_PASSWORD
     );
     println!("Ctrl-C stops the demo and removes the throwaway database.");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
