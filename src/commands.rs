@@ -155,6 +155,14 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     );
     println!("linked records      {}", s.linked_records);
     println!("tracked tables      {}", s.tracked_tables.join(", "));
+    match (&s.pull_cursor, s.pull_cursor_age_secs) {
+        (Some(c), Some(age)) => println!(
+            "pull cursor         dbUpdatedAt {} id {} (moved {age:.1} s ago)",
+            c["dbUpdatedAt"].as_str().unwrap_or("-"),
+            c["id"].as_str().unwrap_or("-")
+        ),
+        _ => println!("pull cursor         - (nothing pulled yet)"),
+    }
     Ok(())
 }
 
@@ -438,5 +446,26 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Resul
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
+
+/// `fhir <case-id>`: the Bundle one Go.Data case becomes, for implementers
+/// checking their mapping.
+pub async fn fhir(config: &Config, case_id: &str) -> anyhow::Result<()> {
+    let client = godata_client(config);
+    let filter = serde_json::json!({ "where": { "id": case_id }, "deleted": true });
+    let page = client
+        .list_cases(&filter)
+        .await
+        .context("reading the case from Go.Data")?;
+    let Some(case) = page.first() else {
+        anyhow::bail!(
+            "Go.Data has no case {case_id} in outbreak {}",
+            client.outbreak_id()
+        );
+    };
+    let bundle =
+        crate::writeback::fhir::case_bundle(case, &crate::writeback::pull::fhir_options(config));
+    println!("{}", serde_json::to_string_pretty(&bundle)?);
     Ok(())
 }

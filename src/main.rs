@@ -61,6 +61,13 @@ enum Command {
     },
     /// Check config, database catalog, Go.Data login and outbreak access.
     Check(ConfigArg),
+    /// Print the FHIR R4 Bundle one Go.Data case becomes.
+    Fhir {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The Go.Data case id.
+        case_id: String,
+    },
     /// The whole flow on a throwaway PostgreSQL and the emulator; runs until Ctrl-C.
     Demo {
         /// Use this database instead of a throwaway cluster (it gets the `hmis` schema).
@@ -173,7 +180,8 @@ fn main() -> ExitCode {
         | Command::Check(config)
         | Command::Status { config, .. }
         | Command::DeadLetter { config, .. }
-        | Command::Backfill { config, .. } => Some(config.config.clone()),
+        | Command::Backfill { config, .. }
+        | Command::Fhir { config, .. } => Some(config.config.clone()),
     };
     let config = match &config_arg {
         None => None,
@@ -216,6 +224,7 @@ fn main() -> ExitCode {
                 commands::backfill(cfg(), table.as_deref(), chunk).await
             }
             Command::Check(_) => commands::check(cfg(), &file).await,
+            Command::Fhir { case_id, .. } => commands::fhir(cfg(), &case_id).await,
             Command::Demo {
                 database_url,
                 godata_listen,

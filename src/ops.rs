@@ -22,6 +22,10 @@ pub struct Status {
     pub last_delivery: Option<String>,
     pub linked_records: i64,
     pub tracked_tables: Vec<String>,
+    /// Go.Data → HMIS: the pull cursor (`dbUpdatedAt`, `id`) and how long
+    /// ago it last moved.
+    pub pull_cursor: Option<serde_json::Value>,
+    pub pull_cursor_age_secs: Option<f64>,
 }
 
 pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::Error> {
@@ -33,7 +37,9 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
                     (SELECT count(*) FROM godata_bridge.dead_letter),
                     (SELECT to_char(max(pushed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM godata_bridge.link),
                     (SELECT count(*) FROM godata_bridge.link),
-                    (SELECT coalesce(array_agg(table_name ORDER BY table_name), '{}') FROM godata_bridge.tracked)",
+                    (SELECT coalesce(array_agg(table_name ORDER BY table_name), '{}') FROM godata_bridge.tracked),
+                    (SELECT value FROM godata_bridge.state WHERE name = 'pull_cursor:case'),
+                    (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = 'pull_cursor:case')",
             &[],
         )
         .await?;
@@ -45,6 +51,8 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
         last_delivery: r.get(4),
         linked_records: r.get(5),
         tracked_tables: r.get(6),
+        pull_cursor: r.get(7),
+        pull_cursor_age_secs: r.get(8),
     })
 }
 

@@ -525,3 +525,56 @@ async fn hostile_table_name_in_config_is_refused_and_changes_nothing() {
         .get(0);
     assert_eq!(schema, 0, "nothing was installed");
 }
+
+#[tokio::test]
+async fn fhir_command_prints_a_case_bundle_and_status_shows_the_pull_cursor() {
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let c = db.client().await;
+    c.batch_execute(include_str!("../../examples/hmis.sql"))
+        .await
+        .unwrap();
+    let env = [
+        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
+        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
+        (
+            "GODATA_BRIDGE_GODATA_PASSWORD",
+            sim::DEFAULT_PASSWORD.to_string(),
+        ),
+    ];
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
+    assert_eq!(
+        bridge_cmd(&["install", "--config", example], &env).await.0,
+        Some(0)
+    );
+    let mut api = crate::support::Api::for_sim(&sim);
+    api.login().await;
+    let (_, case) = api
+        .post(&crate::support::ob("cases"), serde_json::json!({"firstName": "Aminata", "gender": "LNG_REFERENCE_DATA_CATEGORY_GENDER_FEMALE"}))
+        .await;
+    let id = case["id"].as_str().unwrap();
+    let (code, out, err) = bridge_cmd(&["fhir", "--config", example, id], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    let bundle: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(bundle["type"], "transaction");
+    assert_eq!(bundle["entry"][0]["resource"]["gender"], "female");
+    let (code, _, err) = bridge_cmd(&["fhir", "--config", example, "no-such-case"], &env).await;
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no case no-such-case"), "{err}");
+    let _bridge = spawn_run(example, &env);
+    wait_for("the pull cursor in status", Duration::from_secs(30), || {
+        let env = env.clone();
+        async move {
+            let (_, out, _) = bridge_cmd(&["status", "--config", example, "--json"], &env).await;
+            serde_json::from_str::<serde_json::Value>(&out)
+                .is_ok_and(|s| s["pull_cursor"]["id"].is_string())
+        }
+    })
+    .await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM hmis.tbl_cases", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "run also writes Go.Data back to the HMIS");
+}
