@@ -299,6 +299,10 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo's contact tracer: a second Go.Data account (every login revokes
+/// the account's other tokens, so the bridge's own account is not shared).
+const DEMO_TRACER: (&str, &str) = ("tracer@godata.example", "tracer-demo-password");
+
 /// `demo`: a throwaway PostgreSQL (or `database_url`), the reference HMIS,
 /// the emulator, install, backfill, the bridge; a few HMIS changes shown
 /// arriving in Go.Data; then it keeps running until Ctrl-C/SIGTERM so a
@@ -323,14 +327,26 @@ pub async fn demo(
             (Some(c), url)
         }
     };
+    let users = vec![
+        (
+            crate::sim::DEFAULT_USER.to_string(),
+            crate::sim::DEFAULT_PASSWORD.to_string(),
+        ),
+        (DEMO_TRACER.0.to_string(), DEMO_TRACER.1.to_string()),
+    ];
+    let sim_config = SimConfig {
+        users,
+        ..SimConfig::default()
+    };
     let sim = match Sim::start(SimConfig {
         listen: godata_listen,
-        ..SimConfig::default()
+        ..sim_config.clone()
     })
     .await
     {
         Ok(s) => s,
-        Err(_) => Sim::start(SimConfig::default()).await?, // the port is taken: any free one
+        // The port is taken: any free one.
+        Err(_) => Sim::start(sim_config).await?,
     };
     struct DemoEnv(String, String);
     impl crate::config::Env for DemoEnv {
@@ -356,8 +372,15 @@ pub async fn demo(
     install(&config, file).await?;
     backfill(&config, None, 1000).await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
+    let client = std::sync::Arc::new(godata_client(&config));
+    let puller = tokio::spawn(crate::writeback::pull::run(
+        config.clone(),
+        client.clone(),
+        pg_config(&config)?,
+        rx.clone(),
+    ));
     let bridge = tokio::spawn(deliver::run(
-        Deliverer::new(config.clone(), godata_client(&config)),
+        Deliverer::new(config.clone(), client),
         pg_config(&config)?,
         rx,
     ));
@@ -412,6 +435,46 @@ pub async fn demo(
     .await?;
     println!("  → Go.Data case {id}: deleted (soft)");
 
+    println!("\nand back: a contact tracer records an outcome in Go.Data:");
+    let tracer_id = crate::godata::ids::godata_id(
+        ns,
+        "hmis.cases",
+        &serde_json::json!({"case_id": "KEN-2024-0002"}),
+    )
+    .to_string();
+    let tracer = Client::new(
+        &sim.url(),
+        DEMO_TRACER.0,
+        crate::config::Secret::new(DEMO_TRACER.1),
+        crate::sim::DEFAULT_OUTBREAK_ID,
+        Duration::from_secs(10),
+    );
+    tracer
+        .upsert_case(
+            tracer_id.parse()?,
+            &serde_json::json!({"outcomeId": "LNG_REFERENCE_DATA_CATEGORY_OUTCOME_RECOVERED", "dateOfOutcome": "2024-06-20T00:00:00.000Z"}),
+        )
+        .await?;
+    println!("  Go.Data case {tracer_id}: outcome RECOVERED");
+    let mut outcome = String::new();
+    for _ in 0..1500 {
+        let r = pg
+            .query_one(
+                "SELECT coalesce(outcome, '') FROM hmis.cases WHERE case_id = 'KEN-2024-0002'",
+                &[],
+            )
+            .await?;
+        outcome = r.get(0);
+        if outcome == "recovered" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if outcome != "recovered" {
+        anyhow::bail!("demo: timed out waiting for the outcome to reach the HMIS");
+    }
+    println!("  → hmis.cases KEN-2024-0002: outcome = recovered (and hmis.tbl_cases holds its FHIR Bundle)");
+
     println!("\ndemo ready. Try:");
     println!("  psql '{url}' -c \"UPDATE hmis.cases SET outcome = 'recovered' WHERE case_id = 'KEN-2024-0002'\"");
     println!(
@@ -431,6 +494,7 @@ pub async fn demo(
     }
     let _ = stop.send(true);
     let _ = bridge.await;
+    let _ = puller.await;
     drop(pg);
     if let Some(c) = cluster {
         tokio::task::spawn_blocking(move || drop(c)).await?;

@@ -462,6 +462,10 @@ async fn demo_shows_the_flow_and_stops_cleanly() {
     let text = seen.join("\n");
     assert!(text.contains("HMIS seed rows are in Go.Data: 11"), "{text}");
     assert!(
+        text.contains("outcome = recovered"),
+        "both directions: {text}"
+    );
+    assert!(
         text.contains("CASE_CLASSIFICATION_CONFIRMED") && text.contains("deleted (soft)"),
         "{text}"
     );
