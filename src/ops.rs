@@ -170,6 +170,25 @@ pub async fn backfill(
     }
 }
 
+/// The columns of `schema.table` (none when there is no such table).
+async fn table_columns(
+    pg: &impl GenericClient,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(pg
+        .query(
+            "SELECT a.attname::text FROM pg_attribute a
+               JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&schema, &table],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
 /// Checks every `[[push]]` table and column against the catalog. Each
 /// problem names the config field and the database object.
 pub async fn catalog_problems(
@@ -179,17 +198,7 @@ pub async fn catalog_problems(
     let mut out = vec![];
     for (i, p) in config.push.iter().enumerate() {
         let (schema, table) = split_table(&p.table).expect("validated");
-        let cols: Vec<String> = pg
-            .query(
-                "SELECT a.attname::text FROM pg_attribute a
-                   JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&schema, &table],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let cols = table_columns(pg, schema, table).await?;
         if cols.is_empty() {
             out.push(format!(
                 "push[{i}].table: no table {} in the HMIS database",
@@ -217,17 +226,7 @@ pub async fn catalog_problems(
     }
     for (i, t) in config.pull.target.iter().enumerate() {
         let (schema, table) = split_table(&t.table).expect("validated");
-        let cols: Vec<String> = pg
-            .query(
-                "SELECT a.attname::text FROM pg_attribute a
-                   JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
-                &[&schema, &table],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let cols = table_columns(pg, schema, table).await?;
         if cols.is_empty() {
             out.push(format!(
                 "pull.target[{i}].table: no table {} in the HMIS database",

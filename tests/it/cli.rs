@@ -9,6 +9,32 @@ use tokio::process::Command;
 use crate::support::{fresh_db, start_sim, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_godata-bridge");
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
+
+/// A fresh database with the reference HMIS, and the environment that
+/// points the binary at it and at `sim`.
+async fn reference_hmis(
+    sim: &godata_bridge::sim::Sim,
+) -> (
+    crate::support::TestDb,
+    tokio_postgres::Client,
+    [(&'static str, String); 3],
+) {
+    let db = fresh_db().await;
+    let c = db.client().await;
+    c.batch_execute(include_str!("../../examples/hmis.sql"))
+        .await
+        .unwrap();
+    let env = [
+        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
+        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
+        (
+            "GODATA_BRIDGE_GODATA_PASSWORD",
+            sim::DEFAULT_PASSWORD.to_string(),
+        ),
+    ];
+    (db, c, env)
+}
 
 #[tokio::test]
 async fn bad_config_exits_2_naming_the_field() {
@@ -36,20 +62,8 @@ async fn bad_config_exits_2_naming_the_field() {
 #[tokio::test]
 async fn install_then_run_delivers_and_stops_on_sigterm() {
     let sim = start_sim().await;
-    let db = fresh_db().await;
-    let c = db.client().await;
-    c.batch_execute(include_str!("../../examples/hmis.sql"))
-        .await
-        .unwrap();
-    let env = [
-        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
-        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
-        (
-            "GODATA_BRIDGE_GODATA_PASSWORD",
-            sim::DEFAULT_PASSWORD.to_string(),
-        ),
-    ];
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
+    let (_db, c, env) = reference_hmis(&sim).await;
+    let example = EXAMPLE;
     let out = Command::new(BIN)
         .args(["install", "--config", example])
         .envs(env.clone())
@@ -110,20 +124,8 @@ fn spawn_run(example: &str, env: &[(&str, String)]) -> tokio::process::Child {
 #[tokio::test]
 async fn kill_9_mid_burst_loses_and_duplicates_nothing() {
     let sim = start_sim().await;
-    let db = fresh_db().await;
-    let c = db.client().await;
-    c.batch_execute(include_str!("../../examples/hmis.sql"))
-        .await
-        .unwrap();
-    let env = [
-        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
-        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
-        (
-            "GODATA_BRIDGE_GODATA_PASSWORD",
-            sim::DEFAULT_PASSWORD.to_string(),
-        ),
-    ];
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
+    let (db, c, env) = reference_hmis(&sim).await;
+    let example = EXAMPLE;
     let out = Command::new(BIN)
         .args(["install", "--config", example])
         .envs(env.clone())
@@ -235,20 +237,8 @@ async fn bridge_cmd(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, Stri
 #[tokio::test]
 async fn dead_letter_retry_after_the_fix_delivers_and_status_tells() {
     let sim = start_sim().await;
-    let db = fresh_db().await;
-    let c = db.client().await;
-    c.batch_execute(include_str!("../../examples/hmis.sql"))
-        .await
-        .unwrap();
-    let env = [
-        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
-        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
-        (
-            "GODATA_BRIDGE_GODATA_PASSWORD",
-            sim::DEFAULT_PASSWORD.to_string(),
-        ),
-    ];
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
+    let (_db, c, env) = reference_hmis(&sim).await;
+    let example = EXAMPLE;
     let (code, _, err) = bridge_cmd(&["install", "--config", example], &env).await;
     assert_eq!(code, Some(0), "{err}");
     let _bridge = spawn_run(example, &env);
@@ -326,20 +316,8 @@ async fn dead_letter_retry_after_the_fix_delivers_and_status_tells() {
 #[tokio::test]
 async fn backfill_enqueues_existing_rows_in_chunks() {
     let sim = start_sim().await;
-    let db = fresh_db().await;
-    let c = db.client().await;
-    c.batch_execute(include_str!("../../examples/hmis.sql"))
-        .await
-        .unwrap();
-    let env = [
-        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
-        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
-        (
-            "GODATA_BRIDGE_GODATA_PASSWORD",
-            sim::DEFAULT_PASSWORD.to_string(),
-        ),
-    ];
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
+    let (_db, c, env) = reference_hmis(&sim).await;
+    let example = EXAMPLE;
     assert_eq!(
         bridge_cmd(&["install", "--config", example], &env).await.0,
         Some(0)
@@ -389,20 +367,8 @@ async fn backfill_enqueues_existing_rows_in_chunks() {
 #[tokio::test]
 async fn check_reports_and_catalog_mismatch_exits_2() {
     let sim = start_sim().await;
-    let db = fresh_db().await;
-    let c = db.client().await;
-    c.batch_execute(include_str!("../../examples/hmis.sql"))
-        .await
-        .unwrap();
-    let env = [
-        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
-        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
-        (
-            "GODATA_BRIDGE_GODATA_PASSWORD",
-            sim::DEFAULT_PASSWORD.to_string(),
-        ),
-    ];
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
+    let (_db, c, env) = reference_hmis(&sim).await;
+    let example = EXAMPLE;
     let (code, out, _) = bridge_cmd(&["check", "--config", example], &env).await;
     assert_ne!(code, Some(0), "capture is not installed yet");
     assert!(out.contains("FAIL capture installed"), "{out}");
@@ -533,20 +499,8 @@ async fn hostile_table_name_in_config_is_refused_and_changes_nothing() {
 #[tokio::test]
 async fn fhir_command_prints_a_case_bundle_and_status_shows_the_pull_cursor() {
     let sim = start_sim().await;
-    let db = fresh_db().await;
-    let c = db.client().await;
-    c.batch_execute(include_str!("../../examples/hmis.sql"))
-        .await
-        .unwrap();
-    let env = [
-        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
-        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
-        (
-            "GODATA_BRIDGE_GODATA_PASSWORD",
-            sim::DEFAULT_PASSWORD.to_string(),
-        ),
-    ];
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
+    let (_db, c, env) = reference_hmis(&sim).await;
+    let example = EXAMPLE;
     assert_eq!(
         bridge_cmd(&["install", "--config", example], &env).await.0,
         Some(0)

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use godata_bridge::capture::install;
-use godata_bridge::config::{Config, Env, Secret};
+use godata_bridge::config::{Config, Secret};
 use godata_bridge::deliver::{self, Deliverer};
 use godata_bridge::godata::client::Client;
 use godata_bridge::godata::ids::godata_id;
@@ -12,22 +12,6 @@ use godata_bridge::sim::{self, Faults, Sim};
 use serde_json::{json, Value};
 
 use crate::support::{fresh_db, start_sim, wait_for, TestDb};
-
-struct TestEnv {
-    db_url: String,
-    godata_url: String,
-}
-
-impl Env for TestEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        match name {
-            "GODATA_BRIDGE_DATABASE_URL" => Some(self.db_url.clone()),
-            "GODATA_BRIDGE_GODATA_URL" => Some(self.godata_url.clone()),
-            "GODATA_BRIDGE_GODATA_PASSWORD" => Some(sim::DEFAULT_PASSWORD.into()),
-            _ => None,
-        }
-    }
-}
 
 struct Bridge {
     stop: tokio::sync::watch::Sender<bool>,
@@ -62,16 +46,7 @@ async fn prepare(
     install::track(&c, "hmis", "contacts", &["contact_id".into()])
         .await
         .unwrap();
-    let env = TestEnv {
-        db_url: url.to_string(),
-        godata_url: sim.url(),
-    };
-    let config = Config::parse(
-        include_str!("../../examples/bridge.toml"),
-        "examples/bridge.toml",
-        &env,
-    )
-    .unwrap();
+    let config = crate::support::reference_config(url, &sim.url());
     (c, config)
 }
 
@@ -624,16 +599,7 @@ async fn least_privilege_roles_end_to_end() {
     // The bridge runs as its least-privilege role.
     let mut bridge_cfg = db.config.clone();
     bridge_cfg.user(&bridge_role);
-    let env = TestEnv {
-        db_url: db.url.clone(),
-        godata_url: sim.url(),
-    };
-    let config = Config::parse(
-        include_str!("../../examples/bridge.toml"),
-        "examples/bridge.toml",
-        &env,
-    )
-    .unwrap();
+    let config = crate::support::reference_config(&db.url, &sim.url());
     let bridge = start_bridge(&sim, config, bridge_cfg.clone());
     wait_for(
         "delivery by the least-privilege bridge",

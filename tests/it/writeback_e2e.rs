@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use godata_bridge::capture::install;
-use godata_bridge::config::{Config, Env, Secret};
+use godata_bridge::config::{Config, Secret};
 use godata_bridge::deliver::{self, Deliverer};
 use godata_bridge::godata::client::Client;
 use godata_bridge::sim::{self, Sim, SimConfig};
@@ -15,18 +15,6 @@ use serde_json::{json, Value};
 use crate::support::{fresh_db, ob, start_sim_with, wait_for, Api};
 
 const TRACER: &str = "tracer@godata.example";
-
-struct TestEnv(String, String);
-impl Env for TestEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        match name {
-            "GODATA_BRIDGE_DATABASE_URL" => Some(self.0.clone()),
-            "GODATA_BRIDGE_GODATA_URL" => Some(self.1.clone()),
-            "GODATA_BRIDGE_GODATA_PASSWORD" => Some(sim::DEFAULT_PASSWORD.into()),
-            _ => None,
-        }
-    }
-}
 
 async fn sim_with_tracer() -> Sim {
     start_sim_with(SimConfig {
@@ -65,12 +53,7 @@ async fn setup(sim: &Sim) -> Setup {
     install::track(&c, "hmis", "contacts", &["contact_id".into()])
         .await
         .unwrap();
-    let config = Config::parse(
-        include_str!("../../examples/bridge.toml"),
-        "examples/bridge.toml",
-        &TestEnv(db.url.clone(), sim.url()),
-    )
-    .unwrap();
+    let config = crate::support::reference_config(&db.url, &sim.url());
     let client = Arc::new(Client::new(
         &sim.url(),
         sim::DEFAULT_USER,

@@ -193,3 +193,25 @@ impl Api {
 pub fn ob(rest: &str) -> String {
     format!("/api/outbreaks/{}/{}", sim::DEFAULT_OUTBREAK_ID, rest)
 }
+
+/// The reference config (`examples/bridge.toml`) pointed at a test
+/// database and emulator, as its environment overrides would.
+pub fn reference_config(db_url: &str, godata_url: &str) -> godata_bridge::config::Config {
+    struct TestEnv(String, String);
+    impl godata_bridge::config::Env for TestEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            match name {
+                "GODATA_BRIDGE_DATABASE_URL" => Some(self.0.clone()),
+                "GODATA_BRIDGE_GODATA_URL" => Some(self.1.clone()),
+                "GODATA_BRIDGE_GODATA_PASSWORD" => Some(sim::DEFAULT_PASSWORD.into()),
+                _ => None,
+            }
+        }
+    }
+    godata_bridge::config::Config::parse(
+        include_str!("../../../examples/bridge.toml"),
+        "examples/bridge.toml",
+        &TestEnv(db_url.to_string(), godata_url.to_string()),
+    )
+    .expect("the reference config loads")
+}
