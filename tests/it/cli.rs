@@ -11,6 +11,13 @@ use crate::support::{fresh_db, start_sim, wait_for};
 const BIN: &str = env!("CARGO_BIN_EXE_godata-bridge");
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
 
+async fn tbl_cases_count(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM hmis.tbl_cases", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// A fresh database with the reference HMIS, and the environment that
 /// points the binary at it and at `sim`.
 async fn reference_hmis(
@@ -535,4 +542,89 @@ async fn fhir_command_prints_a_case_bundle_and_status_shows_the_pull_cursor() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "run also writes Go.Data back to the HMIS");
+}
+
+#[tokio::test]
+async fn kill_9_during_the_pull_of_10000_cases_leaves_each_once() {
+    let sim = start_sim().await;
+    // 10,000 cases recorded in Go.Data by someone else.
+    let uid = sim.user_id(sim::DEFAULT_USER).unwrap();
+    sim.with_store(|st| {
+        for i in 0..10_000 {
+            st.create_person(
+                sim::DEFAULT_OUTBREAK_ID,
+                godata_bridge::sim::store::Kind::Case,
+                &serde_json::json!({"firstName": format!("P{i}"), "gender": "LNG_REFERENCE_DATA_CATEGORY_GENDER_MALE"}),
+                &uid,
+            )
+            .unwrap();
+        }
+    });
+    let (_db, c, env) = reference_hmis(&sim).await;
+    assert_eq!(
+        bridge_cmd(&["install", "--config", EXAMPLE], &env).await.0,
+        Some(0)
+    );
+    // Kill it three times while it pulls, at growing progress marks.
+    for mark in [1000_i64, 3000, 6000] {
+        let mut bridge = spawn_run(EXAMPLE, &env);
+        wait_for("pull progress", Duration::from_secs(120), || async {
+            tbl_cases_count(&c).await >= mark
+        })
+        .await;
+        bridge.start_kill().unwrap();
+        bridge.wait().await.unwrap();
+    }
+    assert!(
+        tbl_cases_count(&c).await < 10_000,
+        "the kills came before the end"
+    );
+    let _bridge = spawn_run(EXAMPLE, &env);
+    wait_for(
+        "all 10,000 cases in the HMIS",
+        Duration::from_secs(180),
+        || async { tbl_cases_count(&c).await == 10_000 },
+    )
+    .await;
+    let distinct: i64 = c
+        .query_one("SELECT count(DISTINCT externalid) FROM hmis.tbl_cases", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(distinct, 10_000, "each case exactly once");
+    // The cursor is the last record of Go.Data's order.
+    let last = sim.with_store(|st| {
+        let mut v: Vec<(String, String)> = st
+            .persons
+            .values()
+            .map(|p| {
+                (
+                    p["dbUpdatedAt"].as_str().unwrap().to_string(),
+                    p["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v.pop().unwrap()
+    });
+    wait_for(
+        "the cursor at the last record",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            let last = last.clone();
+            async move {
+                let v: serde_json::Value = c
+                    .query_one(
+                        "SELECT value FROM godata_bridge.state WHERE name = 'pull_cursor:case'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                v["id"] == last.1.as_str() && v["dbUpdatedAt"] == last.0.as_str()
+            }
+        },
+    )
+    .await;
 }
