@@ -391,9 +391,19 @@ impl Client {
 
     /// One page of the outbreak's cases for a LoopBack `filter`.
     pub async fn list_cases(&self, filter: &Value) -> Result<Vec<Value>, GodataError> {
+        self.list("cases", filter).await
+    }
+
+    /// One page of an outbreak collection (`cases`, `contacts`,
+    /// `relationships`) for a LoopBack `filter`.
+    pub async fn list(&self, collection: &str, filter: &Value) -> Result<Vec<Value>, GodataError> {
         let q: String = form_urlencoded::byte_serialize(filter.to_string().as_bytes()).collect();
         let (status, body) = self
-            .call(Method::GET, &self.ob(&format!("cases?filter={q}")), None)
+            .call(
+                Method::GET,
+                &self.ob(&format!("{collection}?filter={q}")),
+                None,
+            )
             .await?;
         if status != 200 {
             return Err(status_error(status, &body));

@@ -517,6 +517,11 @@ fn outbreak_route(
     sub: &[&str],
 ) -> Result<Resp, ApiError> {
     let m = &r.method;
+    if sub == ["relationships"] && *m == Method::GET {
+        return ok(Value::Array(
+            store.list_relationships(oid, &filter_arg(r)?)?,
+        ));
+    }
     let Some(kind) = sub.first().and_then(|s| kind_of(s)) else {
         return Err(not_found_route(r));
     };

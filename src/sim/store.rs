@@ -833,6 +833,28 @@ impl Store {
         Ok((created, doc))
     }
 
+    /// `GET /outbreaks/{id}/relationships?filter=`: the outbreak's relationships.
+    pub fn list_relationships(
+        &self,
+        outbreak_id: &str,
+        filter: &Filter,
+    ) -> Result<Vec<Value>, ApiError> {
+        let mut docs = Vec::new();
+        for r in self.relationships.values() {
+            if r["outbreakId"] == outbreak_id
+                && (filter.include_deleted || r["deleted"] != true)
+                && filter.matches(r)?
+            {
+                docs.push(r.clone());
+            }
+        }
+        Filter {
+            where_: None,
+            ..filter.clone()
+        }
+        .apply(docs, &[])
+    }
+
     pub fn list_person_relationships(
         &self,
         outbreak_id: &str,

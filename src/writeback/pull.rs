@@ -13,10 +13,17 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::godata::client::{Client, GodataError};
-use crate::writeback::fhir::{case_bundle, FhirOptions};
-use crate::writeback::target::{self, OnDelete, Sources};
+use crate::writeback::fhir::{case_bundle, contact_bundle, FhirOptions};
+use crate::writeback::target::{self, OnDelete, Resource, Sources};
 
-const CURSOR: &str = "pull_cursor:case";
+const PERSON_TYPE_CASE: &str = "LNG_REFERENCE_DATA_CATEGORY_PERSON_TYPE_CASE";
+
+fn cursor_name(r: Resource) -> &'static str {
+    match r {
+        Resource::Case => "pull_cursor:case",
+        Resource::Contact => "pull_cursor:contact",
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -62,33 +69,106 @@ pub fn page_filter(cursor: Option<&Value>, limit: i64) -> Value {
     f
 }
 
-/// Pulls pages until Go.Data has nothing newer; returns records written.
+/// Pulls pages of every resource that has targets until Go.Data has nothing
+/// newer; returns records written.
 pub async fn pull_once(
     pg: &mut tokio_postgres::Client,
     config: &Config,
     client: &Client,
 ) -> Result<usize, PullError> {
+    let mut total = 0;
+    for resource in [Resource::Case, Resource::Contact] {
+        if config.pull.target.iter().any(|t| t.resource == resource) {
+            total += pull_resource(pg, config, client, resource).await?;
+        }
+    }
+    Ok(total)
+}
+
+/// Each contact's Bundle, with its relationship to a case (one request
+/// for the relationships of the whole page).
+async fn contact_bundles(
+    client: &Client,
+    page: &[Value],
+    o: &FhirOptions,
+) -> Result<Vec<Value>, GodataError> {
+    let ids: Vec<&Value> = page.iter().map(|c| &c["id"]).collect();
+    let rels = client
+        .list(
+            "relationships",
+            &json!({ "where": { "persons.id": { "inq": ids } }, "deleted": true }),
+        )
+        .await?;
+    Ok(page
+        .iter()
+        .map(|c| {
+            let rel = rels
+                .iter()
+                .filter(|r| {
+                    r["persons"]
+                        .as_array()
+                        .is_some_and(|ps| ps.iter().any(|p| p["id"] == c["id"]))
+                })
+                .min_by_key(|r| r["deleted"] == true)
+                .cloned()
+                .unwrap_or(Value::Null);
+            let case_id = rel["persons"]
+                .as_array()
+                .and_then(|ps| ps.iter().find(|p| p["type"] == PERSON_TYPE_CASE))
+                .and_then(|p| p["id"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            contact_bundle(c, &case_id, &rel, o)
+        })
+        .collect())
+}
+
+async fn pull_resource(
+    pg: &mut tokio_postgres::Client,
+    config: &Config,
+    client: &Client,
+    resource: Resource,
+) -> Result<usize, PullError> {
     let o = fhir_options(config);
+    let name = cursor_name(resource);
+    let collection = match resource {
+        Resource::Case => "cases",
+        Resource::Contact => "contacts",
+    };
+    let targets: Vec<(usize, &target::Target)> = config
+        .pull
+        .target
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.resource == resource)
+        .collect();
     let mut total = 0;
     loop {
         let cursor: Option<Value> = pg
             .query_opt(
                 "SELECT value FROM godata_bridge.state WHERE name = $1",
-                &[&CURSOR],
+                &[&name],
             )
             .await?
             .map(|r| r.get(0));
         let page = client
-            .list_cases(&page_filter(cursor.as_ref(), config.pull.page_size))
+            .list(
+                collection,
+                &page_filter(cursor.as_ref(), config.pull.page_size),
+            )
             .await?;
         let Some(last) = page.last() else {
             return Ok(total);
         };
         let next = json!({ "dbUpdatedAt": last["dbUpdatedAt"], "id": last["id"] });
+        let bundles: Vec<Value> = match resource {
+            Resource::Case => page.iter().map(|c| case_bundle(c, &o)).collect(),
+            Resource::Contact => contact_bundles(client, &page, &o).await?,
+        };
         let tx = pg.transaction().await?;
         tx.batch_execute("SET LOCAL godata_bridge.origin = 'godata'")
             .await?;
-        for (i, t) in config.pull.target.iter().enumerate() {
+        for (i, t) in &targets {
             let mut rows = vec![];
             let mut deleted = vec![];
             let key_at = t
@@ -96,12 +176,11 @@ pub async fn pull_once(
                 .iter()
                 .position(|c| c.column == t.key)
                 .expect("validated");
-            for rec in &page {
-                let bundle = case_bundle(rec, &o);
+            for (rec, bundle) in page.iter().zip(&bundles) {
                 let row = target::row(
                     t,
                     &Sources {
-                        bundle: &bundle,
+                        bundle,
                         godata: rec,
                     },
                     o.timezone,
@@ -127,7 +206,7 @@ pub async fn pull_once(
                 "INSERT INTO godata_bridge.state (name, value) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
                   WHERE godata_bridge.state.value IS NOT DISTINCT FROM $3",
-                &[&CURSOR, &next, &cursor],
+                &[&name, &next, &cursor],
             )
             .await?;
         if moved != 1 {
@@ -135,7 +214,11 @@ pub async fn pull_once(
         }
         tx.commit().await?;
         total += page.len();
-        tracing::info!(records = page.len(), "pulled a page from go.data");
+        tracing::info!(
+            resource = collection,
+            records = page.len(),
+            "pulled a page from go.data"
+        );
         if i64::try_from(page.len()).unwrap_or(i64::MAX) < config.pull.page_size {
             return Ok(total);
         }

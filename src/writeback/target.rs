@@ -72,12 +72,25 @@ pub struct Column {
     pub values: Option<BTreeMap<String, String>>,
 }
 
+/// Which Go.Data records a target takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    /// Cases: Bundle [Patient, Condition].
+    #[default]
+    Case,
+    /// Contacts: Bundle [Patient, RelatedPerson → the case's Patient].
+    Contact,
+}
+
 /// One `[[pull.target]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// `schema.table`.
     pub table: String,
+    #[serde(default)]
+    pub resource: Resource,
     /// The key column (it must have a unique index for upserts).
     pub key: String,
     #[serde(default)]

@@ -368,3 +368,73 @@ async fn a_pending_hmis_change_is_not_overwritten_by_older_godata_state() {
         .get(0);
     assert_eq!(class, "confirmed");
 }
+
+#[tokio::test]
+async fn contacts_recorded_in_godata_reach_the_hmis_with_their_case_link() {
+    let sim = sim_with_tracer().await;
+    let s = setup(&sim).await;
+    let mut pg = s.db.client().await;
+    let t = tracer(&sim).await;
+    let (_, case) = t
+        .post(
+            &ob("cases"),
+            json!({"firstName": "Index", "visualId": "CA-9999999999"}),
+        )
+        .await;
+    let case_id = case["id"].as_str().unwrap().to_string();
+    let (st, out) = t
+        .post(
+            &ob(&format!("cases/{case_id}/contacts")),
+            json!([{"contact": {"firstName": "Musu", "lastName": "Sesay", "visualId": "CO-9999999999", "gender": "LNG_REFERENCE_DATA_CATEGORY_GENDER_FEMALE"},
+                    "relationship": {"contactDate": "2024-05-05", "socialRelationshipTypeId": "LNG_REFERENCE_DATA_CATEGORY_CONTEXT_OF_TRANSMISSION_FAMILY"}}]),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let contact_id = out[0]["contact"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        pull::pull_once(&mut pg, &s.config, &s.client)
+            .await
+            .unwrap(),
+        2,
+        "one case, one contact"
+    );
+    let row = tbl_case(&s.c, &contact_id)
+        .await
+        .expect("the contact is in hmis.tbl_cases");
+    assert_eq!(row.get::<_, String>("name"), "Musu Sesay");
+    assert_eq!(row.get::<_, String>("identifier"), "CO-0000000001");
+    let fhir: Value = row.get("fhir");
+    let rp = fhir["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["resource"]["resourceType"] == "RelatedPerson")
+        .unwrap();
+    assert_eq!(
+        rp["resource"]["patient"]["reference"],
+        format!("Patient?identifier=urn:godata:case|{case_id}")
+    );
+    assert_eq!(
+        rp["resource"]["relationship"][0]["coding"][0]["code"],
+        "FAMMEMB"
+    );
+    assert_eq!(rp["resource"]["period"]["start"], "2024-05-05");
+    // Deleting the case takes the isolated contact along: it becomes inactive.
+    t.delete(&ob(&format!("cases/{case_id}"))).await;
+    pull::pull_once(&mut pg, &s.config, &s.client)
+        .await
+        .unwrap();
+    assert!(!tbl_case(&s.c, &contact_id)
+        .await
+        .unwrap()
+        .get::<_, bool>("active"));
+    let status: Value =
+        s.c.query_one(
+            "SELECT value FROM godata_bridge.state WHERE name = 'pull_cursor:contact'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status["id"], contact_id.as_str());
+}
