@@ -52,6 +52,18 @@ CREATE TABLE IF NOT EXISTS hmis.contacts (
     updated_at     timestamptz DEFAULT now()
 );
 
+-- updated_at follows every change (the bridge's "newest wins" reads it).
+CREATE OR REPLACE FUNCTION hmis.touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+DROP TRIGGER IF EXISTS touch_updated_at ON hmis.cases;
+CREATE TRIGGER touch_updated_at BEFORE UPDATE ON hmis.cases FOR EACH ROW EXECUTE FUNCTION hmis.touch_updated_at();
+DROP TRIGGER IF EXISTS touch_updated_at ON hmis.contacts;
+CREATE TRIGGER touch_updated_at BEFORE UPDATE ON hmis.contacts FOR EACH ROW EXECUTE FUNCTION hmis.touch_updated_at();
+
 INSERT INTO hmis.cases (case_id, first_name, middle_name, last_name, sex, birth_date, age_years, phone, email,
                         address_line, city, district_code, lat, lng, national_id, occupation, pregnant,
                         onset_date, reported_at, classification, outcome, outcome_date, risk_level,

@@ -414,7 +414,17 @@ impl Deliverer {
         let Some(image) = p.image.clone() else {
             return Ok(Acked::Unchanged);
         };
-        let mut doc = self.map(&push.map, &image).await?;
+        // Fields Go.Data owns after creation are sent only to create.
+        let rules: Vec<crate::mapping::Rule> = if p.linked.is_some() {
+            push.map
+                .iter()
+                .filter(|r| !r.create_only)
+                .cloned()
+                .collect()
+        } else {
+            push.map.clone()
+        };
+        let mut doc = self.map(&rules, &image).await?;
         let ext = external_id(&p.key);
         if let Some(Value::Array(d)) = doc
             .as_object_mut()

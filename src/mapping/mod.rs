@@ -38,6 +38,10 @@ pub struct Rule {
     /// Apply the rule only when this column is not null.
     #[serde(default)]
     pub when: Option<String>,
+    /// Send this field only when the record is created in Go.Data; after
+    /// that Go.Data owns it (its pull target column has `owner = "godata"`).
+    #[serde(default)]
+    pub create_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

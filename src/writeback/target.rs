@@ -70,6 +70,26 @@ pub struct Column {
     /// column NULL).
     #[serde(default)]
     pub values: Option<BTreeMap<String, String>>,
+    /// Who wins when the row already exists; the target's
+    /// `system_of_record` unless set.
+    #[serde(default)]
+    pub owner: Option<Owner>,
+}
+
+/// The system of record of a column: who wins on an existing row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    /// Go.Data's value is written, even over an HMIS change not yet pushed
+    /// (pair it with `create_only` on the push rule of that field).
+    #[default]
+    Godata,
+    /// The HMIS keeps its value: written only when the row is inserted.
+    Hmis,
+    /// The newer side wins: Go.Data's `updatedAt` against the row's
+    /// `hmis_updated_column`; a row whose HMIS change is not pushed yet is
+    /// newer by definition.
+    Newest,
 }
 
 /// Which Go.Data records a target takes.
@@ -101,7 +121,19 @@ pub struct Target {
     /// changed by a newer record.
     #[serde(default)]
     pub updated_column: Option<String>,
+    /// Default owner of the columns (see [`Owner`]).
+    #[serde(default)]
+    pub system_of_record: Owner,
+    /// The HMIS's own last-change timestamp column (for `newest`).
+    #[serde(default)]
+    pub hmis_updated_column: Option<String>,
     pub columns: Vec<Column>,
+}
+
+impl Column {
+    pub fn owner(&self, target: &Target) -> Owner {
+        self.owner.unwrap_or(target.system_of_record)
+    }
 }
 
 impl Target {
@@ -117,6 +149,11 @@ impl Target {
             if !self.columns.iter().any(|c| &c.column == u) {
                 out.push(format!("updated_column: `{u}` is not one of the columns"));
             }
+        }
+        if self.columns.iter().any(|c| c.owner(self) == Owner::Newest)
+            && self.hmis_updated_column.is_none()
+        {
+            out.push("hmis_updated_column: needed when a column's owner is `newest`".into());
         }
         out
     }
@@ -226,8 +263,10 @@ fn render(v: &Value, how: As, tz: FixedOffset) -> Option<String> {
     })
 }
 
-/// The row a record gives a target: one optional text per column.
+/// The row a record gives a target: one optional text per column, then
+/// the record's Go.Data `updatedAt` (staged, never written).
 pub fn row(target: &Target, src: &Sources<'_>, tz: FixedOffset) -> Vec<Option<String>> {
+    let updated = src.godata["updatedAt"].as_str().map(String::from);
     target
         .columns
         .iter()
@@ -239,6 +278,7 @@ pub fn row(target: &Target, src: &Sources<'_>, tz: FixedOffset) -> Vec<Option<St
                 None => Some(text),
             }
         })
+        .chain(std::iter::once(updated))
         .collect()
 }
 
@@ -259,8 +299,11 @@ fn csv_field(v: &Option<String>) -> String {
     }
 }
 
-/// Writes `rows` (and deletes `deleted_keys`) into the target, inside `tx`.
-/// Returns how many rows changed.
+/// The staged column carrying each record's Go.Data `updatedAt`.
+const STAGED_UPDATED: &str = "godata_bridge_updated";
+
+/// Writes `rows` (from [`row`]; and deletes `deleted_keys`) into the
+/// target, inside `tx`. Returns how many rows changed.
 pub async fn write(
     tx: &tokio_postgres::Transaction<'_>,
     stage: &str,
@@ -282,28 +325,24 @@ pub async fn write(
             )
             .await?;
     }
-    let rows: Vec<&Vec<Option<String>>> = rows
+    let key_at = target
+        .columns
         .iter()
-        .filter(|r| {
-            let k = target
-                .columns
-                .iter()
-                .position(|c| c.column == target.key)
-                .expect("validated");
-            r[k].is_some()
-        })
-        .collect();
+        .position(|c| c.column == target.key)
+        .expect("validated");
+    let rows: Vec<&Vec<Option<String>>> = rows.iter().filter(|r| r[key_at].is_some()).collect();
     if rows.is_empty() {
         return Ok(changed);
     }
     tx.batch_execute(&format!(
-        "CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DROP AS SELECT {col_list} FROM {table} WITH NO DATA;
+        "CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DROP AS
+           SELECT {col_list}, NULL::timestamptz AS {STAGED_UPDATED} FROM {table} WITH NO DATA;
          TRUNCATE {stage}"
     ))
     .await?;
     let sink = tx
         .copy_in(&format!(
-            "COPY {stage} ({col_list}) FROM STDIN (FORMAT csv)"
+            "COPY {stage} ({col_list}, {STAGED_UPDATED}) FROM STDIN (FORMAT csv)"
         ))
         .await?;
     let mut buf = String::new();
@@ -314,57 +353,102 @@ pub async fn write(
     let mut sink = Box::pin(sink);
     sink.send(bytes::Bytes::from(buf)).await?;
     sink.as_mut().finish().await?;
-    let others: Vec<&String> = cols.iter().filter(|c| **c != key).collect();
-    let changed_cond = format!(
-        "({}) IS DISTINCT FROM ({})",
-        others
+
+    // Per column, on an existing row: Go.Data's value, the HMIS's, or the
+    // newer side's. `src` is the staged row (`s`), or EXCLUDED in an upsert,
+    // which carries the record's updatedAt only through `updated_column`.
+    let hmis_updated = target.hmis_updated_column.as_deref().map(qi);
+    let staged_updated = |src: &str| match (src, &target.updated_column) {
+        ("s", _) => format!("s.{STAGED_UPDATED}"),
+        (_, Some(u)) => format!("{src}.{}", qi(u)),
+        (_, None) => "NULL::timestamptz".to_string(),
+    };
+    let assign = |src: &str| -> Vec<String> {
+        target
+            .columns
             .iter()
-            .map(|c| format!("t.{c}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        others
-            .iter()
-            .map(|c| format!("s.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let mut newer = match &target.updated_column {
+            .filter(|c| c.column != target.key)
+            .map(|c| {
+                let col = qi(&c.column);
+                match c.owner(target) {
+                    Owner::Godata => format!("{col} = {src}.{col}"),
+                    Owner::Hmis => format!("{col} = t.{col}"),
+                    Owner::Newest => format!(
+                        "{col} = CASE WHEN t.{hu} IS NULL OR {gu} IS NULL OR t.{hu} < {gu} THEN {src}.{col} ELSE t.{col} END",
+                        hu = hmis_updated.as_deref().expect("validated"),
+                        gu = staged_updated(src),
+                    ),
+                }
+            })
+            .collect()
+    };
+    // Only columns the pull may change count as a difference.
+    let comparable: Vec<String> = target
+        .columns
+        .iter()
+        .filter(|c| c.column != target.key && c.owner(target) != Owner::Hmis)
+        .map(|c| qi(&c.column))
+        .collect();
+    let differs = |src: &str| {
+        if comparable.is_empty() {
+            return "false".to_string();
+        }
+        format!(
+            "({}) IS DISTINCT FROM ({})",
+            comparable
+                .iter()
+                .map(|c| format!("t.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            comparable
+                .iter()
+                .map(|c| format!("{src}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut guard = match &target.updated_column {
         Some(u) => format!(
             " AND (t.{0} IS NULL OR s.{0} IS NULL OR t.{0} <= s.{0})",
             qi(u)
         ),
         None => String::new(),
     };
-    // A row whose own HMIS change is still on its way to Go.Data is newer
-    // than what Go.Data sent: leave it (the next pull brings the merged state).
-    newer.push_str(&format!(
-        " AND NOT EXISTS (SELECT 1 FROM godata_bridge.outbox o
-                           WHERE o.table_name = godata_bridge.qualified('{}'::regclass)
-                             AND o.row_key = jsonb_build_object('{}', t.{key}))",
-        qtable(&target.table).replace('\'', "''"),
-        target.key.replace('\'', "''"),
-    ));
-    let set = others
+    if target
+        .columns
         .iter()
-        .map(|c| format!("{c} = s.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+        .any(|c| c.owner(target) == Owner::Newest)
+    {
+        // A row whose own HMIS change is still on its way to Go.Data is
+        // newer than what Go.Data sent.
+        guard.push_str(&format!(
+            " AND NOT EXISTS (SELECT 1 FROM godata_bridge.outbox o
+                               WHERE o.table_name = godata_bridge.qualified('{}'::regclass)
+                                 AND o.row_key = jsonb_build_object('{}', t.{key}))",
+            qtable(&target.table).replace('\'', "''"),
+            target.key.replace('\'', "''"),
+        ));
+    }
     changed += match target.mode {
         Mode::UpdateOnly => {
             tx.execute(
-                &format!("UPDATE {table} AS t SET {set} FROM {stage} AS s WHERE t.{key} = s.{key} AND {changed_cond}{newer}"),
+                &format!(
+                    "UPDATE {table} AS t SET {} FROM {stage} AS s WHERE t.{key} = s.{key} AND {}{guard}",
+                    assign("s").join(", "),
+                    differs("s")
+                ),
                 &[],
             )
             .await?
         }
         Mode::Upsert => {
-            let set_excluded = others.iter().map(|c| format!("{c} = EXCLUDED.{c}")).collect::<Vec<_>>().join(", ");
-            let cond = changed_cond.replace("s.", "EXCLUDED.");
-            let newer = newer.replace("s.", "EXCLUDED.");
+            let guard = guard.replace("s.", "EXCLUDED.");
             tx.execute(
                 &format!(
                     "INSERT INTO {table} AS t ({col_list}) SELECT DISTINCT ON ({key}) {col_list} FROM {stage}
-                     ON CONFLICT ({key}) DO UPDATE SET {set_excluded} WHERE {cond}{newer}"
+                     ON CONFLICT ({key}) DO UPDATE SET {} WHERE {}{guard}",
+                    assign("EXCLUDED").join(", "),
+                    differs("EXCLUDED")
                 ),
                 &[],
             )

@@ -438,3 +438,112 @@ async fn contacts_recorded_in_godata_reach_the_hmis_with_their_case_link() {
         .get(0);
     assert_eq!(status["id"], contact_id.as_str());
 }
+
+#[tokio::test]
+async fn system_of_record_decides_conflicts_column_by_column() {
+    use godata_bridge::writeback::target::Owner;
+    let sim = sim_with_tracer().await;
+    let mut s = setup(&sim).await;
+    // classification: Go.Data's once created (sent only to create);
+    // outcome: the HMIS's; outcome_date: the newer side's (the target default).
+    let cases_push = s
+        .config
+        .push
+        .iter_mut()
+        .find(|p| p.table == "hmis.cases")
+        .unwrap();
+    cases_push
+        .map
+        .iter_mut()
+        .find(|r| r.to == "classification")
+        .unwrap()
+        .create_only = true;
+    let target = s
+        .config
+        .pull
+        .target
+        .iter_mut()
+        .find(|t| t.table == "hmis.cases")
+        .unwrap();
+    target
+        .columns
+        .iter_mut()
+        .find(|c| c.column == "classification")
+        .unwrap()
+        .owner = Some(Owner::Godata);
+    target
+        .columns
+        .iter_mut()
+        .find(|c| c.column == "outcome")
+        .unwrap()
+        .owner = Some(Owner::Hmis);
+    let mut pg = s.db.client().await;
+    let mut d = Deliverer::new(s.config.clone(), s.client.clone());
+    s.c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification, outcome)
+         VALUES ('SOR-1', 'A', now(), 'suspected', 'alive')",
+    )
+    .await
+    .unwrap();
+    d.drain(&pg).await.unwrap();
+    let gid = godata_bridge::godata::ids::godata_id(
+        s.config.godata.id_namespace,
+        "hmis.cases",
+        &json!({"case_id": "SOR-1"}),
+    )
+    .to_string();
+    let in_godata = |f: &str| sim.with_store(|st| st.persons[&gid][f].clone());
+    assert_eq!(
+        in_godata("classification"),
+        "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_SUSPECT"
+    );
+    pull::pull_once(&mut pg, &s.config, &s.client)
+        .await
+        .unwrap();
+
+    // Go.Data owns classification: an HMIS edit is not pushed …
+    s.c.batch_execute("UPDATE hmis.cases SET classification = 'probable' WHERE case_id = 'SOR-1'")
+        .await
+        .unwrap();
+    d.drain(&pg).await.unwrap();
+    assert_eq!(
+        in_godata("classification"),
+        "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_SUSPECT"
+    );
+    // … and a tracer's edit comes back over it. The HMIS owns outcome: a
+    // tracer's edit of it is not written back. outcome_date is the newer
+    // side's: the tracer's later edit wins.
+    let t = tracer(&sim).await;
+    t.put(
+        &ob(&format!("cases/{gid}")),
+        json!({"classification": "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_CONFIRMED",
+               "outcomeId": "LNG_REFERENCE_DATA_CATEGORY_OUTCOME_DECEASED", "dateOfOutcome": "2024-06-01"}),
+    )
+    .await;
+    pull::pull_once(&mut pg, &s.config, &s.client)
+        .await
+        .unwrap();
+    let r = s
+        .c
+        .query_one("SELECT classification, outcome, outcome_date::text FROM hmis.cases WHERE case_id = 'SOR-1'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get::<_, String>(0),
+        "confirmed",
+        "Go.Data owns classification"
+    );
+    assert_eq!(r.get::<_, String>(1), "alive", "the HMIS owns outcome");
+    assert_eq!(
+        r.get::<_, String>(2),
+        "2024-06-01",
+        "the newer side (Go.Data) wins outcome_date"
+    );
+    // The write-back echoes nothing.
+    let outbox: i64 =
+        s.c.query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(outbox, 0);
+}
