@@ -90,7 +90,11 @@ pub async fn install(config: &Config, file: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(config: Config, file: &str) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    file: &str,
+    http_listen: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let db = pg_config(&config)?;
     match connect_hmis(&config).await {
@@ -108,6 +112,15 @@ pub async fn run(config: Config, file: &str) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     }
     let client = std::sync::Arc::new(client);
+    let http = crate::http::serve(
+        http_listen,
+        crate::http::Probe {
+            db: db.clone(),
+            client: client.clone(),
+        },
+    )
+    .await
+    .with_context(|| format!("cannot serve the http endpoint on {http_listen}"))?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let pull = (!config.pull.target.is_empty()).then(|| {
         tokio::spawn(crate::writeback::pull::run(
@@ -128,6 +141,7 @@ pub async fn run(config: Config, file: &str) -> anyhow::Result<()> {
     if let Some(p) = pull {
         let _ = p.await;
     }
+    http.abort();
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use crate::config::{Config, Resource};
 use crate::godata::client::{Client, Disposition, GodataError, EXTERNAL_ID_DOCUMENT};
 use crate::godata::ids::{content_hash, external_id, godata_id};
 use crate::mapping::{map_row, Locations, MapError};
+use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -71,6 +72,8 @@ struct Pending {
     /// The row's current state (upserts only), read at delivery time.
     image: Option<Value>,
     attempts: i32,
+    /// When the oldest coalesced change was captured (epoch seconds).
+    captured: f64,
     /// From `godata_bridge.link`: the Go.Data id (adopted or derived) and
     /// the hash of the content last acknowledged.
     linked: Option<(Uuid, Option<String>)>,
@@ -203,7 +206,8 @@ impl Deliverer {
     async fn drain_batch(&self, pg: &PgClient) -> Result<Drained, DeliverError> {
         let rows = pg
             .query(
-                "SELECT o.id, o.table_name, o.op::text, o.row_key, o.attempts, l.godata_id, l.content_hash
+                "SELECT o.id, o.table_name, o.op::text, o.row_key, o.attempts, l.godata_id, l.content_hash,
+                        extract(epoch FROM o.captured_at)::float8
                    FROM (SELECT * FROM godata_bridge.outbox
                           WHERE next_attempt_at IS NULL OR next_attempt_at <= now()
                           ORDER BY id LIMIT $1) o
@@ -230,11 +234,13 @@ impl Deliverer {
                     op: String::new(),
                     image: None,
                     attempts: 0,
+                    captured: f64::MAX,
                     linked,
                 });
             p.max_id = id;
             p.op = r.get(2);
             p.attempts = p.attempts.max(r.get(4));
+            p.captured = p.captured.min(r.get(7));
         }
         self.fetch_images(pg, &mut records).await?;
         let lanes = self.config.delivery.lanes.max(1);
@@ -323,10 +329,22 @@ impl Deliverer {
     async fn run_lane(&self, pg: &PgClient, lane: Vec<Pending>) -> Result<Drained, DeliverError> {
         let mut out = Drained::default();
         for p in lane {
+            let resource = match self.resource_of(&p.table) {
+                Some(Resource::Contact) => "contact",
+                _ => "case",
+            };
             match self.deliver_one(&p).await {
                 Ok(acked) => {
+                    let op = if p.op == "D" { "delete" } else { "upsert" };
                     settle_acked(pg, &p, acked).await?;
                     out.delivered += 1;
+                    metrics::inc(
+                        metrics::CHANGES_DELIVERED,
+                        &[("resource", resource), ("op", op)],
+                        1.0,
+                    );
+                    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+                    metrics::observe(metrics::DELIVERY_LATENCY, &[], (now - p.captured).max(0.0));
                 }
                 Err(Failure::Permanent {
                     status,
@@ -346,6 +364,11 @@ impl Deliverer {
                     )
                     .await?;
                     out.dead_lettered += 1;
+                    metrics::inc(
+                        metrics::CHANGES_DEAD_LETTERED,
+                        &[("resource", resource)],
+                        1.0,
+                    );
                 }
                 Err(Failure::Transient(e)) => {
                     let delay = backoff(p.attempts, self.config.delivery.max_backoff_secs);
@@ -358,6 +381,7 @@ impl Deliverer {
                     )
                     .await?;
                     out.deferred += 1;
+                    metrics::inc(metrics::CHANGES_DEFERRED, &[("resource", resource)], 1.0);
                 }
                 Err(Failure::Operator(e)) => return Err(DeliverError::Operator(e)),
             }

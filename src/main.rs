@@ -31,8 +31,19 @@ enum Command {
     Sim(SimArgs),
     /// Apply sql/install.sql to the HMIS and track the [[push]] tables.
     Install(InstallArgs),
-    /// Deliver HMIS changes to Go.Data until SIGTERM/SIGINT.
-    Run(ConfigArg),
+    /// Sync both ways until SIGTERM/SIGINT: deliver HMIS changes to Go.Data,
+    /// pull Go.Data changes into the HMIS.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where /healthz, /readyz and /metrics are served.
+        #[arg(
+            long,
+            default_value = "127.0.0.1:9187",
+            env = "GODATA_BRIDGE_HTTP_LISTEN"
+        )]
+        http_listen: SocketAddr,
+    },
     /// Outbox depth, oldest pending change, dead letters, last delivery.
     Status {
         #[command(flatten)]
@@ -176,7 +187,7 @@ fn main() -> ExitCode {
         | Command::Sim(_)
         | Command::Demo { .. } => None,
         Command::Install(InstallArgs { config, .. })
-        | Command::Run(config)
+        | Command::Run { config, .. }
         | Command::Check(config)
         | Command::Status { config, .. }
         | Command::DeadLetter { config, .. }
@@ -205,7 +216,9 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Install(_) => commands::install(cfg(), &file).await,
-            Command::Run(_) => commands::run(config.clone().expect("loaded above"), &file).await,
+            Command::Run { http_listen, .. } => {
+                commands::run(config.clone().expect("loaded above"), &file, http_listen).await
+            }
             Command::Status { json, .. } => commands::status(cfg(), json).await,
             Command::DeadLetter { action, .. } => {
                 let action = match action {

@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::config::Secret;
+use crate::metrics;
 
 pub const EXTERNAL_ID_DOCUMENT: &str = "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_EXTERNAL_ID";
 
@@ -198,7 +199,28 @@ impl Client {
             if let Some(b) = body {
                 rb = rb.json(b);
             }
-            let resp = rb.send().await.map_err(transport)?;
+            let started = std::time::Instant::now();
+            let sent = rb.send().await;
+            let class = match &sent {
+                Ok(r) => match r.status().as_u16() {
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                },
+                Err(_) => "error",
+            };
+            metrics::inc(
+                metrics::GODATA_REQUESTS,
+                &[("method", method.as_str()), ("status_class", class)],
+                1.0,
+            );
+            metrics::observe(
+                metrics::GODATA_REQUEST_DURATION,
+                &[("method", method.as_str())],
+                started.elapsed().as_secs_f64(),
+            );
+            let resp = sent.map_err(transport)?;
             let (status, v) = read(resp).await?;
             if status == 401 && attempt == 0 {
                 token = self.relogin(&token).await?;

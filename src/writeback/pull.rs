@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::godata::client::{Client, GodataError};
+use crate::metrics;
 use crate::writeback::fhir::{case_bundle, contact_bundle, FhirOptions};
 use crate::writeback::target::{self, OnDelete, Resource, Sources};
 
@@ -168,6 +169,7 @@ async fn pull_resource(
         let tx = pg.transaction().await?;
         tx.batch_execute("SET LOCAL godata_bridge.origin = 'godata'")
             .await?;
+        let mut written = vec![];
         for (i, t) in &targets {
             let mut rows = vec![];
             let mut deleted = vec![];
@@ -199,7 +201,9 @@ async fn pull_resource(
                 }
                 rows.push(row);
             }
-            target::write(&tx, &format!("godata_bridge_stage_{i}"), t, &rows, &deleted).await?;
+            let n =
+                target::write(&tx, &format!("godata_bridge_stage_{i}"), t, &rows, &deleted).await?;
+            written.push((t.table.as_str(), n));
         }
         let moved = tx
             .execute(
@@ -214,6 +218,18 @@ async fn pull_resource(
         }
         tx.commit().await?;
         total += page.len();
+        let resource_label = match resource {
+            Resource::Case => "case",
+            Resource::Contact => "contact",
+        };
+        metrics::inc(
+            metrics::RECORDS_PULLED,
+            &[("resource", resource_label)],
+            page.len() as f64,
+        );
+        for (table, n) in written {
+            metrics::inc(metrics::ROWS_WRITTEN_BACK, &[("table", table)], n as f64);
+        }
         tracing::info!(
             resource = collection,
             records = page.len(),

@@ -83,7 +83,15 @@ async fn install_then_run_delivers_and_stops_on_sigterm() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut bridge = Command::new(BIN)
-        .args(["run", "--config", example, "--log-format", "json"])
+        .args([
+            "run",
+            "--config",
+            example,
+            "--log-format",
+            "json",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .envs(env)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -115,7 +123,15 @@ async fn install_then_run_delivers_and_stops_on_sigterm() {
 
 fn spawn_run(example: &str, env: &[(&str, String)]) -> tokio::process::Child {
     Command::new(BIN)
-        .args(["run", "--config", example, "--log-format", "json"])
+        .args([
+            "run",
+            "--config",
+            example,
+            "--log-format",
+            "json",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(if std::env::var_os("TEST_LOG").is_some() {
@@ -627,4 +643,141 @@ async fn kill_9_during_the_pull_of_10000_cases_leaves_each_once() {
         },
     )
     .await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A metric's value from Prometheus text, by its exact series name.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness() {
+    let sim = start_sim().await;
+    let (_db, c, env) = reference_hmis(&sim).await;
+    assert_eq!(
+        bridge_cmd(&["install", "--config", EXAMPLE], &env).await.0,
+        Some(0)
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _bridge = Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            EXAMPLE,
+            "--log-format",
+            "json",
+            "--http-listen",
+            &listen,
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    wait_for("the http endpoint", Duration::from_secs(30), || {
+        let http = http.clone();
+        let url = format!("{base}/healthz");
+        async move { http.get(url).send().await.is_ok_and(|r| r.status() == 200) }
+    })
+    .await;
+    // A known workload: 3 inserts, 1 delete; one row refused (unknown district).
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES
+           ('M-1', 'A', now(), 'suspected'), ('M-2', 'B', now(), 'suspected'), ('M-3', 'C', now(), 'suspected');
+         INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
+           VALUES ('M-BAD', 'D', 'SL-NOPE', now(), 'suspected');",
+    )
+    .await
+    .unwrap();
+    wait_for("the inserts settled", Duration::from_secs(30), || {
+        let c = &c;
+        async move {
+            c.query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 0
+        }
+    })
+    .await;
+    c.batch_execute("DELETE FROM hmis.cases WHERE case_id = 'M-3'")
+        .await
+        .unwrap();
+    let get = |path: &str| {
+        let http = http.clone();
+        let url = format!("{base}{path}");
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    wait_for(
+        "the delete counted",
+        Duration::from_secs(30),
+        || async move {
+            metric(
+                &get("/metrics").await,
+                "godata_bridge_changes_delivered_total{resource=\"case\",op=\"delete\"}",
+            ) == 1.0
+        },
+    )
+    .await;
+    let m = get("/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "godata_bridge_changes_delivered_total{resource=\"case\",op=\"upsert\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "godata_bridge_changes_dead_lettered_total{resource=\"case\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(&m, "godata_bridge_dead_letters"), 1.0);
+    assert_eq!(metric(&m, "godata_bridge_outbox_depth"), 0.0);
+    assert_eq!(
+        metric(&m, "godata_bridge_delivery_latency_seconds_count"),
+        4.0
+    );
+    assert!(
+        metric(
+            &m,
+            "godata_bridge_godata_requests_total{method=\"POST\",status_class=\"2xx\"}"
+        ) >= 3.0
+    );
+    assert!(
+        !m.contains("M-1") && !m.contains("Aminata"),
+        "no ids or values in labels"
+    );
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Go.Data goes away: not ready.
+    sim.stop();
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["postgres"].as_str(), body["godata"].as_str()),
+        (Some("ok"), Some("unreachable"))
+    );
 }

@@ -1,0 +1,138 @@
+//! The operator's HTTP endpoint: `/healthz` (the process is alive),
+//! `/readyz` (PostgreSQL and Go.Data reachable; 503 otherwise) and
+//! `/metrics` (Prometheus text). Database gauges are read at scrape time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::godata::client::Client;
+use crate::metrics;
+
+/// What the endpoint needs to answer.
+pub struct Probe {
+    pub db: tokio_postgres::Config,
+    pub client: Arc<Client>,
+}
+
+/// How long a readiness or scrape query may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn pg(probe: &Probe) -> Option<tokio_postgres::Client> {
+    let (c, conn) = tokio::time::timeout(PROBE_TIMEOUT, probe.db.connect(tokio_postgres::NoTls))
+        .await
+        .ok()?
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(c)
+}
+
+async fn gauges(probe: &Probe) -> Vec<(&'static str, f64)> {
+    let mut out = vec![(metrics::LEADER, 1.0)];
+    let Some(c) = pg(probe).await else { return out };
+    let q = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM godata_bridge.outbox)::float8,
+                    coalesce((SELECT extract(epoch FROM now() - min(captured_at)) FROM godata_bridge.outbox), 0)::float8,
+                    (SELECT count(*) FROM godata_bridge.dead_letter)::float8,
+                    (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = 'pull_cursor:case')",
+            &[],
+        )
+        .await;
+    if let Ok(r) = q {
+        out.push((metrics::OUTBOX_DEPTH, r.get(0)));
+        out.push((metrics::OUTBOX_OLDEST_AGE, r.get(1)));
+        out.push((metrics::DEAD_LETTERS, r.get(2)));
+        if let Some(age) = r.get::<_, Option<f64>>(3) {
+            out.push((metrics::PULL_CURSOR_AGE, age));
+        }
+    }
+    out
+}
+
+async fn ready(probe: &Probe) -> (bool, serde_json::Value) {
+    let db_ok = match pg(probe).await {
+        Some(c) => c.simple_query("SELECT 1").await.is_ok(),
+        None => false,
+    };
+    let godata_ok = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe.client.check_outbreak_access()).await,
+        Ok(Ok(()))
+    );
+    let body = json!({
+        "postgres": if db_ok { "ok" } else { "unreachable" },
+        "godata": if godata_ok { "ok" } else { "unreachable" },
+        "role": "leader",
+    });
+    (db_ok && godata_ok, body)
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+async fn handle(
+    probe: Arc<Probe>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    Ok(match req.uri().path() {
+        "/healthz" => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            let (ok, body) = ready(&probe).await;
+            let status = if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            respond(status, "application/json", body.to_string())
+        }
+        "/metrics" => {
+            let g = gauges(&probe).await;
+            respond(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                metrics::render(&g),
+            )
+        }
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    })
+}
+
+/// Binds `addr` and serves until the task is aborted.
+pub async fn serve(addr: SocketAddr, probe: Probe) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "http endpoint listening");
+    let probe = Arc::new(probe);
+    Ok(tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let probe = probe.clone();
+                    conns.spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| handle(probe.clone(), req));
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    }))
+}

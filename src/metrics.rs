@@ -1,0 +1,209 @@
+//! Prometheus metrics. Every name is a constant here, with its type and
+//! help; labels come from bounded sets (resource, operation, HTTP method,
+//! status class, configured table) — never record ids. Counters and
+//! histograms live in one process-wide registry; gauges that describe the
+//! database (outbox depth, dead letters, cursor age) are read at scrape time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Mutex, OnceLock};
+
+pub const CHANGES_DELIVERED: &str = "godata_bridge_changes_delivered_total";
+pub const CHANGES_DEAD_LETTERED: &str = "godata_bridge_changes_dead_lettered_total";
+pub const CHANGES_DEFERRED: &str = "godata_bridge_changes_deferred_total";
+pub const DELIVERY_LATENCY: &str = "godata_bridge_delivery_latency_seconds";
+pub const GODATA_REQUESTS: &str = "godata_bridge_godata_requests_total";
+pub const GODATA_REQUEST_DURATION: &str = "godata_bridge_godata_request_duration_seconds";
+pub const RECORDS_PULLED: &str = "godata_bridge_records_pulled_total";
+pub const ROWS_WRITTEN_BACK: &str = "godata_bridge_rows_written_back_total";
+pub const OUTBOX_DEPTH: &str = "godata_bridge_outbox_depth";
+pub const OUTBOX_OLDEST_AGE: &str = "godata_bridge_outbox_oldest_pending_age_seconds";
+pub const DEAD_LETTERS: &str = "godata_bridge_dead_letters";
+pub const PULL_CURSOR_AGE: &str = "godata_bridge_pull_cursor_age_seconds";
+pub const LEADER: &str = "godata_bridge_leader";
+
+/// (name, type, help) of every metric.
+pub const CATALOG: &[(&str, &str, &str)] = &[
+    (
+        CHANGES_DELIVERED,
+        "counter",
+        "HMIS changes Go.Data acknowledged, by resource and operation.",
+    ),
+    (
+        CHANGES_DEAD_LETTERED,
+        "counter",
+        "HMIS changes moved to dead_letter, by resource.",
+    ),
+    (
+        CHANGES_DEFERRED,
+        "counter",
+        "Delivery attempts deferred after a transient failure, by resource.",
+    ),
+    (
+        DELIVERY_LATENCY,
+        "histogram",
+        "Seconds from HMIS capture to Go.Data acknowledgement.",
+    ),
+    (
+        GODATA_REQUESTS,
+        "counter",
+        "Go.Data API requests, by method and status class.",
+    ),
+    (
+        GODATA_REQUEST_DURATION,
+        "histogram",
+        "Go.Data API request duration in seconds, by method.",
+    ),
+    (
+        RECORDS_PULLED,
+        "counter",
+        "Go.Data records pulled, by resource.",
+    ),
+    (
+        ROWS_WRITTEN_BACK,
+        "counter",
+        "HMIS rows changed by the write-back, by table.",
+    ),
+    (OUTBOX_DEPTH, "gauge", "Changes waiting in the outbox."),
+    (
+        OUTBOX_OLDEST_AGE,
+        "gauge",
+        "Age in seconds of the oldest change waiting in the outbox.",
+    ),
+    (DEAD_LETTERS, "gauge", "Changes in dead_letter."),
+    (
+        PULL_CURSOR_AGE,
+        "gauge",
+        "Seconds since the case pull cursor last moved.",
+    ),
+    (
+        LEADER,
+        "gauge",
+        "1 when this instance is the working one, 0 on standby.",
+    ),
+];
+
+/// Histogram bucket bounds in seconds.
+const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct Registry {
+    counters: BTreeMap<(&'static str, Labels), f64>,
+    histograms: BTreeMap<(&'static str, Labels), Histogram>,
+}
+
+fn registry() -> &'static Mutex<Registry> {
+    static R: OnceLock<Mutex<Registry>> = OnceLock::new();
+    R.get_or_init(|| Mutex::new(Registry::default()))
+}
+
+fn labels(l: &[(&str, &str)]) -> Labels {
+    l.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Adds `by` to a counter.
+pub fn inc(name: &'static str, l: &[(&str, &str)], by: f64) {
+    let mut r = registry().lock().expect("metrics lock");
+    *r.counters.entry((name, labels(l))).or_default() += by;
+}
+
+/// Records one observation in a histogram.
+pub fn observe(name: &'static str, l: &[(&str, &str)], value: f64) {
+    let mut r = registry().lock().expect("metrics lock");
+    let h = r.histograms.entry((name, labels(l))).or_default();
+    if h.counts.is_empty() {
+        h.counts = vec![0; BUCKETS.len()];
+    }
+    for (i, b) in BUCKETS.iter().enumerate() {
+        if value <= *b {
+            h.counts[i] += 1;
+        }
+    }
+    h.sum += value;
+    h.count += 1;
+}
+
+fn fmt_labels(l: &Labels, extra: Option<(&str, String)>) -> String {
+    let mut parts: Vec<String> = l
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('"', "\\\"")))
+        .collect();
+    if let Some((k, v)) = extra {
+        parts.push(format!("{k}=\"{v}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+/// The Prometheus text exposition, with `gauges` read by the caller.
+pub fn render(gauges: &[(&'static str, f64)]) -> String {
+    let r = registry().lock().expect("metrics lock");
+    let mut out = String::new();
+    for (name, kind, help) in CATALOG {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for ((n, l), v) in &r.counters {
+            if n == name {
+                let _ = writeln!(out, "{name}{} {v}", fmt_labels(l, None));
+            }
+        }
+        for ((n, l), h) in &r.histograms {
+            if n == name {
+                for (i, b) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{} {}",
+                        fmt_labels(l, Some(("le", b.to_string()))),
+                        h.counts[i]
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{} {}",
+                    fmt_labels(l, Some(("le", "+Inf".into()))),
+                    h.count
+                );
+                let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(l, None), h.sum);
+                let _ = writeln!(out, "{name}_count{} {}", fmt_labels(l, None), h.count);
+            }
+        }
+        for (n, v) in gauges {
+            if n == name {
+                let _ = writeln!(out, "{name} {v}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_histograms_and_gauges() {
+        inc(ROWS_WRITTEN_BACK, &[("table", "t_test_render")], 2.0);
+        observe(DELIVERY_LATENCY, &[], 0.02);
+        let text = render(&[(OUTBOX_DEPTH, 7.0)]);
+        assert!(text.contains("godata_bridge_rows_written_back_total{table=\"t_test_render\"} 2"));
+        assert!(text.contains("godata_bridge_delivery_latency_seconds_bucket{le=\"0.025\"}"));
+        assert!(text.contains("godata_bridge_outbox_depth 7"));
+        assert!(text.contains("# TYPE godata_bridge_leader gauge"));
+    }
+}
