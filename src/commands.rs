@@ -101,17 +101,7 @@ pub async fn run(
         Ok(pg) => check_catalog(&pg, &config, file).await?,
         Err(e) => tracing::warn!(error = %e, "hmis database not reachable yet; will retry"),
     }
-    let client = godata_client(&config);
-    // A wrong outbreak or account is for an operator; an unreachable
-    // Go.Data is not (changes wait in the outbox).
-    match client.check_outbreak_access().await {
-        Ok(()) => tracing::info!("go.data account can write to the outbreak"),
-        Err(AccessProblem::Godata(e)) if e.disposition() == Disposition::Retry => {
-            tracing::warn!(error = %e, "go.data not reachable yet; changes wait in the outbox")
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let client = std::sync::Arc::new(client);
+    let client = std::sync::Arc::new(godata_client(&config));
     let http = crate::http::serve(
         http_listen,
         crate::http::Probe {
@@ -121,6 +111,24 @@ pub async fn run(
     )
     .await
     .with_context(|| format!("cannot serve the http endpoint on {http_listen}"))?;
+    // Standby until this instance holds the leader lock. A standby never
+    // talks to Go.Data: a login would revoke the leader's token.
+    tracing::info!("waiting to become the leader");
+    let mut leadership = tokio::select! {
+        l = crate::ha::acquire(&db) => l.context("cannot take the leader lock")?,
+        _ = tokio::signal::ctrl_c() => { http.abort(); return Ok(()) }
+        _ = term.recv() => { http.abort(); return Ok(()) }
+    };
+    tracing::info!("leader: working");
+    // A wrong outbreak or account is for an operator; an unreachable
+    // Go.Data is not (changes wait in the outbox).
+    match client.check_outbreak_access().await {
+        Ok(()) => tracing::info!("go.data account can write to the outbreak"),
+        Err(AccessProblem::Godata(e)) if e.disposition() == Disposition::Retry => {
+            tracing::warn!(error = %e, "go.data not reachable yet; changes wait in the outbox")
+        }
+        Err(e) => return Err(e.into()),
+    }
     let (stop, rx) = tokio::sync::watch::channel(false);
     let pull = (!config.pull.target.is_empty()).then(|| {
         tokio::spawn(crate::writeback::pull::run(
@@ -131,17 +139,28 @@ pub async fn run(
         ))
     });
     let task = tokio::spawn(deliver::run(Deliverer::new(config, client), db, rx));
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let lost = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = term.recv() => false,
+        _ = &mut leadership.lost => true,
+    };
+    if lost {
+        tracing::error!(
+            "lost the leader lock session; stopping so that another instance can take over"
+        );
+    } else {
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
     let _ = stop.send(true);
     let _ = task.await;
     if let Some(p) = pull {
         let _ = p.await;
     }
     http.abort();
+    drop(leadership);
+    if lost {
+        anyhow::bail!("lost leadership (the HMIS database session holding the leader lock ended)");
+    }
     Ok(())
 }
 

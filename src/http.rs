@@ -38,7 +38,10 @@ async fn pg(probe: &Probe) -> Option<tokio_postgres::Client> {
 }
 
 async fn gauges(probe: &Probe) -> Vec<(&'static str, f64)> {
-    let mut out = vec![(metrics::LEADER, 1.0)];
+    let mut out = vec![(
+        metrics::LEADER,
+        if crate::ha::is_leader() { 1.0 } else { 0.0 },
+    )];
     let Some(c) = pg(probe).await else { return out };
     let q = c
         .query_one(
@@ -65,6 +68,16 @@ async fn ready(probe: &Probe) -> (bool, serde_json::Value) {
         Some(c) => c.simple_query("SELECT 1").await.is_ok(),
         None => false,
     };
+    // A standby never talks to Go.Data (a login would revoke the leader's
+    // token); it is ready when it can take over.
+    if !crate::ha::is_leader() {
+        let body = json!({
+            "postgres": if db_ok { "ok" } else { "unreachable" },
+            "godata": "not checked (standby)",
+            "role": "standby",
+        });
+        return (db_ok, body);
+    }
     let godata_ok = matches!(
         tokio::time::timeout(PROBE_TIMEOUT, probe.client.check_outbreak_access()).await,
         Ok(Ok(()))

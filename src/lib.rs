@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod deliver;
 pub mod godata;
+pub mod ha;
 pub mod http;
 pub mod mapping;
 pub mod metrics;

@@ -781,3 +781,119 @@ async fn metrics_health_and_readiness() {
         (Some("ok"), Some("unreachable"))
     );
 }
+
+#[tokio::test]
+async fn a_standby_takes_over_when_the_leader_is_killed() {
+    let sim = start_sim().await;
+    let (_db, c, env) = reference_hmis(&sim).await;
+    assert_eq!(
+        bridge_cmd(&["install", "--config", EXAMPLE], &env).await.0,
+        Some(0)
+    );
+    let http = reqwest::Client::new();
+    let mut bridges = vec![];
+    for _ in 0..2 {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(BIN)
+            .args([
+                "run",
+                "--config",
+                EXAMPLE,
+                "--log-format",
+                "json",
+                "--http-listen",
+                &listen,
+            ])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        bridges.push((child, format!("http://{listen}/readyz")));
+    }
+    let role = |url: String| {
+        let http = http.clone();
+        async move {
+            match http.get(url).send().await {
+                Ok(r) => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["role"].as_str().map(String::from)),
+                Err(_) => None,
+            }
+        }
+    };
+    let mut roles = vec![];
+    wait_for(
+        "one leader and one standby",
+        Duration::from_secs(30),
+        || {
+            let (a, b) = (bridges[0].1.clone(), bridges[1].1.clone());
+            async move {
+                let r = vec![role(a).await, role(b).await];
+                let ok = r.contains(&Some("leader".into())) && r.contains(&Some("standby".into()));
+                ok
+            }
+        },
+    )
+    .await;
+    for (_, url) in &bridges {
+        roles.push(role(url.clone()).await.unwrap());
+    }
+    let leader = roles.iter().position(|r| r == "leader").unwrap();
+    let standby = 1 - leader;
+    // A burst; the leader is killed in the middle of it.
+    let writer = {
+        let c2 = _db.client().await;
+        tokio::spawn(async move {
+            for t in 0..40 {
+                c2.batch_execute(&format!(
+                    "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+                     SELECT 'HA-' || g, 'P' || g, now(), 'suspected' FROM generate_series({}, {}) g",
+                    t * 25 + 1,
+                    t * 25 + 25
+                ))
+                .await
+                .unwrap();
+            }
+        })
+    };
+    wait_for("some deliveries", Duration::from_secs(30), || {
+        let n = sim.with_store(|s| s.persons.len());
+        async move { n >= 100 }
+    })
+    .await;
+    bridges[leader].0.start_kill().unwrap();
+    bridges[leader].0.wait().await.unwrap();
+    writer.await.unwrap();
+    let standby_url = bridges[standby].1.clone();
+    wait_for("the standby took over", Duration::from_secs(30), || {
+        let u = standby_url.clone();
+        async move { role(u).await.as_deref() == Some("leader") }
+    })
+    .await;
+    wait_for("everything delivered", Duration::from_secs(120), || {
+        let c = &c;
+        async move {
+            c.query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 0
+        }
+    })
+    .await;
+    assert_eq!(
+        sim.with_store(|s| s.persons.len()),
+        1000,
+        "nothing lost, nothing duplicated"
+    );
+    let creates = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/cases") && r.status == 200)
+        .count();
+    assert_eq!(creates, 1000, "each case created once");
+}
