@@ -832,9 +832,8 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
         || {
             let (a, b) = (bridges[0].1.clone(), bridges[1].1.clone());
             async move {
-                let r = vec![role(a).await, role(b).await];
-                let ok = r.contains(&Some("leader".into())) && r.contains(&Some("standby".into()));
-                ok
+                let r = [role(a).await, role(b).await];
+                r.contains(&Some("leader".into())) && r.contains(&Some("standby".into()))
             }
         },
     )
