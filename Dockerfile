@@ -5,6 +5,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY sql ./sql
+COPY examples ./examples
 RUN cargo build --release --locked --bin godata-bridge
 
 FROM debian:bookworm-slim

@@ -79,6 +79,8 @@ enum Command {
         /// The Go.Data case id.
         case_id: String,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
     /// The whole flow on a throwaway PostgreSQL and the emulator; runs until Ctrl-C.
     Demo {
         /// Use this database instead of a throwaway cluster (it gets the `hmis` schema).
@@ -185,7 +187,8 @@ fn main() -> ExitCode {
     let config_arg = match &cli.command {
         Command::Install(InstallArgs { print: true, .. })
         | Command::Sim(_)
-        | Command::Demo { .. } => None,
+        | Command::Demo { .. }
+        | Command::Completions { .. } => None,
         Command::Install(InstallArgs { config, .. })
         | Command::Run { config, .. }
         | Command::Check(config)
@@ -238,6 +241,16 @@ fn main() -> ExitCode {
             }
             Command::Check(_) => commands::check(cfg(), &file).await,
             Command::Fhir { case_id, .. } => commands::fhir(cfg(), &case_id).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "godata-bridge",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
             Command::Demo {
                 database_url,
                 godata_listen,
