@@ -20,18 +20,19 @@ pub struct CatalogMismatch {
     pub problems: Vec<String>,
 }
 
-fn pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Config> {
-    config
-        .hmis
-        .database_url
-        .expose()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("the HMIS database URL is not a valid libpq URL"))
+fn pg_config(config: &Config) -> anyhow::Result<crate::pg_tls::Db> {
+    // The URL may carry a password: the error names the problem, never it.
+    crate::pg_tls::Db::from_url(config.hmis.database_url.expose()).map_err(|e| match e {
+        crate::pg_tls::TlsConfigError::Url(_) => {
+            anyhow::anyhow!("the HMIS database URL is not a valid libpq URL")
+        }
+        other => anyhow::Error::from(other),
+    })
 }
 
 pub async fn connect_hmis(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) = pg_config(config)?
-        .connect(tokio_postgres::NoTls)
+        .connect()
         .await
         .context("cannot connect to the HMIS database")?;
     tokio::spawn(async move {

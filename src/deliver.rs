@@ -629,13 +629,14 @@ pub fn backoff(attempts: i32, max_secs: u64) -> Duration {
 /// between drains: a drain in progress finishes its batch first.
 pub async fn run(
     mut deliverer: Deliverer,
-    db: tokio_postgres::Config,
+    db: impl Into<crate::pg_tls::Db>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let db: crate::pg_tls::Db = db.into();
     let safety = Duration::from_secs(deliverer.config.capture.safety_poll_secs);
     let mut failures = 0;
     while !*shutdown.borrow() {
-        let (pg, mut conn) = match db.connect(tokio_postgres::NoTls).await {
+        let (pg, mut conn) = match db.connect().await {
             Ok(c) => c,
             Err(e) => {
                 failures += 1;

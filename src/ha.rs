@@ -33,14 +33,15 @@ impl Drop for Leadership {
 
 /// Waits until this instance holds the leader lock. TCP keepalives make a
 /// cut network end the session (and free the lock) within seconds.
-pub async fn acquire(db: &tokio_postgres::Config) -> Result<Leadership, tokio_postgres::Error> {
+pub async fn acquire(db: &crate::pg_tls::Db) -> Result<Leadership, tokio_postgres::Error> {
     let mut cfg = db.clone();
-    cfg.keepalives(true)
+    cfg.config
+        .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
         .keepalives_interval(Duration::from_secs(2))
         .keepalives_retries(3)
         .application_name("godata-bridge leader");
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    let (client, conn) = cfg.connect().await?;
     let lost = tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -19,7 +19,7 @@ use crate::metrics;
 
 /// What the endpoint needs to answer.
 pub struct Probe {
-    pub db: tokio_postgres::Config,
+    pub db: crate::pg_tls::Db,
     pub client: Arc<Client>,
 }
 
@@ -27,7 +27,7 @@ pub struct Probe {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn pg(probe: &Probe) -> Option<tokio_postgres::Client> {
-    let (c, conn) = tokio::time::timeout(PROBE_TIMEOUT, probe.db.connect(tokio_postgres::NoTls))
+    let (c, conn) = tokio::time::timeout(PROBE_TIMEOUT, probe.db.connect())
         .await
         .ok()?
         .ok()?;

@@ -19,6 +19,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod ops;
 pub mod pg_cluster;
+pub mod pg_tls;
 pub mod sim;
 pub mod telemetry;
 pub mod writeback;

@@ -245,14 +245,15 @@ async fn pull_resource(
 pub async fn run(
     config: Config,
     client: Arc<Client>,
-    db: tokio_postgres::Config,
+    db: impl Into<crate::pg_tls::Db>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let db: crate::pg_tls::Db = db.into();
     let interval = Duration::from_secs(config.pull.interval_secs);
     let mut pg: Option<tokio_postgres::Client> = None;
     while !*shutdown.borrow() {
         if pg.as_ref().is_none_or(|c| c.is_closed()) {
-            pg = match db.connect(tokio_postgres::NoTls).await {
+            pg = match db.connect().await {
                 Ok((c, conn)) => {
                     tokio::spawn(async move {
                         let _ = conn.await;
