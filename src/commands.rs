@@ -43,15 +43,20 @@ pub async fn connect_hmis(config: &Config) -> anyhow::Result<tokio_postgres::Cli
     Ok(client)
 }
 
-pub fn godata_client(config: &Config) -> Client {
+pub fn godata_client(config: &Config) -> anyhow::Result<Client> {
     let g = &config.godata;
-    Client::new(
+    let tls = crate::godata::client::GodataTls {
+        ca_file: g.ca_file.clone(),
+        insecure_skip_verify: g.insecure_skip_verify,
+    };
+    Ok(Client::with_tls(
         g.url.as_deref().expect("validated"),
         g.user.as_deref().expect("validated"),
         g.password.clone(),
         g.outbreak_id.as_deref().expect("validated"),
         Duration::from_secs(g.request_timeout_secs),
-    )
+        &tls,
+    )?)
 }
 
 async fn check_catalog(
@@ -102,7 +107,7 @@ pub async fn run(
         Ok(pg) => check_catalog(&pg, &config, file).await?,
         Err(e) => tracing::warn!(error = %e, "hmis database not reachable yet; will retry"),
     }
-    let client = std::sync::Arc::new(godata_client(&config));
+    let client = std::sync::Arc::new(godata_client(&config)?);
     let http = crate::http::serve(
         http_listen,
         crate::http::Probe {
@@ -322,7 +327,7 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
             }
         }
     }
-    let client = godata_client(config);
+    let client = godata_client(config)?;
     match client.check_outbreak_access().await {
         Ok(()) => report(true, "go.data login and outbreak access", String::new()),
         Err(e) => report(false, "go.data login and outbreak access", e.to_string()),
@@ -406,7 +411,7 @@ pub async fn demo(
     install(&config, file).await?;
     backfill(&config, None, 1000).await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let client = std::sync::Arc::new(godata_client(&config));
+    let client = std::sync::Arc::new(godata_client(&config)?);
     let puller = tokio::spawn(crate::writeback::pull::run(
         config.clone(),
         client.clone(),
@@ -550,7 +555,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Resul
 /// `fhir <case-id>`: the Bundle one Go.Data case becomes, for implementers
 /// checking their mapping.
 pub async fn fhir(config: &Config, case_id: &str) -> anyhow::Result<()> {
-    let client = godata_client(config);
+    let client = godata_client(config)?;
     let filter = serde_json::json!({ "where": { "id": case_id }, "deleted": true });
     let page = client
         .list_cases(&filter)

@@ -191,6 +191,13 @@ pub struct Godata {
     pub id_namespace: Uuid,
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
+    /// PEM file of a CA to trust for Go.Data's HTTPS (besides the built-in
+    /// roots), e.g. a ministry's own CA.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Set by `--insecure-skip-verify` only (never from the file).
+    #[serde(skip)]
+    pub insecure_skip_verify: bool,
 }
 
 fn default_namespace() -> Uuid {
@@ -210,6 +217,8 @@ impl Default for Godata {
             outbreak_id: None,
             id_namespace: DEFAULT_ID_NAMESPACE,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            ca_file: None,
+            insecure_skip_verify: false,
         }
     }
 }

@@ -18,6 +18,10 @@ use godata_bridge::telemetry::{self, LogFormat};
     about = "Keeps a PostgreSQL HMIS and WHO Go.Data in sync, both ways"
 )]
 struct Cli {
+    /// Do not verify Go.Data's TLS certificate (logs a loud warning; use
+    /// `godata.ca_file` instead).
+    #[arg(long, global = true)]
+    insecure_skip_verify: bool,
     /// Log output format (default: json when stderr is not a terminal).
     #[arg(long, global = true, value_enum, env = "GODATA_BRIDGE_LOG_FORMAT")]
     log_format: Option<LogFormat>,
@@ -200,7 +204,10 @@ fn main() -> ExitCode {
     let config = match &config_arg {
         None => None,
         Some(path) => match Config::load(path, &ProcessEnv) {
-            Ok(c) => Some(c),
+            Ok(mut c) => {
+                c.godata.insecure_skip_verify = cli.insecure_skip_verify;
+                Some(c)
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);

@@ -122,6 +122,10 @@ fn postgres_user() -> Result<(u32, u32), ClusterError> {
 pub struct ClusterOptions {
     /// Extra `-c name=value` server settings.
     pub settings: Vec<(String, String)>,
+    /// Files written into the data directory before the server starts
+    /// (name, contents), owned by the server's user, mode 0600 — e.g. TLS
+    /// certificate and key for `ssl_cert_file`/`ssl_key_file`.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// A running throwaway cluster. Superuser `postgres`, trust auth on loopback.
@@ -155,7 +159,7 @@ impl Cluster {
             base: base.clone(),
             port: 0,
             run_as,
-            settings: options.settings,
+            settings: options.settings.clone(),
             server: None,
             reaper: None,
         };
@@ -189,6 +193,17 @@ impl Cluster {
                     String::from_utf8_lossy(&out.stderr)
                 ),
             });
+        }
+        for (name, contents) in &options.files {
+            use std::os::unix::fs::PermissionsExt;
+            let path = cluster.data_dir().join(name);
+            fs::write(&path, contents).map_err(io(format!("writing {name}")))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                .map_err(io(format!("chmod {name}")))?;
+            if let Some((uid, gid)) = run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(io(format!("chown {name}")))?;
+            }
         }
         let mut last = None;
         for _ in 0..5 {

@@ -17,6 +17,21 @@ use crate::metrics;
 
 pub const EXTERNAL_ID_DOCUMENT: &str = "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_EXTERNAL_ID";
 
+/// TLS to Go.Data: the built-in roots, plus a CA file; or no verification.
+#[derive(Debug, Clone, Default)]
+pub struct GodataTls {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub insecure_skip_verify: bool,
+}
+
+/// A CA file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("godata.ca_file {path}: {reason}")]
+pub struct TlsError {
+    pub path: String,
+    pub reason: String,
+}
+
 /// What to do about a failed Go.Data call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -111,12 +126,59 @@ impl Client {
         outbreak_id: &str,
         timeout: Duration,
     ) -> Client {
-        let http = reqwest::Client::builder()
+        Client::with_tls(
+            base_url,
+            user,
+            password,
+            outbreak_id,
+            timeout,
+            &GodataTls::default(),
+        )
+        .expect("no files to read")
+    }
+
+    /// Like [`Client::new`], trusting `tls.ca_file` besides the built-in
+    /// roots, or (loudly) no certificate at all.
+    pub fn with_tls(
+        base_url: &str,
+        user: &str,
+        password: Secret,
+        outbreak_id: &str,
+        timeout: Duration,
+        tls: &GodataTls,
+    ) -> Result<Client, TlsError> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .build()
-            .expect("static reqwest configuration");
-        Client {
+            .connect_timeout(timeout.min(Duration::from_secs(10)));
+        if let Some(path) = &tls.ca_file {
+            use rustls_pki_types::pem::PemObject;
+            let bad = |reason: String| TlsError {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            let ders: Vec<rustls_pki_types::CertificateDer<'static>> =
+                rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| bad(e.to_string()))?;
+            if ders.is_empty() {
+                return Err(bad("no PEM certificate in the file".into()));
+            }
+            for der in ders {
+                let cert =
+                    reqwest::Certificate::from_der(der.as_ref()).map_err(|e| bad(e.to_string()))?;
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if tls.insecure_skip_verify {
+            tracing::warn!(
+                "TLS CERTIFICATE VERIFICATION TO GO.DATA IS OFF (--insecure-skip-verify): anyone on the path can read \
+                 and change what the bridge sends, credentials included. Use godata.ca_file instead."
+            );
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().expect("static reqwest configuration");
+        Ok(Client {
             http,
             api: format!(
                 "{}/api",
@@ -127,7 +189,7 @@ impl Client {
             outbreak_id: outbreak_id.to_string(),
             token: Mutex::new(None),
             user_id: std::sync::Mutex::new(None),
-        }
+        })
     }
 
     pub fn outbreak_id(&self) -> &str {

@@ -15,4 +15,5 @@ mod sim_cli;
 mod sim_contacts;
 mod sim_faults;
 mod sim_filter;
+mod tls;
 mod writeback_e2e;
