@@ -118,55 +118,81 @@ pub async fn run(
     .await
     .with_context(|| format!("cannot serve the http endpoint on {http_listen}"))?;
     // Standby until this instance holds the leader lock. A standby never
-    // talks to Go.Data: a login would revoke the leader's token.
-    tracing::info!("waiting to become the leader");
-    let mut leadership = tokio::select! {
-        l = crate::ha::acquire(&db) => l.context("cannot take the leader lock")?,
-        _ = tokio::signal::ctrl_c() => { http.abort(); return Ok(()) }
-        _ = term.recv() => { http.abort(); return Ok(()) }
-    };
-    tracing::info!("leader: working");
-    // A wrong outbreak or account is for an operator; an unreachable
-    // Go.Data is not (changes wait in the outbox).
-    match client.check_outbreak_access().await {
-        Ok(()) => tracing::info!("go.data account can write to the outbreak"),
-        Err(AccessProblem::Godata(e)) if e.disposition() == Disposition::Retry => {
-            tracing::warn!(error = %e, "go.data not reachable yet; changes wait in the outbox")
+    // talks to Go.Data: a login would revoke the leader's token. Losing the
+    // lock session (database restart, network cut) stops the work at once
+    // and makes this instance a standby again.
+    let mut checked_access = false;
+    let mut failures = 0;
+    loop {
+        tracing::info!("waiting to become the leader");
+        let acquired = tokio::select! {
+            l = crate::ha::acquire(&db) => l,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+        };
+        let mut leadership = match acquired {
+            Ok(l) => l,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, attempt = failures, "cannot take the leader lock; hmis database unreachable?");
+                tokio::select! {
+                    _ = tokio::time::sleep(deliver::backoff(failures, 10)) => continue,
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                }
+            }
+        };
+        failures = 0;
+        tracing::info!("leader: working");
+        if !checked_access {
+            // A wrong outbreak or account is for an operator; an unreachable
+            // Go.Data is not (changes wait in the outbox).
+            match client.check_outbreak_access().await {
+                Ok(()) => {
+                    checked_access = true;
+                    tracing::info!("go.data account can write to the outbreak")
+                }
+                Err(AccessProblem::Godata(e)) if e.disposition() == Disposition::Retry => {
+                    tracing::warn!(error = %e, "go.data not reachable yet; changes wait in the outbox")
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Err(e) => return Err(e.into()),
-    }
-    let (stop, rx) = tokio::sync::watch::channel(false);
-    let pull = (!config.pull.target.is_empty()).then(|| {
-        tokio::spawn(crate::writeback::pull::run(
-            config.clone(),
-            client.clone(),
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let pull = (!config.pull.target.is_empty()).then(|| {
+            tokio::spawn(crate::writeback::pull::run(
+                config.clone(),
+                client.clone(),
+                db.clone(),
+                rx.clone(),
+            ))
+        });
+        let task = tokio::spawn(deliver::run(
+            Deliverer::new(config.clone(), client.clone()),
             db.clone(),
-            rx.clone(),
-        ))
-    });
-    let task = tokio::spawn(deliver::run(Deliverer::new(config, client), db, rx));
-    let lost = tokio::select! {
-        _ = tokio::signal::ctrl_c() => false,
-        _ = term.recv() => false,
-        _ = &mut leadership.lost => true,
-    };
-    if lost {
-        tracing::error!(
-            "lost the leader lock session; stopping so that another instance can take over"
-        );
-    } else {
-        tracing::info!("shutting down");
-    }
-    let _ = stop.send(true);
-    let _ = task.await;
-    if let Some(p) = pull {
-        let _ = p.await;
+            rx,
+        ));
+        let lost = tokio::select! {
+            _ = tokio::signal::ctrl_c() => false,
+            _ = term.recv() => false,
+            _ = &mut leadership.lost => true,
+        };
+        if lost {
+            tracing::error!("lost the leader lock session; work stopped, standing by");
+        } else {
+            tracing::info!("shutting down");
+        }
+        let _ = stop.send(true);
+        let _ = task.await;
+        if let Some(p) = pull {
+            let _ = p.await;
+        }
+        drop(leadership);
+        if !lost {
+            break;
+        }
     }
     http.abort();
-    drop(leadership);
-    if lost {
-        anyhow::bail!("lost leadership (the HMIS database session holding the leader lock ended)");
-    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! the others wait (`pg_advisory_lock` blocks until the holder's session
 //! ends: the process died or its connection was cut) and then take over.
 //! Losing the session means losing leadership: the instance stops working
-//! and exits, so there are never two writers.
+//! at once and stands by again (`commands::run`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -896,3 +896,114 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
         .count();
     assert_eq!(creates, 1000, "each case created once");
 }
+
+#[tokio::test]
+async fn readiness_follows_postgres_going_away_and_back() {
+    use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
+    let sim = start_sim().await;
+    let mut cluster =
+        tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()).unwrap())
+            .await
+            .unwrap();
+    let url = cluster.url("postgres");
+    let (c, conn) = cluster
+        .config("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    c.batch_execute(include_str!("../../examples/hmis.sql"))
+        .await
+        .unwrap();
+    drop(c);
+    let env = [
+        ("GODATA_BRIDGE_DATABASE_URL", url.clone()),
+        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
+        (
+            "GODATA_BRIDGE_GODATA_PASSWORD",
+            sim::DEFAULT_PASSWORD.to_string(),
+        ),
+    ];
+    assert_eq!(
+        bridge_cmd(&["install", "--config", EXAMPLE], &env).await.0,
+        Some(0)
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _bridge = Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            EXAMPLE,
+            "--log-format",
+            "json",
+            "--http-listen",
+            &listen,
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let ready = |want: u16, pg: &'static str| {
+        let http = http.clone();
+        let url = format!("http://{listen}/readyz");
+        async move {
+            match http.get(url).send().await {
+                Ok(r) if r.status().as_u16() == want => r
+                    .json::<serde_json::Value>()
+                    .await
+                    .is_ok_and(|v| v["postgres"] == pg),
+                _ => false,
+            }
+        }
+    };
+    wait_for("ready", Duration::from_secs(30), || ready(200, "ok")).await;
+    let mut cluster = tokio::task::spawn_blocking(move || {
+        cluster.stop_server(false).unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    wait_for(
+        "not ready while PostgreSQL is down",
+        Duration::from_secs(30),
+        || ready(503, "unreachable"),
+    )
+    .await;
+    cluster = tokio::task::spawn_blocking(move || {
+        cluster.start_server().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    wait_for("ready again", Duration::from_secs(60), || ready(200, "ok")).await;
+    // And working again: a change made now reaches Go.Data.
+    let (c, conn) = cluster
+        .config("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    c.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('RD-1', 'A', now(), 'suspected')")
+        .await
+        .unwrap();
+    wait_for(
+        "the case delivered after the restart",
+        Duration::from_secs(60),
+        || {
+            let n = sim.with_store(|s| s.persons.len());
+            async move { n == 1 }
+        },
+    )
+    .await;
+    drop(c);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}
