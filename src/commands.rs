@@ -75,7 +75,7 @@ async fn check_catalog(
     .into())
 }
 
-pub async fn install(config: &Config, file: &str) -> anyhow::Result<()> {
+pub async fn install(config: &Config, file: &str, role: Option<&str>) -> anyhow::Result<()> {
     let mut pg = connect_hmis(config).await?;
     check_catalog(&pg, config, file).await?;
     capture::install(&mut pg)
@@ -93,6 +93,68 @@ pub async fn install(config: &Config, file: &str) -> anyhow::Result<()> {
         capture::SCHEMA_VERSION,
         config.push.len()
     );
+    if let Some(role) = role {
+        grant_role(&pg, config, role)
+            .await
+            .with_context(|| format!("granting role {role}"))?;
+        println!("role {role}: created if missing, granted what the bridge needs (set its password yourself)");
+    }
+    Ok(())
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The least-privilege role: its own schema and the tracked tables (via
+/// `godata_bridge.grant_bridge`), plus each write-back target: SELECT,
+/// INSERT and UPDATE for upserts, UPDATE of the listed columns only for
+/// update-only targets, DELETE where `on_delete = "delete"`.
+async fn grant_role(
+    pg: &tokio_postgres::Client,
+    config: &Config,
+    role: &str,
+) -> Result<(), tokio_postgres::Error> {
+    use crate::writeback::target::{Mode, OnDelete};
+    let r = quote_ident(role);
+    let exists = pg
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .await?
+        .is_some();
+    if !exists {
+        pg.batch_execute(&format!("CREATE ROLE {r} LOGIN")).await?;
+    }
+    pg.execute("SELECT godata_bridge.grant_bridge($1)", &[&role])
+        .await?;
+    for t in &config.pull.target {
+        let (schema, table) = split_table(&t.table).expect("validated");
+        let qt = format!("{}.{}", quote_ident(schema), quote_ident(table));
+        let mut sql = format!(
+            "GRANT USAGE ON SCHEMA {} TO {r}; GRANT SELECT ON {qt} TO {r};",
+            quote_ident(schema)
+        );
+        match t.mode {
+            Mode::Upsert => sql.push_str(&format!("GRANT INSERT, UPDATE ON {qt} TO {r};")),
+            Mode::UpdateOnly => {
+                let cols: Vec<String> = t
+                    .columns
+                    .iter()
+                    .filter(|c| c.column != t.key)
+                    .map(|c| quote_ident(&c.column))
+                    .collect();
+                if !cols.is_empty() {
+                    sql.push_str(&format!(
+                        "GRANT UPDATE ({}) ON {qt} TO {r};",
+                        cols.join(", ")
+                    ));
+                }
+            }
+        }
+        if t.on_delete == OnDelete::Delete {
+            sql.push_str(&format!("GRANT DELETE ON {qt} TO {r};"));
+        }
+        pg.batch_execute(&sql).await?;
+    }
     Ok(())
 }
 
@@ -434,7 +496,7 @@ pub async fn demo(
     pg.batch_execute(include_str!("../examples/hmis.sql"))
         .await
         .context("loading examples/hmis.sql")?;
-    install(&config, file).await?;
+    install(&config, file, None).await?;
     backfill(&config, None, 1000).await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let client = std::sync::Arc::new(godata_client(&config)?);

@@ -381,7 +381,11 @@ impl Deliverer {
                     )
                     .await?;
                     out.deferred += 1;
-                    metrics::inc(metrics::CHANGES_DEFERRED, &[("resource", resource)], 1.0);
+                    metrics::inc(
+                        metrics::CHANGES_DEFERRED,
+                        &[("resource", resource), ("error_class", e.class())],
+                        1.0,
+                    );
                 }
                 Err(Failure::Operator(e)) => return Err(DeliverError::Operator(e)),
             }

@@ -138,6 +138,10 @@ struct InstallArgs {
     /// Print the SQL instead of applying it (for a DBA to review and run).
     #[arg(long)]
     print: bool,
+    /// Create (if missing) this LOGIN role and grant it exactly what the
+    /// bridge needs; set its password yourself.
+    #[arg(long)]
+    role: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -225,7 +229,9 @@ fn main() -> ExitCode {
                 print!("{}", godata_bridge::capture::install::INSTALL_SQL);
                 Ok(())
             }
-            Command::Install(_) => commands::install(cfg(), &file).await,
+            Command::Install(InstallArgs { role, .. }) => {
+                commands::install(cfg(), &file, role.as_deref()).await
+            }
             Command::Run { http_listen, .. } => {
                 commands::run(config.clone().expect("loaded above"), &file, http_listen).await
             }

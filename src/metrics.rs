@@ -37,7 +37,7 @@ pub const CATALOG: &[(&str, &str, &str)] = &[
     (
         CHANGES_DEFERRED,
         "counter",
-        "Delivery attempts deferred after a transient failure, by resource.",
+        "Delivery attempts deferred after a transient failure, by resource and error class.",
     ),
     (
         DELIVERY_LATENCY,
@@ -47,12 +47,12 @@ pub const CATALOG: &[(&str, &str, &str)] = &[
     (
         GODATA_REQUESTS,
         "counter",
-        "Go.Data API requests, by method and status class.",
+        "Go.Data API requests, by method, route template and status class.",
     ),
     (
         GODATA_REQUEST_DURATION,
         "histogram",
-        "Go.Data API request duration in seconds, by method.",
+        "Go.Data API request duration in seconds, by method and route template.",
     ),
     (
         RECORDS_PULLED,

@@ -272,14 +272,19 @@ impl Client {
                 },
                 Err(_) => "error",
             };
+            let route = route_template(path);
             metrics::inc(
                 metrics::GODATA_REQUESTS,
-                &[("method", method.as_str()), ("status_class", class)],
+                &[
+                    ("method", method.as_str()),
+                    ("route", &route),
+                    ("status_class", class),
+                ],
                 1.0,
             );
             metrics::observe(
                 metrics::GODATA_REQUEST_DURATION,
-                &[("method", method.as_str())],
+                &[("method", method.as_str()), ("route", &route)],
                 started.elapsed().as_secs_f64(),
             );
             let resp = sent.map_err(transport)?;
@@ -579,6 +584,39 @@ pub enum AccessProblem {
         active: String,
         wanted: String,
     },
+}
+
+/// The route of an API path for metric labels: ids become `{id}`, the
+/// query goes (bounded label values, never record ids).
+fn route_template(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or_default();
+    path.split('/')
+        .map(|seg| {
+            if seg.len() >= 8 && seg.chars().any(|c| c.is_ascii_digit()) {
+                "{id}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+impl GodataError {
+    /// A bounded label for metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            GodataError::Transport { .. } => "connection",
+            GodataError::CaseMissing => "case_missing",
+            GodataError::BadBody { .. } => "bad_body",
+            GodataError::Status { status, .. } => match status {
+                429 => "429",
+                500..=599 => "5xx",
+                401 | 403 => "auth",
+                _ => "4xx",
+            },
+        }
+    }
 }
 
 fn is_id_uniqueness(body: &Value) -> bool {

@@ -762,8 +762,13 @@ async fn metrics_health_and_readiness() {
     assert!(
         metric(
             &m,
-            "godata_bridge_godata_requests_total{method=\"POST\",status_class=\"2xx\"}"
-        ) >= 3.0
+            "godata_bridge_godata_requests_total{method=\"POST\",route=\"/outbreaks/{id}/cases\",status_class=\"2xx\"}"
+        ) == 3.0,
+        "three creates: {m}"
+    );
+    assert!(
+        !m.contains(sim::DEFAULT_OUTBREAK_ID),
+        "ids are templated out of routes"
     );
     assert!(
         !m.contains("M-1") && !m.contains("Aminata"),
@@ -1006,4 +1011,85 @@ async fn readiness_follows_postgres_going_away_and_back() {
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn the_bridge_runs_both_flows_as_its_least_privilege_role() {
+    let sim = start_sim().await;
+    let (db, c, env) = reference_hmis(&sim).await;
+    let role = format!("svc_{}", db.name);
+    let (code, out, err) =
+        bridge_cmd(&["install", "--config", EXAMPLE, "--role", &role], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&role));
+    // The same URL, as the role (trust auth in the test cluster).
+    let as_role = db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let env_role = [
+        ("GODATA_BRIDGE_DATABASE_URL", as_role),
+        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
+        (
+            "GODATA_BRIDGE_GODATA_PASSWORD",
+            sim::DEFAULT_PASSWORD.to_string(),
+        ),
+    ];
+    let _bridge = spawn_run(EXAMPLE, &env_role);
+    c.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('LPR-1', 'A', now(), 'suspected')")
+        .await
+        .unwrap();
+    wait_for(
+        "HMIS → Go.Data as the role",
+        Duration::from_secs(30),
+        || {
+            let n = sim.with_store(|s| s.persons.len());
+            async move { n == 1 }
+        },
+    )
+    .await;
+    let gid = sim.with_store(|s| s.persons.keys().next().unwrap().clone());
+    let mut api = crate::support::Api::for_sim(&sim);
+    api.login_as(sim::DEFAULT_USER, sim::DEFAULT_PASSWORD).await;
+    // (The bridge logs in again on its next request.)
+    api.put(
+        &crate::support::ob(&format!("cases/{gid}")),
+        serde_json::json!({"outcomeId": "LNG_REFERENCE_DATA_CATEGORY_OUTCOME_RECOVERED"}),
+    )
+    .await;
+    wait_for(
+        "Go.Data → HMIS as the role",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            async move {
+                let r = c
+                    .query_one(
+                        "SELECT outcome FROM hmis.cases WHERE case_id = 'LPR-1'",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                let in_tbl: i64 = c
+                    .query_one("SELECT count(*) FROM hmis.tbl_cases", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                r.get::<_, Option<String>>(0).as_deref() == Some("recovered") && in_tbl == 1
+            }
+        },
+    )
+    .await;
+    // And nothing more than that: the role cannot touch other HMIS columns.
+    let mut cfg = db.config.clone();
+    cfg.user(&role);
+    let (rc, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let e = rc
+        .batch_execute("UPDATE hmis.cases SET first_name = 'X'")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
 }
