@@ -149,6 +149,8 @@ pub struct Deliverer {
     keys: HashMap<String, Vec<String>>,
     /// The last `dead-letter retry` seen; a new one drops cached locations.
     retry_mark: Option<Value>,
+    /// Highest outbox id seen, so each captured change is counted once.
+    max_seen_id: std::sync::atomic::AtomicI64,
 }
 
 impl Deliverer {
@@ -159,6 +161,7 @@ impl Deliverer {
             locations: RwLock::new((Locations::new(), None)),
             keys: HashMap::new(),
             retry_mark: None,
+            max_seen_id: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -218,6 +221,25 @@ impl Deliverer {
             .await?;
         // Latest state per record.
         let mut records: BTreeMap<(String, String), Pending> = BTreeMap::new();
+        let seen = self.max_seen_id.load(std::sync::atomic::Ordering::SeqCst);
+        for r in &rows {
+            let id: i64 = r.get(0);
+            if id > seen {
+                let op = match r.get::<_, String>(2).as_str() {
+                    "I" => "insert",
+                    "U" => "update",
+                    _ => "delete",
+                };
+                let table: String = r.get(1);
+                metrics::inc(
+                    metrics::CHANGES_CAPTURED,
+                    &[("table", &table), ("op", op)],
+                    1.0,
+                );
+                self.max_seen_id
+                    .fetch_max(id, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         for r in &rows {
             let table: String = r.get(1);
             let key: Value = r.get(3);

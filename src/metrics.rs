@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Mutex, OnceLock};
 
+pub const CHANGES_CAPTURED: &str = "godata_bridge_changes_captured_total";
 pub const CHANGES_DELIVERED: &str = "godata_bridge_changes_delivered_total";
 pub const CHANGES_DEAD_LETTERED: &str = "godata_bridge_changes_dead_lettered_total";
 pub const CHANGES_DEFERRED: &str = "godata_bridge_changes_deferred_total";
@@ -24,6 +25,11 @@ pub const LEADER: &str = "godata_bridge_leader";
 
 /// (name, type, help) of every metric.
 pub const CATALOG: &[(&str, &str, &str)] = &[
+    (
+        CHANGES_CAPTURED,
+        "counter",
+        "HMIS changes the bridge read from the outbox (each once), by table and operation.",
+    ),
     (
         CHANGES_DELIVERED,
         "counter",

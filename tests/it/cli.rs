@@ -770,6 +770,20 @@ async fn metrics_health_and_readiness() {
         !m.contains(sim::DEFAULT_OUTBREAK_ID),
         "ids are templated out of routes"
     );
+    assert_eq!(
+        metric(
+            &m,
+            "godata_bridge_changes_captured_total{table=\"hmis.cases\",op=\"insert\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "godata_bridge_changes_captured_total{table=\"hmis.cases\",op=\"delete\"}"
+        ),
+        1.0
+    );
     assert!(
         !m.contains("M-1") && !m.contains("Aminata"),
         "no ids or values in labels"
