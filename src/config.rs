@@ -85,8 +85,19 @@ pub struct Pull {
     pub interval_secs: u64,
     #[serde(default = "default_page_size")]
     pub page_size: i64,
+    /// Each poll re-reads this far before the cursor (same-millisecond
+    /// stamps that land late); re-read records change nothing.
+    #[serde(default = "default_overlap")]
+    pub overlap_ms: u64,
     #[serde(default)]
     pub target: Vec<crate::writeback::target::Target>,
+}
+
+/// Go.Data stamps have ms resolution; a second covers late same-ms writes.
+pub const DEFAULT_OVERLAP_MS: u64 = 1000;
+
+fn default_overlap() -> u64 {
+    DEFAULT_OVERLAP_MS
 }
 
 /// Go.Data has no webhooks: changes are polled this often.
@@ -106,6 +117,7 @@ impl Default for Pull {
         Pull {
             interval_secs: DEFAULT_PULL_INTERVAL_SECS,
             page_size: DEFAULT_PAGE_SIZE,
+            overlap_ms: DEFAULT_OVERLAP_MS,
             target: vec![],
         }
     }

@@ -57,6 +57,27 @@ pub fn fhir_options(config: &Config) -> FhirOptions {
     }
 }
 
+/// (instant, id) of a cursor, for ordering.
+fn cursor_key(c: &Value) -> (Option<chrono::DateTime<chrono::Utc>>, String) {
+    let t = c["dbUpdatedAt"]
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.with_timezone(&chrono::Utc));
+    (t, c["id"].as_str().unwrap_or_default().to_string())
+}
+
+/// The position `overlap_ms` before a cursor (every id of that instant).
+fn overlap_start(c: &Value, overlap_ms: u64) -> Value {
+    match cursor_key(c).0 {
+        Some(t) => {
+            let back =
+                t - chrono::Duration::milliseconds(i64::try_from(overlap_ms).unwrap_or(i64::MAX));
+            json!({ "dbUpdatedAt": back.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(), "id": "" })
+        }
+        None => c.clone(),
+    }
+}
+
 /// The filter of the page after `cursor` (ties on `dbUpdatedAt` broken by
 /// `id`, so a page boundary inside a tie misses and repeats nothing).
 pub fn page_filter(cursor: Option<&Value>, limit: i64) -> Value {
@@ -71,7 +92,7 @@ pub fn page_filter(cursor: Option<&Value>, limit: i64) -> Value {
 }
 
 /// Pulls pages of every resource that has targets until Go.Data has nothing
-/// newer; returns records written.
+/// newer; returns how many HMIS rows changed.
 pub async fn pull_once(
     pg: &mut tokio_postgres::Client,
     config: &Config,
@@ -144,6 +165,18 @@ async fn pull_resource(
         .filter(|(_, t)| t.resource == resource)
         .collect();
     let mut total = 0;
+    // Each poll starts `overlap_ms` before the stored cursor: Go.Data's
+    // stamps have ms resolution, and a record stamped in the cursor's
+    // millisecond with a lower id may land after that page was read. The
+    // re-read records change nothing (newer-and-different writes only).
+    let mut pos: Option<Value> = pg
+        .query_opt(
+            "SELECT value FROM godata_bridge.state WHERE name = $1",
+            &[&name],
+        )
+        .await?
+        .map(|r| r.get::<_, Value>(0))
+        .map(|c| overlap_start(&c, config.pull.overlap_ms));
     loop {
         let cursor: Option<Value> = pg
             .query_opt(
@@ -155,13 +188,19 @@ async fn pull_resource(
         let page = client
             .list(
                 collection,
-                &page_filter(cursor.as_ref(), config.pull.page_size),
+                &page_filter(pos.as_ref(), config.pull.page_size),
             )
             .await?;
         let Some(last) = page.last() else {
             return Ok(total);
         };
-        let next = json!({ "dbUpdatedAt": last["dbUpdatedAt"], "id": last["id"] });
+        let last = json!({ "dbUpdatedAt": last["dbUpdatedAt"], "id": last["id"] });
+        // The stored cursor never goes back.
+        let next = match &cursor {
+            Some(c) if cursor_key(c) >= cursor_key(&last) => c.clone(),
+            _ => last.clone(),
+        };
+        pos = Some(last);
         let bundles: Vec<Value> = match resource {
             Resource::Case => page.iter().map(|c| case_bundle(c, &o)).collect(),
             Resource::Contact => contact_bundles(client, &page, &o).await?,
@@ -217,7 +256,10 @@ async fn pull_resource(
             return Err(PullError::CursorMoved);
         }
         tx.commit().await?;
-        total += page.len();
+        total += written
+            .iter()
+            .map(|(_, n)| usize::try_from(*n).unwrap_or(usize::MAX))
+            .sum::<usize>();
         let resource_label = match resource {
             Resource::Case => "case",
             Resource::Contact => "contact",

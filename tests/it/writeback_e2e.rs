@@ -198,19 +198,48 @@ async fn equal_timestamps_across_page_boundaries_miss_and_repeat_nothing() {
             .unwrap()
             .get(0);
     assert_eq!(n, 7);
-    assert_eq!(
-        pull::pull_once(&mut pg, &s.config, &s.client)
-            .await
-            .unwrap(),
-        0,
-        "nothing repeated"
-    );
     let pages = sim
         .requests()
         .iter()
         .filter(|r| r.method == "GET" && r.path.ends_with("/cases"))
         .count();
-    assert_eq!(pages, 4 + 1, "pages of 2, 2, 2, 1, then an empty one");
+    assert_eq!(pages, 4, "pages of 2, 2, 2, 1");
+    assert_eq!(
+        pull::pull_once(&mut pg, &s.config, &s.client)
+            .await
+            .unwrap(),
+        0,
+        "the overlap re-reads, but changes nothing"
+    );
+    // A record stamped in the cursor's millisecond, with a lower id, that
+    // lands after the pull: the overlap still brings it.
+    let uid = sim.user_id(TRACER).unwrap();
+    sim.with_store(|st| {
+        let mut late = st
+            .create_person(
+                sim::DEFAULT_OUTBREAK_ID,
+                godata_bridge::sim::store::Kind::Case,
+                &json!({"id": "00000000-late", "firstName": "Late"}),
+                &uid,
+            )
+            .unwrap();
+        late["dbUpdatedAt"] = json!("2024-06-01T00:00:00.000Z");
+        let p = st.persons.get_mut("00000000-late").unwrap();
+        p["dbUpdatedAt"] = late["dbUpdatedAt"].clone();
+    });
+    assert_eq!(
+        pull::pull_once(&mut pg, &s.config, &s.client)
+            .await
+            .unwrap(),
+        1,
+        "the late record"
+    );
+    let n: i64 =
+        s.c.query_one("SELECT count(*) FROM hmis.tbl_cases", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(n, 8);
 }
 
 #[tokio::test]
