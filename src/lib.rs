@@ -8,6 +8,7 @@
 //! - [`pg_cluster`]: throwaway PostgreSQL clusters for tests, demo and bench;
 //! - [`telemetry`]: tracing setup shared by every command.
 
+pub mod bench;
 pub mod capture;
 pub mod commands;
 pub mod config;

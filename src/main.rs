@@ -83,6 +83,18 @@ enum Command {
         /// The Go.Data case id.
         case_id: String,
     },
+    /// Measure: capture overhead and write-back so far (see docs/benchmarks.md).
+    Bench {
+        /// One scenario, or all.
+        #[arg(long, default_value = "all")]
+        scenario: String,
+        /// A short smoke run.
+        #[arg(long)]
+        quick: bool,
+        /// Also write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// The whole flow on a throwaway PostgreSQL and the emulator; runs until Ctrl-C.
@@ -196,7 +208,8 @@ fn main() -> ExitCode {
         Command::Install(InstallArgs { print: true, .. })
         | Command::Sim(_)
         | Command::Demo { .. }
-        | Command::Completions { .. } => None,
+        | Command::Completions { .. }
+        | Command::Bench { .. } => None,
         Command::Install(InstallArgs { config, .. })
         | Command::Run { config, .. }
         | Command::Check(config)
@@ -254,6 +267,18 @@ fn main() -> ExitCode {
             }
             Command::Check(_) => commands::check(cfg(), &file).await,
             Command::Fhir { case_id, .. } => commands::fhir(cfg(), &case_id).await,
+            Command::Bench {
+                scenario,
+                quick,
+                json,
+            } => {
+                let rows = godata_bridge::bench::run(&scenario, quick).await?;
+                print!("{}", godata_bridge::bench::table(&rows));
+                if let Some(path) = json {
+                    std::fs::write(&path, serde_json::to_vec_pretty(&rows)?)?;
+                }
+                Ok(())
+            }
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(

@@ -1,0 +1,450 @@
+//! `godata-bridge bench`: measurements on this machine, printed as a table
+//! and written as JSON rows `{scenario, figure, value, unit, target, met,
+//! baseline, ratio}`. Every figure comes from a run; a scenario that is not
+//! implemented yet is reported as such (a row with a null value), never
+//! with a made-up number. Timings are never asserted in tests.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::capture::install as capture;
+use crate::pg_cluster::{Cluster, ClusterOptions};
+
+/// One printed row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub figure: String,
+    pub value: Option<f64>,
+    pub unit: String,
+    pub target: String,
+    pub met: Option<bool>,
+    pub baseline: Option<f64>,
+    pub ratio: Option<f64>,
+}
+
+fn row(scenario: &str, figure: &str, value: Option<f64>, unit: &str, target: &str) -> Row {
+    Row {
+        scenario: scenario.into(),
+        figure: figure.into(),
+        value,
+        unit: unit.into(),
+        target: target.into(),
+        met: None,
+        baseline: None,
+        ratio: None,
+    }
+}
+
+/// All scenarios the issue names, in order.
+pub const SCENARIOS: &[&str] = &[
+    "latency",
+    "throughput",
+    "capture-overhead",
+    "writeback",
+    "backlog",
+];
+
+/// Runs `scenario` (or all) and returns the rows.
+pub async fn run(scenario: &str, quick: bool) -> anyhow::Result<Vec<Row>> {
+    let mut rows = vec![];
+    for s in SCENARIOS {
+        if scenario != "all" && scenario != *s {
+            continue;
+        }
+        match *s {
+            "capture-overhead" => rows.extend(capture_overhead(quick).await?),
+            "writeback" => rows.extend(writeback(quick).await?),
+            other => rows.push(row(other, "not available yet", None, "", "see issue 7")),
+        }
+    }
+    if rows.is_empty() {
+        anyhow::bail!(
+            "unknown scenario `{scenario}`; one of: all, {}",
+            SCENARIOS.join(", ")
+        );
+    }
+    Ok(rows)
+}
+
+/// A throwaway cluster with durable commits (fsync on), as production has.
+async fn durable_cluster() -> anyhow::Result<Cluster> {
+    Ok(tokio::task::spawn_blocking(|| {
+        Cluster::start(ClusterOptions {
+            settings: vec![
+                ("fsync".into(), "on".into()),
+                ("full_page_writes".into(), "on".into()),
+            ],
+            files: vec![],
+        })
+    })
+    .await??)
+}
+
+async fn connect(cluster: &Cluster, db: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (c, conn) = cluster.config(db).connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(c)
+}
+
+async fn fresh_hmis(cluster: &Cluster, name: &str, with_capture: bool) -> anyhow::Result<()> {
+    let admin = connect(cluster, "postgres").await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
+    let mut c = connect(cluster, name).await?;
+    c.batch_execute(include_str!("../examples/hmis.sql"))
+        .await?;
+    if with_capture {
+        capture::install(&mut c).await?;
+        capture::track(&c, "hmis", "cases", &["case_id".to_string()]).await?;
+    }
+    Ok(())
+}
+
+/// Single-row insert transactions per second with `clients` writers.
+async fn insert_tps(cluster: &Cluster, db: &str, clients: usize, secs: f64) -> anyhow::Result<f64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = vec![];
+    for w in 0..clients {
+        let c = connect(cluster, db).await?;
+        let (stop, done) = (stop.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let st = c
+                .prepare(
+                    "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, district_code, reported_at, classification)
+                     VALUES ($1, 'Aminata', 'Kamara', 'F', 'SL-BO', now(), 'suspected')",
+                )
+                .await?;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                c.execute(&st, &[&format!("B-{w}-{i}")]).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / elapsed)
+}
+
+async fn bulk_secs(cluster: &Cluster, db: &str) -> anyhow::Result<f64> {
+    let c = connect(cluster, db).await?;
+    let started = Instant::now();
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         SELECT 'BULK-' || g, 'P' || g, now(), 'suspected' FROM generate_series(1, 100000) g",
+    )
+    .await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Capture cost on the HMIS's writes: no capture; the trigger capture with
+/// nobody draining (every commit notifies); and with the bridge draining
+/// (its "awake" lock held, so writers skip NOTIFY).
+async fn capture_overhead(quick: bool) -> anyhow::Result<Vec<Row>> {
+    let secs = if quick { 2.0 } else { 10.0 };
+    let cluster = durable_cluster().await?;
+    let mut out = vec![];
+    let s = "capture-overhead";
+    for clients in [4usize, 16] {
+        fresh_hmis(&cluster, "bench_none", false).await?;
+        let base = insert_tps(&cluster, "bench_none", clients, secs).await?;
+        out.push(row(
+            s,
+            &format!("1-row tx/s, {clients} writers, no capture"),
+            Some(base),
+            "tx/s",
+            "baseline",
+        ));
+        fresh_hmis(&cluster, "bench_trigger", true).await?;
+        let notify_all = insert_tps(&cluster, "bench_trigger", clients, secs).await?;
+        let mut r = row(
+            s,
+            &format!("1-row tx/s, {clients} writers, trigger, no bridge (every commit notifies)"),
+            Some(notify_all),
+            "tx/s",
+            ">= 80% of baseline",
+        );
+        r.baseline = Some(base);
+        r.ratio = Some(notify_all / base);
+        r.met = Some(notify_all >= 0.8 * base);
+        out.push(r);
+        fresh_hmis(&cluster, "bench_trigger", true).await?;
+        let awake = connect(&cluster, "bench_trigger").await?;
+        awake
+            .batch_execute("SELECT pg_advisory_lock(godata_bridge.awake_lock_key())")
+            .await?;
+        let skipping = insert_tps(&cluster, "bench_trigger", clients, secs).await?;
+        awake
+            .batch_execute("SELECT pg_advisory_unlock(godata_bridge.awake_lock_key())")
+            .await?;
+        let mut r = row(
+            s,
+            &format!("1-row tx/s, {clients} writers, trigger, bridge draining (NOTIFY skipped)"),
+            Some(skipping),
+            "tx/s",
+            ">= 80% of baseline",
+        );
+        r.baseline = Some(base);
+        r.ratio = Some(skipping / base);
+        r.met = Some(skipping >= 0.8 * base);
+        out.push(r);
+    }
+    fresh_hmis(&cluster, "bench_none", false).await?;
+    let base = bulk_secs(&cluster, "bench_none").await?;
+    out.push(row(
+        s,
+        "100k-row INSERT, no capture",
+        Some(base),
+        "s",
+        "baseline",
+    ));
+    fresh_hmis(&cluster, "bench_trigger", true).await?;
+    let with = bulk_secs(&cluster, "bench_trigger").await?;
+    let mut r = row(
+        s,
+        "100k-row INSERT, trigger capture",
+        Some(with),
+        "s",
+        "<= 2x baseline",
+    );
+    r.baseline = Some(base);
+    r.ratio = Some(with / base);
+    r.met = Some(with <= 2.0 * base);
+    out.push(r);
+    out.push(row(
+        s,
+        "logical mode",
+        None,
+        "",
+        "not available yet (issue 5)",
+    ));
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(out)
+}
+
+/// Write-back of pages of Go.Data cases into `hmis.tbl_cases`: the staged
+/// COPY upsert against a multi-row `INSERT … VALUES … ON CONFLICT` (what
+/// OpenFn's `upsertMany` does) and one upsert per row.
+async fn writeback(quick: bool) -> anyhow::Result<Vec<Row>> {
+    use crate::writeback::fhir::{case_bundle, FhirOptions};
+    use crate::writeback::target::{self, Sources};
+    let n = if quick { 2_000 } else { 10_000 };
+    let cluster = durable_cluster().await?;
+    fresh_hmis(&cluster, "bench_wb", false).await?;
+    let mut c = connect(&cluster, "bench_wb").await?;
+    let config = crate::config::Config::parse(
+        include_str!("../examples/bridge.toml"),
+        "examples/bridge.toml",
+        &BenchEnv,
+    )?;
+    let t = config
+        .pull
+        .target
+        .iter()
+        .find(|t| t.table == "hmis.tbl_cases")
+        .expect("reference target")
+        .clone();
+    let o = FhirOptions::default();
+    let now = chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    let records: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            json!({"id": uuid::Uuid::new_v4().to_string(), "firstName": format!("P{i}"), "lastName": "Kamara",
+                   "gender": "LNG_REFERENCE_DATA_CATEGORY_GENDER_FEMALE", "dob": "1990-04-12T00:00:00.000Z",
+                   "visualId": format!("CA-{i:010}"), "updatedAt": now, "dbUpdatedAt": now,
+                   "classification": "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_CONFIRMED",
+                   "addresses": [{"typeId": "LNG_REFERENCE_DATA_CATEGORY_ADDRESS_TYPE_USUAL_PLACE_OF_RESIDENCE",
+                                  "city": "Bo", "phoneNumber": "+23276123456"}]})
+        })
+        .collect();
+    let rows: Vec<Vec<Option<String>>> = records
+        .iter()
+        .map(|r| {
+            target::row(
+                &t,
+                &Sources {
+                    bundle: &case_bundle(r, &o),
+                    godata: r,
+                },
+                o.timezone,
+            )
+        })
+        .collect();
+    let s = "writeback";
+    // Ours: staged COPY + one INSERT … SELECT … ON CONFLICT.
+    let started = Instant::now();
+    let tx = c.transaction().await?;
+    target::write(&tx, "godata_bridge_stage_bench", &t, &rows, &[]).await?;
+    tx.commit().await?;
+    let ours = n as f64 / started.elapsed().as_secs_f64();
+    // Multi-row VALUES upsert (one statement per 1,000 rows, all columns).
+    c.batch_execute("TRUNCATE hmis.tbl_cases").await?;
+    let cols: Vec<&str> = t.columns.iter().map(|c| c.column.as_str()).collect();
+    let lit = |v: &Option<String>| match v {
+        None => "NULL".to_string(),
+        Some(s) => format!("'{}'", s.replace('\'', "''")),
+    };
+    let started = Instant::now();
+    for chunk in rows.chunks(1000) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|r| {
+                format!(
+                    "({})",
+                    r[..cols.len()]
+                        .iter()
+                        .map(lit)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect();
+        let set: Vec<String> = cols
+            .iter()
+            .filter(|c| **c != "externalid")
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        c.batch_execute(&format!(
+            "INSERT INTO hmis.tbl_cases ({}) VALUES {} ON CONFLICT (externalid) DO UPDATE SET {}",
+            cols.join(", "),
+            values.join(", "),
+            set.join(", ")
+        ))
+        .await?;
+    }
+    let multi = n as f64 / started.elapsed().as_secs_f64();
+    // Row by row.
+    c.batch_execute("TRUNCATE hmis.tbl_cases").await?;
+    let started = Instant::now();
+    for r in &rows {
+        let set: Vec<String> = cols
+            .iter()
+            .filter(|c| **c != "externalid")
+            .map(|c| format!("{c} = EXCLUDED.{c}"))
+            .collect();
+        c.batch_execute(&format!(
+            "INSERT INTO hmis.tbl_cases ({}) VALUES ({}) ON CONFLICT (externalid) DO UPDATE SET {}",
+            cols.join(", "),
+            r[..cols.len()]
+                .iter()
+                .map(lit)
+                .collect::<Vec<_>>()
+                .join(", "),
+            set.join(", ")
+        ))
+        .await?;
+    }
+    let single = n as f64 / started.elapsed().as_secs_f64();
+    let mut out = vec![];
+    let mut r = row(
+        s,
+        &format!("staged COPY upsert, {n} cases"),
+        Some(ours),
+        "rows/s",
+        ">= 2x multi-row VALUES",
+    );
+    r.baseline = Some(multi);
+    r.ratio = Some(ours / multi);
+    r.met = Some(ours >= 2.0 * multi);
+    out.push(r);
+    out.push(row(
+        s,
+        "multi-row INSERT … VALUES … ON CONFLICT (upsertMany)",
+        Some(multi),
+        "rows/s",
+        "baseline",
+    ));
+    let mut r = row(
+        s,
+        "staged COPY upsert vs row by row",
+        Some(ours),
+        "rows/s",
+        ">= 20x row by row",
+    );
+    r.baseline = Some(single);
+    r.ratio = Some(ours / single);
+    r.met = Some(ours >= 20.0 * single);
+    out.push(r);
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(out)
+}
+
+struct BenchEnv;
+impl crate::config::Env for BenchEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        match name {
+            "GODATA_BRIDGE_DATABASE_URL" => Some("postgres://bench@localhost/bench".into()),
+            "GODATA_BRIDGE_GODATA_PASSWORD" => Some("unused".into()),
+            _ => None,
+        }
+    }
+}
+
+/// The table the command prints.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<18} {:<72} {:>12} {:<7} {:<24} {:<5} {:>10} {:>7}\n",
+        "scenario", "figure", "value", "unit", "target", "met", "baseline", "ratio"
+    );
+    for r in rows {
+        let num = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{:<18} {:<72} {:>12} {:<7} {:<24} {:<5} {:>10} {:>7}\n",
+            r.scenario,
+            r.figure,
+            num(r.value),
+            r.unit,
+            r.target,
+            r.met.map(|m| if m { "yes" } else { "NO" }).unwrap_or("-"),
+            num(r.baseline),
+            num(r.ratio)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_serialize_with_the_issue_keys() {
+        let mut r = row("writeback", "x", Some(2.0), "rows/s", ">= 2x");
+        r.baseline = Some(1.0);
+        r.ratio = Some(2.0);
+        r.met = Some(true);
+        let v = serde_json::to_value(&r).unwrap();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["scenario", "figure", "value", "unit", "target", "met", "baseline", "ratio"]
+        );
+        let missing = row("latency", "not available yet", None, "", "see issue 7");
+        assert_eq!(
+            serde_json::to_value(&missing).unwrap()["value"],
+            serde_json::Value::Null
+        );
+        assert!(table(&[r, missing]).contains("not available yet"));
+    }
+}
