@@ -511,6 +511,12 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
+        if self.capture.mode == CaptureMode::Logical {
+            return bad(
+                "capture.mode".into(),
+                "`logical` (replication slot) capture is not implemented yet; use `trigger`".into(),
+            );
+        }
         if self.fhir.offset().is_none() {
             return bad(
                 "fhir.timezone".into(),
