@@ -619,6 +619,14 @@ map = [{ to = "firstName", from = "first_name" }]
 
     #[test]
     fn errors_name_the_field() {
+        let logical = format!("{BASE}\n[capture]\nmode = \"logical\"\n");
+        let e = Config::parse(&logical, "t.toml", &env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("capture.mode") && e.contains("not implemented"),
+            "{e}"
+        );
         let unknown = format!("{BASE}\n[delivery]\nlanez = 3\n");
         let e = Config::parse(&unknown, "t.toml", &env())
             .unwrap_err()
