@@ -59,6 +59,7 @@ pub async fn run(scenario: &str, quick: bool) -> anyhow::Result<Vec<Row>> {
         match *s {
             "capture-overhead" => rows.extend(capture_overhead(quick).await?),
             "writeback" => rows.extend(writeback(quick).await?),
+            "latency" => rows.extend(latency(quick).await?),
             other => rows.push(row(other, "not available yet", None, "", "see issue 7")),
         }
     }
@@ -388,6 +389,165 @@ async fn writeback(quick: bool) -> anyhow::Result<Vec<Row>> {
     out.push(r);
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     Ok(out)
+}
+
+/// A child process that is killed when dropped.
+struct Child(tokio::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+/// HMIS commit → Go.Data stored, per change, at a steady 200 changes/s,
+/// with the emulator and the bridge as separate processes (as in
+/// production). "Stored" is the emulator's `createdAt` (ms, same clock).
+async fn latency(quick: bool) -> anyhow::Result<Vec<Row>> {
+    use tokio::io::AsyncBufReadExt;
+    let secs = if quick { 3 } else { 20 };
+    let rate = 200u32;
+    let exe = std::env::current_exe()?;
+    let cluster = durable_cluster().await?;
+    fresh_hmis(&cluster, "bench_lat", true).await?;
+    let c = connect(&cluster, "bench_lat").await?;
+    c.batch_execute("SELECT godata_bridge.track('hmis.contacts')")
+        .await?;
+    let mut sim = tokio::process::Command::new(&exe)
+        .args(["sim", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(sim.stdout.take().expect("piped")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await??
+        .unwrap_or_default();
+    let sim_url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .map(|u| u.trim_end_matches("/api").to_string())
+        .ok_or_else(|| anyhow::anyhow!("the emulator did not print its address"))?;
+    let _sim = Child(sim);
+    let dir = tempfile::tempdir()?;
+    let cfg_path = dir.path().join("bridge.toml");
+    std::fs::write(&cfg_path, include_str!("../examples/bridge.toml"))?;
+    let bridge = tokio::process::Command::new(&exe)
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .args(["--http-listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("GODATA_BRIDGE_DATABASE_URL", cluster.url("bench_lat"))
+        .env("GODATA_BRIDGE_GODATA_URL", &sim_url)
+        .env(
+            "GODATA_BRIDGE_GODATA_PASSWORD",
+            crate::sim::DEFAULT_PASSWORD,
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let _bridge = Child(bridge);
+    let insert = c
+        .prepare(
+            "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, birth_date, age_years, phone, address_line, city,
+                                     district_code, national_id, occupation, onset_date, reported_at, classification, risk_level)
+             VALUES ($1, 'Aminata', 'Kamara', 'F', '1990-04-12', 34, '+23276123456', '12 Hangha Road', 'Kenema',
+                     'SL-KE', 'NID-1', 'farmer', '2024-05-01', now(), 'confirmed', 'high')",
+        )
+        .await?;
+    // Warm up: one change delivered means the bridge is up and logged in.
+    c.execute(&insert, &[&"LAT-WARMUP"]).await?;
+    wait_drained(&c, Duration::from_secs(60)).await?;
+    let mut committed: Vec<(String, chrono::DateTime<chrono::Utc>)> = vec![];
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    for i in 0..(rate * secs) {
+        tick.tick().await;
+        let key = format!("LAT-{i}");
+        c.execute(&insert, &[&key]).await?;
+        committed.push((key, chrono::Utc::now()));
+    }
+    wait_drained(&c, Duration::from_secs(120)).await?;
+    let state: serde_json::Value = reqwest::get(format!("{sim_url}/__sim/state"))
+        .await?
+        .json()
+        .await?;
+    let created: std::collections::HashMap<String, chrono::DateTime<chrono::Utc>> = state["cases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let t = chrono::DateTime::parse_from_rfc3339(p["createdAt"].as_str()?)
+                .ok()?
+                .with_timezone(&chrono::Utc);
+            Some((p["id"].as_str()?.to_string(), t))
+        })
+        .collect();
+    let ns = crate::config::DEFAULT_ID_NAMESPACE;
+    let mut ms: Vec<f64> = committed
+        .iter()
+        .filter_map(|(k, at)| {
+            let id = crate::godata::ids::godata_id(ns, "hmis.cases", &json!({ "case_id": k }))
+                .to_string();
+            created
+                .get(&id)
+                .map(|t| ((*t - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0).max(0.0))
+        })
+        .collect();
+    if ms.len() != committed.len() {
+        anyhow::bail!(
+            "latency: {} of {} cases reached Go.Data",
+            ms.len(),
+            committed.len()
+        );
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    // Nearest-rank percentile; the index is within 0..len by construction.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    let s = "latency";
+    let figure = |name: &str| {
+        format!(
+            "{name}, trigger mode, {rate} changes/s for {secs} s ({} changes)",
+            ms.len()
+        )
+    };
+    let mut out = vec![];
+    let mut r = row(s, &figure("p50"), Some(pct(0.50)), "ms", "<= 20 ms");
+    r.met = Some(pct(0.50) <= 20.0);
+    out.push(r);
+    out.push(row(s, &figure("p95"), Some(pct(0.95)), "ms", "-"));
+    let mut r = row(s, &figure("p99"), Some(pct(0.99)), "ms", "<= 100 ms");
+    r.met = Some(pct(0.99) <= 100.0);
+    out.push(r);
+    out.push(row(s, &figure("max"), ms.last().copied(), "ms", "-"));
+    out.push(row(
+        s,
+        "logical mode",
+        None,
+        "",
+        "not available yet (issue 5)",
+    ));
+    drop(c);
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(out)
+}
+
+/// Waits until the outbox is empty (every change acknowledged).
+async fn wait_drained(c: &tokio_postgres::Client, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left: i64 = c
+            .query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
+            .await?
+            .get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the outbox did not drain in {limit:?} ({left} left)");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 struct BenchEnv;
