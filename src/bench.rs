@@ -60,6 +60,8 @@ pub async fn run(scenario: &str, quick: bool) -> anyhow::Result<Vec<Row>> {
             "capture-overhead" => rows.extend(capture_overhead(quick).await?),
             "writeback" => rows.extend(writeback(quick).await?),
             "latency" => rows.extend(latency(quick).await?),
+            "throughput" => rows.extend(throughput(quick).await?),
+            "backlog" => rows.extend(backlog(quick).await?),
             other => rows.push(row(other, "not available yet", None, "", "see issue 7")),
         }
     }
@@ -404,49 +406,16 @@ impl Drop for Child {
 /// with the emulator and the bridge as separate processes (as in
 /// production). "Stored" is the emulator's `createdAt` (ms, same clock).
 async fn latency(quick: bool) -> anyhow::Result<Vec<Row>> {
-    use tokio::io::AsyncBufReadExt;
     let secs = if quick { 3 } else { 20 };
     let rate = 200u32;
-    let exe = std::env::current_exe()?;
     let cluster = durable_cluster().await?;
     fresh_hmis(&cluster, "bench_lat", true).await?;
     let c = connect(&cluster, "bench_lat").await?;
     c.batch_execute("SELECT godata_bridge.track('hmis.contacts')")
         .await?;
-    let mut sim = tokio::process::Command::new(&exe)
-        .args(["sim", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = tokio::io::BufReader::new(sim.stdout.take().expect("piped")).lines();
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await??
-        .unwrap_or_default();
-    let sim_url = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .map(|u| u.trim_end_matches("/api").to_string())
-        .ok_or_else(|| anyhow::anyhow!("the emulator did not print its address"))?;
-    let _sim = Child(sim);
+    let (_sim, sim_url) = spawn_sim(&[]).await?;
     let dir = tempfile::tempdir()?;
-    let cfg_path = dir.path().join("bridge.toml");
-    std::fs::write(&cfg_path, include_str!("../examples/bridge.toml"))?;
-    let bridge = tokio::process::Command::new(&exe)
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .args(["--http-listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("GODATA_BRIDGE_DATABASE_URL", cluster.url("bench_lat"))
-        .env("GODATA_BRIDGE_GODATA_URL", &sim_url)
-        .env(
-            "GODATA_BRIDGE_GODATA_PASSWORD",
-            crate::sim::DEFAULT_PASSWORD,
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let _bridge = Child(bridge);
+    let _bridge = spawn_bridge(dir.path(), &cluster.url("bench_lat"), &sim_url).await?;
     let insert = c
         .prepare(
             "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, birth_date, age_years, phone, address_line, city,
@@ -526,6 +495,242 @@ async fn latency(quick: bool) -> anyhow::Result<Vec<Row>> {
         None,
         "",
         "not available yet (issue 5)",
+    ));
+    drop(c);
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(out)
+}
+
+/// Starts the emulator as its own process; returns it and its base URL.
+async fn spawn_sim(extra: &[&str]) -> anyhow::Result<(Child, String)> {
+    use tokio::io::AsyncBufReadExt;
+    let mut sim = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["sim", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(sim.stdout.take().expect("piped")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await??
+        .unwrap_or_default();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .map(|u| u.trim_end_matches("/api").to_string())
+        .ok_or_else(|| anyhow::anyhow!("the emulator did not print its address"))?;
+    // Keep the pipe drained so the emulator never blocks on stdout.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((Child(sim), url))
+}
+
+/// Starts the bridge (`run` with the reference config) as its own process.
+async fn spawn_bridge(dir: &std::path::Path, db_url: &str, sim_url: &str) -> anyhow::Result<Child> {
+    let cfg_path = dir.join("bridge.toml");
+    std::fs::write(&cfg_path, include_str!("../examples/bridge.toml"))?;
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["run", "--config"])
+        .arg(&cfg_path)
+        .args(["--http-listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("GODATA_BRIDGE_DATABASE_URL", db_url)
+        .env("GODATA_BRIDGE_GODATA_URL", sim_url)
+        .env(
+            "GODATA_BRIDGE_GODATA_PASSWORD",
+            crate::sim::DEFAULT_PASSWORD,
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    Ok(Child(child))
+}
+
+/// (peak RSS in bytes, CPU seconds) of a process, from /proc.
+fn proc_usage(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the ")" of the command name: utime and stime are 14th
+    // and 15th overall (12th and 13th after it), in clock ticks (100/s).
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some((hwm_kb * 1024.0, ticks / 100.0))
+}
+
+/// Sustained end-to-end delivery of a mixed workload (60% inserts, 30%
+/// updates, 10% deletes; contacts included) against the seed's way of
+/// upserting: look the record up in Go.Data by a field, then PUT or POST.
+async fn throughput(quick: bool) -> anyhow::Result<Vec<Row>> {
+    let n: u32 = if quick { 1_000 } else { 20_000 };
+    let cluster = durable_cluster().await?;
+    fresh_hmis(&cluster, "bench_tp", true).await?;
+    let c = connect(&cluster, "bench_tp").await?;
+    c.batch_execute("SELECT godata_bridge.track('hmis.contacts')")
+        .await?;
+    let (inserts, updates, deletes) = (n * 6 / 10, n * 3 / 10, n / 10);
+    let (cases, contacts) = (inserts * 3 / 4, inserts - inserts * 3 / 4);
+    c.batch_execute(&format!(
+        "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, district_code, reported_at, classification)
+         SELECT 'TP-' || g, 'P' || g, 'Kamara', 'F', 'SL-BO', now(), 'suspected' FROM generate_series(1, {cases}) g;
+         INSERT INTO hmis.contacts (contact_id, case_id, first_name, district_code, exposure_date, relation, certainty)
+         SELECT 'TPC-' || g, 'TP-' || g, 'K' || g, 'SL-BO', '2024-05-01', 'family', 'high' FROM generate_series(1, {contacts}) g;
+         UPDATE hmis.cases SET classification = 'confirmed' WHERE case_id IN (SELECT 'TP-' || g FROM generate_series(1, {updates}) g);
+         DELETE FROM hmis.cases WHERE case_id IN (SELECT 'TP-' || g FROM generate_series({cases} - {deletes} + 1, {cases}) g);"
+    ))
+    .await?;
+    let changes: i64 = c
+        .query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
+        .await?
+        .get(0);
+    let (_sim, sim_url) = spawn_sim(&[]).await?;
+    let dir = tempfile::tempdir()?;
+    let started = Instant::now();
+    let _bridge = spawn_bridge(dir.path(), &cluster.url("bench_tp"), &sim_url).await?;
+    wait_drained(&c, Duration::from_secs(600)).await?;
+    let ours = changes as f64 / started.elapsed().as_secs_f64();
+
+    // The baseline: the final cases, upserted one by one by lookup.
+    let rows = c
+        .query(
+            "SELECT case_id, first_name, classification FROM hmis.cases WHERE case_id LIKE 'TP-%'",
+            &[],
+        )
+        .await?;
+    let (_sim2, base_url) = spawn_sim(&["--case-id-mask", "*"]).await?;
+    let http = reqwest::Client::new();
+    let login: serde_json::Value = http
+        .post(format!("{base_url}/api/users/login"))
+        .json(&json!({"email": crate::sim::DEFAULT_USER, "password": crate::sim::DEFAULT_PASSWORD}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = login["id"].as_str().unwrap_or_default().to_string();
+    let cases_url = format!(
+        "{base_url}/api/outbreaks/{}/cases",
+        crate::sim::DEFAULT_OUTBREAK_ID
+    );
+    let started = Instant::now();
+    for r in &rows {
+        let key: String = r.get(0);
+        let doc = json!({"visualId": key, "firstName": r.get::<_, String>(1), "classification": r.get::<_, String>(2)});
+        let filter: String = form_urlencoded::byte_serialize(
+            json!({"where": {"visualId": key}}).to_string().as_bytes(),
+        )
+        .collect();
+        let found: serde_json::Value = http
+            .get(format!("{cases_url}?filter={filter}"))
+            .header("Authorization", &token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        match found
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|c| c["id"].as_str())
+        {
+            Some(id) => {
+                http.put(format!("{cases_url}/{id}"))
+                    .header("Authorization", &token)
+                    .json(&doc)
+                    .send()
+                    .await?
+            }
+            None => {
+                http.post(&cases_url)
+                    .header("Authorization", &token)
+                    .json(&doc)
+                    .send()
+                    .await?
+            }
+        };
+    }
+    let baseline = rows.len() as f64 / started.elapsed().as_secs_f64();
+    let s = "throughput";
+    let mut out = vec![];
+    let mut r = row(
+        s,
+        &format!("{changes} mixed changes (60/30/10, contacts included), end to end"),
+        Some(ours),
+        "ch/s",
+        ">= 3000 and >= 2x baseline",
+    );
+    r.baseline = Some(baseline);
+    r.ratio = Some(ours / baseline);
+    r.met = Some(ours >= 3000.0 && ours >= 2.0 * baseline);
+    out.push(r);
+    out.push(row(
+        s,
+        &format!(
+            "lookup-then-write baseline ({} cases, one by one)",
+            rows.len()
+        ),
+        Some(baseline),
+        "rec/s",
+        "baseline",
+    ));
+    drop(c);
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(out)
+}
+
+/// A large backlog drained: rate, the bridge's peak RSS, CPU per change.
+async fn backlog(quick: bool) -> anyhow::Result<Vec<Row>> {
+    let n: u32 = if quick { 3_000 } else { 1_000_000 };
+    let cluster = durable_cluster().await?;
+    fresh_hmis(&cluster, "bench_bl", true).await?;
+    let c = connect(&cluster, "bench_bl").await?;
+    let chunk = 100_000u32.min(n);
+    let mut done = 0;
+    while done < n {
+        let to = (done + chunk).min(n);
+        c.batch_execute(&format!(
+            "INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
+             SELECT 'BL-' || g, 'P' || g, 'SL-KE', now(), 'suspected' FROM generate_series({}, {to}) g",
+            done + 1
+        ))
+        .await?;
+        done = to;
+    }
+    let (_sim, sim_url) = spawn_sim(&[]).await?;
+    let dir = tempfile::tempdir()?;
+    let started = Instant::now();
+    let bridge = spawn_bridge(dir.path(), &cluster.url("bench_bl"), &sim_url).await?;
+    let pid = bridge.0.id().unwrap_or_default();
+    wait_drained(&c, Duration::from_secs(3600)).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let usage = proc_usage(pid);
+    let s = "backlog";
+    let mut out = vec![];
+    let rate = f64::from(n) / secs;
+    let mut r = row(
+        s,
+        &format!("{n} pending changes drained"),
+        Some(rate),
+        "ch/s",
+        ">= 3000",
+    );
+    r.met = Some(rate >= 3000.0);
+    out.push(r);
+    let rss = usage.map(|(b, _)| b / 1_048_576.0);
+    let mut r = row(s, "bridge peak RSS", rss, "MiB", "<= 64 MiB");
+    r.met = rss.map(|m| m <= 64.0);
+    out.push(r);
+    out.push(row(
+        s,
+        "bridge CPU per delivered change",
+        usage.map(|(_, cpu)| cpu * 1e6 / f64::from(n)),
+        "us",
+        "-",
     ));
     drop(c);
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
