@@ -122,6 +122,11 @@ async fn install_then_run_delivers_and_stops_on_sigterm() {
 }
 
 fn spawn_run(example: &str, env: &[(&str, String)]) -> tokio::process::Child {
+    spawn_run_at(example, env, "127.0.0.1:0")
+}
+
+/// `godata-bridge run` with its HTTP endpoint on `listen`.
+fn spawn_run_at(example: &str, env: &[(&str, String)], listen: &str) -> tokio::process::Child {
     Command::new(BIN)
         .args([
             "run",
@@ -130,7 +135,7 @@ fn spawn_run(example: &str, env: &[(&str, String)]) -> tokio::process::Child {
             "--log-format",
             "json",
             "--http-listen",
-            "127.0.0.1:0",
+            listen,
         ])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
@@ -674,22 +679,7 @@ async fn metrics_health_and_readiness() {
     );
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let _bridge = Command::new(BIN)
-        .args([
-            "run",
-            "--config",
-            EXAMPLE,
-            "--log-format",
-            "json",
-            "--http-listen",
-            &listen,
-        ])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _bridge = spawn_run_at(EXAMPLE, &env, &listen);
     let base = format!("http://{listen}");
     let http = reqwest::Client::new();
     wait_for("the http endpoint", Duration::from_secs(30), || {
@@ -813,22 +803,7 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
     let mut bridges = vec![];
     for _ in 0..2 {
         let listen = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(BIN)
-            .args([
-                "run",
-                "--config",
-                EXAMPLE,
-                "--log-format",
-                "json",
-                "--http-listen",
-                &listen,
-            ])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let child = spawn_run_at(EXAMPLE, &env, &listen);
         bridges.push((child, format!("http://{listen}/readyz")));
     }
     let role = |url: String| {
@@ -950,22 +925,7 @@ async fn readiness_follows_postgres_going_away_and_back() {
         Some(0)
     );
     let listen = format!("127.0.0.1:{}", free_port());
-    let _bridge = Command::new(BIN)
-        .args([
-            "run",
-            "--config",
-            EXAMPLE,
-            "--log-format",
-            "json",
-            "--http-listen",
-            &listen,
-        ])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _bridge = spawn_run_at(EXAMPLE, &env, &listen);
     let http = reqwest::Client::new();
     let ready = |want: u16, pg: &'static str| {
         let http = http.clone();
