@@ -223,6 +223,17 @@ BEGIN
 END
 $$;
 
+-- The key columns of `tbl` as `t.k1, t.k2` and, from the jsonb `source`,
+-- the same values cast to the columns' types: `(source->>'k1')::type, …`.
+CREATE OR REPLACE FUNCTION godata_bridge.key_lists(tbl regclass, keys text[], source text,
+                                                   OUT cols text, OUT vals text)
+LANGUAGE sql STABLE AS $$
+    SELECT string_agg(format('t.%I', u.k), ', ' ORDER BY u.i),
+           string_agg(format('(%s->>%L)::%s', source, u.k, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY u.i)
+      FROM unnest(keys) WITH ORDINALITY AS u(k, i)
+      JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.k
+$$;
+
 -- Backfill: enqueues up to `chunk` existing rows of a tracked table whose
 -- key is after `after` (NULL: from the start), in key order, as upserts.
 -- Returns how many rows it enqueued and the last key, for the next call.
@@ -238,11 +249,7 @@ BEGIN
     IF keys IS NULL THEN
         RAISE EXCEPTION 'godata_bridge.backfill: % is not tracked', tbl;
     END IF;
-    SELECT string_agg(format('t.%I', u.k), ', ' ORDER BY u.i),
-           string_agg(format('($1->>%L)::%s', u.k, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY u.i)
-      INTO cols, vals
-      FROM unnest(keys) WITH ORDINALITY AS u(k, i)
-      JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.k;
+    SELECT k.cols, k.vals INTO cols, vals FROM godata_bridge.key_lists(tbl, keys, '$1') k;
     RETURN QUERY EXECUTE format(
         'WITH chunk AS (SELECT %s AS k FROM %s t %s ORDER BY %s LIMIT %s),
               ins AS (INSERT INTO godata_bridge.outbox (table_name, op, row_key)
@@ -271,11 +278,7 @@ BEGIN
     IF keys IS NULL THEN
         RAISE EXCEPTION 'godata_bridge.fetch_rows: % is not tracked', tbl;
     END IF;
-    SELECT string_agg(format('t.%I', u.k), ', ' ORDER BY u.i),
-           string_agg(format('(w->>%L)::%s', u.k, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY u.i)
-      INTO cols, vals
-      FROM unnest(keys) WITH ORDINALITY AS u(k, i)
-      JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.k;
+    SELECT k.cols, k.vals INTO cols, vals FROM godata_bridge.key_lists(tbl, keys, 'w') k;
     RETURN QUERY EXECUTE format(
         'SELECT %s, to_jsonb(t) FROM %s t WHERE (%s) IN (SELECT %s FROM unnest($1) AS w)',
         godata_bridge.key_expr(keys, 't'), tbl, cols, vals)
