@@ -40,6 +40,14 @@ fn row(scenario: &str, figure: &str, value: Option<f64>, unit: &str, target: &st
     }
 }
 
+/// `r` compared with `baseline`: ratio and whether the target was met.
+fn against(mut r: Row, baseline: f64, met: bool) -> Row {
+    r.ratio = r.value.map(|v| v / baseline);
+    r.baseline = Some(baseline);
+    r.met = Some(met);
+    r
+}
+
 /// All scenarios the issue names, in order.
 pub const SCENARIOS: &[&str] = &[
     "latency",
@@ -180,17 +188,19 @@ async fn capture_overhead(quick: bool) -> anyhow::Result<Vec<Row>> {
         ));
         fresh_hmis(&cluster, "bench_trigger", true).await?;
         let notify_all = insert_tps(&cluster, "bench_trigger", clients, secs).await?;
-        let mut r = row(
-            s,
-            &format!("1-row tx/s, {clients} writers, trigger, no bridge (every commit notifies)"),
-            Some(notify_all),
-            "tx/s",
-            ">= 80% of baseline",
-        );
-        r.baseline = Some(base);
-        r.ratio = Some(notify_all / base);
-        r.met = Some(notify_all >= 0.8 * base);
-        out.push(r);
+        out.push(against(
+            row(
+                s,
+                &format!(
+                    "1-row tx/s, {clients} writers, trigger, no bridge (every commit notifies)"
+                ),
+                Some(notify_all),
+                "tx/s",
+                ">= 80% of baseline",
+            ),
+            base,
+            notify_all >= 0.8 * base,
+        ));
         fresh_hmis(&cluster, "bench_trigger", true).await?;
         let awake = connect(&cluster, "bench_trigger").await?;
         awake
@@ -200,17 +210,19 @@ async fn capture_overhead(quick: bool) -> anyhow::Result<Vec<Row>> {
         awake
             .batch_execute("SELECT pg_advisory_unlock(godata_bridge.awake_lock_key())")
             .await?;
-        let mut r = row(
-            s,
-            &format!("1-row tx/s, {clients} writers, trigger, bridge draining (NOTIFY skipped)"),
-            Some(skipping),
-            "tx/s",
-            ">= 80% of baseline",
-        );
-        r.baseline = Some(base);
-        r.ratio = Some(skipping / base);
-        r.met = Some(skipping >= 0.8 * base);
-        out.push(r);
+        out.push(against(
+            row(
+                s,
+                &format!(
+                    "1-row tx/s, {clients} writers, trigger, bridge draining (NOTIFY skipped)"
+                ),
+                Some(skipping),
+                "tx/s",
+                ">= 80% of baseline",
+            ),
+            base,
+            skipping >= 0.8 * base,
+        ));
     }
     fresh_hmis(&cluster, "bench_none", false).await?;
     let base = bulk_secs(&cluster, "bench_none").await?;
@@ -223,17 +235,17 @@ async fn capture_overhead(quick: bool) -> anyhow::Result<Vec<Row>> {
     ));
     fresh_hmis(&cluster, "bench_trigger", true).await?;
     let with = bulk_secs(&cluster, "bench_trigger").await?;
-    let mut r = row(
-        s,
-        "100k-row INSERT, trigger capture",
-        Some(with),
-        "s",
-        "<= 2x baseline",
-    );
-    r.baseline = Some(base);
-    r.ratio = Some(with / base);
-    r.met = Some(with <= 2.0 * base);
-    out.push(r);
+    out.push(against(
+        row(
+            s,
+            "100k-row INSERT, trigger capture",
+            Some(with),
+            "s",
+            "<= 2x baseline",
+        ),
+        base,
+        with <= 2.0 * base,
+    ));
     out.push(row(
         s,
         "logical mode",
@@ -360,17 +372,17 @@ async fn writeback(quick: bool) -> anyhow::Result<Vec<Row>> {
     }
     let single = n as f64 / started.elapsed().as_secs_f64();
     let mut out = vec![];
-    let mut r = row(
-        s,
-        &format!("staged COPY upsert, {n} cases"),
-        Some(ours),
-        "rows/s",
-        ">= 2x multi-row VALUES",
-    );
-    r.baseline = Some(multi);
-    r.ratio = Some(ours / multi);
-    r.met = Some(ours >= 2.0 * multi);
-    out.push(r);
+    out.push(against(
+        row(
+            s,
+            &format!("staged COPY upsert, {n} cases"),
+            Some(ours),
+            "rows/s",
+            ">= 2x multi-row VALUES",
+        ),
+        multi,
+        ours >= 2.0 * multi,
+    ));
     out.push(row(
         s,
         "multi-row INSERT … VALUES … ON CONFLICT (upsertMany)",
@@ -378,17 +390,17 @@ async fn writeback(quick: bool) -> anyhow::Result<Vec<Row>> {
         "rows/s",
         "baseline",
     ));
-    let mut r = row(
-        s,
-        "staged COPY upsert vs row by row",
-        Some(ours),
-        "rows/s",
-        ">= 20x row by row",
-    );
-    r.baseline = Some(single);
-    r.ratio = Some(ours / single);
-    r.met = Some(ours >= 20.0 * single);
-    out.push(r);
+    out.push(against(
+        row(
+            s,
+            "staged COPY upsert vs row by row",
+            Some(ours),
+            "rows/s",
+            ">= 20x row by row",
+        ),
+        single,
+        ours >= 20.0 * single,
+    ));
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     Ok(out)
 }
@@ -657,17 +669,17 @@ async fn throughput(quick: bool) -> anyhow::Result<Vec<Row>> {
     let baseline = rows.len() as f64 / started.elapsed().as_secs_f64();
     let s = "throughput";
     let mut out = vec![];
-    let mut r = row(
-        s,
-        &format!("{changes} mixed changes (60/30/10, contacts included), end to end"),
-        Some(ours),
-        "ch/s",
-        ">= 3000 and >= 2x baseline",
-    );
-    r.baseline = Some(baseline);
-    r.ratio = Some(ours / baseline);
-    r.met = Some(ours >= 3000.0 && ours >= 2.0 * baseline);
-    out.push(r);
+    out.push(against(
+        row(
+            s,
+            &format!("{changes} mixed changes (60/30/10, contacts included), end to end"),
+            Some(ours),
+            "ch/s",
+            ">= 3000 and >= 2x baseline",
+        ),
+        baseline,
+        ours >= 3000.0 && ours >= 2.0 * baseline,
+    ));
     out.push(row(
         s,
         &format!(
