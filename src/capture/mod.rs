@@ -5,3 +5,4 @@
 //! acknowledged it or after it moved to `dead_letter`.
 
 pub mod install;
+pub mod pgoutput;
