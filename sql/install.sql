@@ -126,13 +126,13 @@ RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT format('godata_bridge.%I', 'capture_' || tbl::oid || '_' || op)
 $$;
 
--- Starts capturing `tbl`. `key_columns` default to the primary key.
-CREATE OR REPLACE FUNCTION godata_bridge.track(tbl regclass, key_columns text[] DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql AS $$
+-- Records `tbl` as tracked by `key_columns` (default: the primary key) and
+-- returns the key columns. No triggers: logical capture uses only this.
+CREATE OR REPLACE FUNCTION godata_bridge.track_keys(tbl regclass, key_columns text[] DEFAULT NULL)
+RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
     keys text[] := key_columns;
     col text;
-    name text;
 BEGIN
     IF (SELECT relkind FROM pg_class WHERE oid = tbl) NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'godata_bridge.track: % is not a table', tbl;
@@ -153,7 +153,20 @@ BEGIN
             RAISE EXCEPTION 'godata_bridge.track: table % has no column %', tbl, quote_ident(col);
         END IF;
     END LOOP;
-    name := godata_bridge.qualified(tbl);
+    INSERT INTO godata_bridge.tracked (table_name, key_columns)
+    VALUES (godata_bridge.qualified(tbl), keys)
+    ON CONFLICT (table_name) DO UPDATE SET key_columns = EXCLUDED.key_columns, tracked_at = now();
+    RETURN keys;
+END
+$$;
+
+-- Starts capturing `tbl` with triggers. `key_columns` default to the primary key.
+CREATE OR REPLACE FUNCTION godata_bridge.track(tbl regclass, key_columns text[] DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    keys text[] := godata_bridge.track_keys(tbl, key_columns);
+    name text := godata_bridge.qualified(tbl);
+BEGIN
     -- The capture functions run as their owner (who installed the bridge),
     -- so the HMIS application's roles need no rights on godata_bridge.
     EXECUTE format($f$
@@ -203,9 +216,6 @@ BEGIN
     EXECUTE format('CREATE TRIGGER godata_bridge_capture_delete AFTER DELETE ON %s '
                    'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION %s()',
                    tbl, godata_bridge.capture_function(tbl, 'd'));
-    INSERT INTO godata_bridge.tracked (table_name, key_columns)
-    VALUES (godata_bridge.qualified(tbl), keys)
-    ON CONFLICT (table_name) DO UPDATE SET key_columns = EXCLUDED.key_columns, tracked_at = now();
 END
 $$;
 
@@ -283,6 +293,64 @@ BEGIN
         'SELECT %s, to_jsonb(t) FROM %s t WHERE (%s) IN (SELECT %s FROM unnest($1) AS w)',
         godata_bridge.key_expr(keys, 't'), tbl, cols, vals)
     USING wanted;
+END
+$$;
+
+-- Logical capture: enqueues changes read from the replication slot. `raw`
+-- holds each key as text ({"column": "text form"}, as pgoutput sends it);
+-- the values are cast to the key columns' types here, so the outbox key is
+-- the same jsonb trigger capture writes. Returns the highest id enqueued.
+CREATE OR REPLACE FUNCTION godata_bridge.enqueue(tbl regclass, ops text[], raw jsonb[], captured timestamptz[])
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    keys text[];
+    typed text;
+    top bigint;
+BEGIN
+    SELECT key_columns INTO keys FROM godata_bridge.tracked WHERE table_name = godata_bridge.qualified(tbl);
+    IF keys IS NULL THEN
+        RAISE EXCEPTION 'godata_bridge.enqueue: % is not tracked', tbl;
+    END IF;
+    SELECT 'jsonb_build_object(' || string_agg(format('%L, (w->>%L)::%s', u.k, u.k, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY u.i) || ')'
+      INTO typed
+      FROM unnest(keys) WITH ORDINALITY AS u(k, i)
+      JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.k;
+    EXECUTE format(
+        'WITH ins AS (INSERT INTO godata_bridge.outbox (table_name, op, row_key, captured_at)
+                      SELECT %L, o::"char", %s, c FROM unnest($1, $2, $3) WITH ORDINALITY AS x(o, w, c, n)
+                      ORDER BY n RETURNING id)
+         SELECT max(id) FROM ins', godata_bridge.qualified(tbl), typed)
+    INTO top USING ops, raw, captured;
+    RETURN top;
+END
+$$;
+
+-- Logical capture, TRUNCATE with `truncate = "delete"`: a delete for every
+-- row of `tbl` that Go.Data holds. Returns the highest id enqueued.
+CREATE OR REPLACE FUNCTION godata_bridge.enqueue_truncate(tbl regclass, at timestamptz)
+RETURNS bigint LANGUAGE sql AS $$
+    WITH ins AS (INSERT INTO godata_bridge.outbox (table_name, op, row_key, captured_at)
+                 SELECT table_name, 'D', row_key, at FROM godata_bridge.link
+                  WHERE table_name = godata_bridge.qualified(tbl)
+                 RETURNING id)
+    SELECT max(id) FROM ins
+$$;
+
+-- Logical capture: the publication `p` holds exactly the tracked tables.
+CREATE OR REPLACE FUNCTION godata_bridge.publish(p name)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    tables text;
+BEGIN
+    SELECT string_agg(table_name, ', ' ORDER BY table_name) INTO tables FROM godata_bridge.tracked;
+    IF tables IS NULL THEN
+        RAISE EXCEPTION 'godata_bridge.publish: no table is tracked';
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_publication WHERE pubname = p) THEN
+        EXECUTE format('ALTER PUBLICATION %I SET TABLE %s', p, tables);
+    ELSE
+        EXECUTE format('CREATE PUBLICATION %I FOR TABLE %s', p, tables);
+    END IF;
 END
 $$;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::capture::install as capture;
-use crate::config::{split_table, Config};
+use crate::config::{split_table, CaptureMode, Config};
 use crate::deliver::{self, Deliverer};
 use crate::godata::client::{AccessProblem, Client, Disposition};
 use crate::ops;
@@ -81,11 +81,18 @@ pub async fn install(config: &Config, file: &str, role: Option<&str>) -> anyhow:
     capture::install(&mut pg)
         .await
         .context("applying sql/install.sql")?;
+    let logical = config.capture.mode == CaptureMode::Logical;
     for p in &config.push {
         let (schema, table) = p.schema_table().expect("validated");
-        capture::track(&pg, schema, table, &p.key)
-            .await
-            .with_context(|| format!("tracking {}", p.table))?;
+        if logical {
+            // No triggers in logical mode (a switch from trigger mode
+            // removes them).
+            capture::untrack(&pg, schema, table).await?;
+            capture::track_keys(&pg, schema, table, &p.key).await
+        } else {
+            capture::track(&pg, schema, table, &p.key).await
+        }
+        .with_context(|| format!("tracking {}", p.table))?;
         tracing::info!(table = %p.table, "tracking");
     }
     println!(
@@ -93,12 +100,92 @@ pub async fn install(config: &Config, file: &str, role: Option<&str>) -> anyhow:
         capture::SCHEMA_VERSION,
         config.push.len()
     );
+    if logical {
+        install_logical(config, file, &pg).await?;
+    }
     if let Some(role) = role {
         grant_role(&pg, config, role)
             .await
             .with_context(|| format!("granting role {role}"))?;
         println!("role {role}: created if missing, granted what the bridge needs (set its password yourself)");
     }
+    Ok(())
+}
+
+/// Logical mode: the publication, the write-back origin and the slot, once
+/// the tables' replica identity carries their keys. The slot is created
+/// last and before any backfill: every row committed before it is read by
+/// `backfill`, every change after it is streamed.
+async fn install_logical(
+    config: &Config,
+    file: &str,
+    pg: &tokio_postgres::Client,
+) -> anyhow::Result<()> {
+    let problems = crate::capture::logical::identity_problems(pg).await?;
+    if !problems.is_empty() {
+        return Err(CatalogMismatch {
+            file: file.to_string(),
+            problems,
+        }
+        .into());
+    }
+    let c = &config.capture;
+    let created = crate::capture::logical::install(&pg_config(config)?, pg, c).await?;
+    println!(
+        "logical capture: publication {}, slot {} ({}), origin {}; run `godata-bridge backfill` for rows that existed before",
+        c.publication,
+        c.slot,
+        if created { "created" } else { "kept" },
+        c.slot
+    );
+    Ok(())
+}
+
+/// `uninstall`: the slot, publication and origin (logical mode), the
+/// triggers and the godata_bridge schema.
+pub async fn uninstall(config: &Config, force: bool) -> anyhow::Result<()> {
+    let mut pg = connect_hmis(config).await?;
+    let installed = pg
+        .query_one(
+            "SELECT to_regclass('godata_bridge.outbox') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get::<_, bool>(0);
+    if installed && !force {
+        let pending: i64 = pg
+            .query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
+            .await?
+            .get(0);
+        if pending > 0 {
+            anyhow::bail!("{pending} change(s) still wait in the outbox; let the bridge deliver them, or pass --force to lose them");
+        }
+    }
+    let c = &config.capture;
+    if let Some(info) = crate::capture::logical::slot_info(&pg, &c.slot).await? {
+        if info.active {
+            anyhow::bail!(
+                "replication slot {} is in use: stop the bridge first",
+                c.slot
+            );
+        }
+        crate::capture::logical::drop_slot(&pg, &c.slot).await?;
+        println!("dropped replication slot {}", c.slot);
+    }
+    pg.batch_execute(&format!(
+        "DROP PUBLICATION IF EXISTS {}",
+        quote_ident(&c.publication)
+    ))
+    .await?;
+    pg.execute(
+        "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin WHERE roname = $1",
+        &[&c.slot],
+    )
+    .await?;
+    capture::uninstall(&mut pg)
+        .await
+        .context("applying sql/uninstall.sql")?;
+    println!("uninstalled: capture triggers and the godata_bridge schema removed");
     Ok(())
 }
 
@@ -126,6 +213,16 @@ async fn grant_role(
     }
     pg.execute("SELECT godata_bridge.grant_bridge($1)", &[&role])
         .await?;
+    if config.capture.mode == CaptureMode::Logical {
+        // Streaming needs the REPLICATION attribute; the write-back session
+        // marks its transactions with the bridge's replication origin.
+        pg.batch_execute(&format!(
+            "ALTER ROLE {r} REPLICATION;
+             GRANT EXECUTE ON FUNCTION pg_replication_origin_session_setup(text) TO {r};
+             GRANT EXECUTE ON FUNCTION pg_replication_origin_session_is_setup() TO {r};"
+        ))
+        .await?;
+    }
     for t in &config.pull.target {
         let (schema, table) = split_table(&t.table).expect("validated");
         let qt = format!("{}.{}", quote_ident(schema), quote_ident(table));
@@ -229,11 +326,31 @@ pub async fn run(
                 rx.clone(),
             ))
         });
-        let task = tokio::spawn(deliver::run(
-            Deliverer::new(config.clone(), client.clone()),
-            db.clone(),
-            rx,
-        ));
+        let deliverer = Deliverer::new(config.clone(), client.clone());
+        let task = if config.capture.mode == CaptureMode::Logical {
+            let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+            let drained = std::sync::Arc::new(tokio::sync::Notify::new());
+            let consumer = tokio::spawn(crate::capture::logical::run(
+                config.clone(),
+                db.clone(),
+                wake.clone(),
+                drained.clone(),
+                rx.clone(),
+            ));
+            let delivery = tokio::spawn(deliver::run_signalled(
+                deliverer,
+                db.clone(),
+                wake,
+                drained,
+                rx,
+            ));
+            tokio::spawn(async move {
+                let _ = consumer.await;
+                let _ = delivery.await;
+            })
+        } else {
+            tokio::spawn(deliver::run(deliverer, db.clone(), rx))
+        };
         let lost = tokio::select! {
             _ = tokio::signal::ctrl_c() => false,
             _ = term.recv() => false,
@@ -401,7 +518,9 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
                 "tables and columns",
                 problems.join("; "),
             );
-            match ops::status(&pg).await {
+            let installed = ops::status(&pg).await;
+            let is_installed = installed.is_ok();
+            match installed {
                 Ok(s) => report(
                     true,
                     "capture installed",
@@ -412,6 +531,13 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
                     "capture installed",
                     "run `godata-bridge install`".into(),
                 ),
+            }
+            if is_installed && config.capture.mode == CaptureMode::Logical {
+                for (ok, what, detail) in
+                    crate::capture::logical::check(&pg, &config.capture).await?
+                {
+                    report(ok, &what, detail);
+                }
             }
         }
     }

@@ -243,6 +243,17 @@ pub enum CaptureMode {
     Logical,
 }
 
+/// Logical capture: what a TRUNCATE of a tracked table does in Go.Data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TruncatePolicy {
+    /// Nothing; a warning names the table.
+    #[default]
+    Ignore,
+    /// Every record the table pushed is deleted in Go.Data.
+    Delete,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capture {
@@ -250,6 +261,26 @@ pub struct Capture {
     pub mode: CaptureMode,
     #[serde(default = "default_safety_poll")]
     pub safety_poll_secs: u64,
+    /// Logical mode: the replication slot's name.
+    #[serde(default = "default_slot")]
+    pub slot: String,
+    /// Logical mode: the publication's name.
+    #[serde(default = "default_slot")]
+    pub publication: String,
+    /// Logical mode: seconds between standby status updates (below the
+    /// server's `wal_sender_timeout`, 60 s by default).
+    #[serde(default = "default_status_interval")]
+    pub status_interval_secs: u64,
+    #[serde(default)]
+    pub truncate: TruncatePolicy,
+}
+
+fn default_slot() -> String {
+    "godata_bridge".into()
+}
+
+fn default_status_interval() -> u64 {
+    10
 }
 
 fn default_safety_poll() -> u64 {
@@ -261,6 +292,10 @@ impl Default for Capture {
         Capture {
             mode: CaptureMode::Trigger,
             safety_poll_secs: DEFAULT_SAFETY_POLL_SECS,
+            slot: default_slot(),
+            publication: default_slot(),
+            status_interval_secs: default_status_interval(),
+            truncate: TruncatePolicy::Ignore,
         }
     }
 }
@@ -434,6 +469,9 @@ impl Config {
         if let Some(v) = env.var("GODATA_BRIDGE_OUTBREAK_ID") {
             self.godata.outbreak_id = Some(v);
         }
+        if let Some(v) = env.var("GODATA_BRIDGE_SLOT") {
+            self.capture.slot = v;
+        }
         if let Some(v) = env.var("GODATA_BRIDGE_CAPTURE") {
             self.capture.mode = match v.as_str() {
                 "trigger" => CaptureMode::Trigger,
@@ -511,10 +549,27 @@ impl Config {
                 "must be at least 1".into(),
             );
         }
-        if self.capture.mode == CaptureMode::Logical {
+        for (field, name) in [
+            ("capture.slot", &self.capture.slot),
+            ("capture.publication", &self.capture.publication),
+        ] {
+            let plain = !name.is_empty()
+                && name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && !name.as_bytes()[0].is_ascii_digit();
+            if !plain {
+                return bad(
+                    field.into(),
+                    format!("`{name}` must be 1-63 lowercase letters, digits or _, not starting with a digit"),
+                );
+            }
+        }
+        if !(1..=50).contains(&self.capture.status_interval_secs) {
             return bad(
-                "capture.mode".into(),
-                "`logical` (replication slot) capture is not implemented yet; use `trigger`".into(),
+                "capture.status_interval_secs".into(),
+                "must be between 1 and 50 (below wal_sender_timeout)".into(),
             );
         }
         if self.fhir.offset().is_none() {
@@ -619,14 +674,11 @@ map = [{ to = "firstName", from = "first_name" }]
 
     #[test]
     fn errors_name_the_field() {
-        let logical = format!("{BASE}\n[capture]\nmode = \"logical\"\n");
+        let logical = format!("{BASE}\n[capture]\nmode = \"logical\"\nslot = \"Bad-Slot\"\n");
         let e = Config::parse(&logical, "t.toml", &env())
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("capture.mode") && e.contains("not implemented"),
-            "{e}"
-        );
+        assert!(e.contains("capture.slot") && e.contains("Bad-Slot"), "{e}");
         let unknown = format!("{BASE}\n[delivery]\nlanez = 3\n");
         let e = Config::parse(&unknown, "t.toml", &env())
             .unwrap_err()

@@ -459,9 +459,15 @@ impl Deliverer {
             self.client.delete(collection, id).await?;
             return Ok(Acked::Deleted);
         }
-        // The row is gone since this change: its delete is further on in
-        // the outbox, nothing to send for this one.
+        // The row is gone since this change. Its delete is usually further
+        // on in the outbox, but not always: a backfill or slot replay can
+        // enqueue an upsert after the delete, and coalescing then keeps the
+        // upsert. The row's current state is "absent" either way.
         let Some(image) = p.image.clone() else {
+            if p.linked.is_some() {
+                self.client.delete(collection, id).await?;
+                return Ok(Acked::Deleted);
+            }
             return Ok(Acked::Unchanged);
         };
         // Fields Go.Data owns after creation are sent only to create.
@@ -654,11 +660,37 @@ pub fn backoff(attempts: i32, max_secs: u64) -> Duration {
 /// disconnected are lost) and on a slow safety timer. Shutdown is checked
 /// between drains: a drain in progress finishes its batch first.
 pub async fn run(
-    mut deliverer: Deliverer,
+    deliverer: Deliverer,
     db: impl Into<crate::pg_tls::Db>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    run_inner(deliverer, db.into(), None, shutdown).await
+}
+
+/// Logical-mode delivery: woken by the slot consumer through `wake` (it
+/// has just enqueued changes) instead of NOTIFY; signals `drained` after
+/// every drain so the consumer can confirm the slot's progress.
+pub async fn run_signalled(
+    deliverer: Deliverer,
+    db: crate::pg_tls::Db,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    drained: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    run_inner(deliverer, db, Some((wake, drained)), shutdown).await
+}
+
+type Signals = (
+    std::sync::Arc<tokio::sync::Notify>,
+    std::sync::Arc<tokio::sync::Notify>,
+);
+
+async fn run_inner(
+    mut deliverer: Deliverer,
+    db: crate::pg_tls::Db,
+    signals: Option<Signals>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let db: crate::pg_tls::Db = db.into();
     let safety = Duration::from_secs(deliverer.config.capture.safety_poll_secs);
     let mut failures = 0;
     while !*shutdown.borrow() {
@@ -686,12 +718,14 @@ pub async fn run(
                 }
             }
         });
-        if let Err(e) = pg.batch_execute("LISTEN godata_bridge").await {
-            tracing::warn!(error = %e, "listen failed");
-            conn_task.abort();
-            continue;
+        if signals.is_none() {
+            if let Err(e) = pg.batch_execute("LISTEN godata_bridge").await {
+                tracing::warn!(error = %e, "listen failed");
+                conn_task.abort();
+                continue;
+            }
+            tracing::info!("listening for hmis changes");
         }
-        tracing::info!("listening for hmis changes");
         failures = 0;
         // Drain once on every (re)connect, then on wake-ups and the timer.
         let mut pending = Vec::new();
@@ -699,7 +733,15 @@ pub async fn run(
             // Deferred changes come due without a wake-up: look again then.
             let mut nap = safety;
             let mut again = false;
-            match wake_cycle(&mut deliverer, &pg, &mut pending).await {
+            let cycle = match &signals {
+                None => wake_cycle(&mut deliverer, &pg, &mut pending).await,
+                Some((_, drained)) => {
+                    let d = deliverer.drain(&pg).await;
+                    drained.notify_one();
+                    d
+                }
+            };
+            match cycle {
                 Ok(d) => {
                     if d.settled() + d.deferred > 0 {
                         tracing::info!(
@@ -745,6 +787,12 @@ pub async fn run(
                     }
                     while wake.try_recv().is_ok() {}
                 }
+                _ = async {
+                    match &signals {
+                        Some((wake, _)) => wake.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 _ = tokio::time::sleep(nap) => {}
             }
         }

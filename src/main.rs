@@ -35,6 +35,15 @@ enum Command {
     Sim(SimArgs),
     /// Apply sql/install.sql to the HMIS and track the [[push]] tables.
     Install(InstallArgs),
+    /// Remove everything `install` created: triggers, the godata_bridge
+    /// schema, and in logical mode the slot, publication and origin.
+    Uninstall {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Uninstall even though changes are still waiting in the outbox.
+        #[arg(long)]
+        force: bool,
+    },
     /// Sync both ways until SIGTERM/SIGINT: deliver HMIS changes to Go.Data,
     /// pull Go.Data changes into the HMIS.
     Run {
@@ -212,6 +221,7 @@ fn main() -> ExitCode {
         | Command::Bench { .. } => None,
         Command::Install(InstallArgs { config, .. })
         | Command::Run { config, .. }
+        | Command::Uninstall { config, .. }
         | Command::Check(config)
         | Command::Status { config, .. }
         | Command::DeadLetter { config, .. }
@@ -245,6 +255,7 @@ fn main() -> ExitCode {
             Command::Install(InstallArgs { role, .. }) => {
                 commands::install(cfg(), &file, role.as_deref()).await
             }
+            Command::Uninstall { force, .. } => commands::uninstall(cfg(), force).await,
             Command::Run { http_listen, .. } => {
                 commands::run(config.clone().expect("loaded above"), &file, http_listen).await
             }

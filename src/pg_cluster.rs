@@ -255,8 +255,8 @@ impl Cluster {
             ("listen_addresses", "127.0.0.1".to_string()),
             ("unix_socket_directories", self.base.display().to_string()),
             ("wal_level", "logical".into()),
-            ("max_replication_slots", "20".into()),
-            ("max_wal_senders", "20".into()),
+            ("max_replication_slots", "64".into()),
+            ("max_wal_senders", "64".into()),
             ("max_connections", "200".into()),
             // Speed over crash safety of the OS: the data is throwaway.
             ("fsync", "off".into()),

@@ -196,6 +196,12 @@ impl PgTls {
     pub fn mode(&self) -> SslMode {
         self.mode
     }
+
+    /// The rustls side, for connections tokio-postgres does not make (the
+    /// replication client).
+    pub(crate) fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
 }
 
 /// Splits `sslmode`/`sslrootcert` off a libpq URL or key=value string and

@@ -40,6 +40,22 @@ pub async fn track(
         .map(|_| ())
 }
 
+/// Records `schema.table` as tracked, without triggers (logical capture).
+pub async fn track_keys(
+    client: &impl GenericClient,
+    schema: &str,
+    table: &str,
+    key_columns: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT godata_bridge.track_keys(format('%I.%I', $1::text, $2::text)::regclass, $3::text[])",
+            &[&schema, &table, &key_columns],
+        )
+        .await
+        .map(|_| ())
+}
+
 /// Stops capturing `schema.table`.
 pub async fn untrack(
     client: &impl GenericClient,

@@ -5,4 +5,6 @@
 //! acknowledged it or after it moved to `dead_letter`.
 
 pub mod install;
+pub mod logical;
 pub mod pgoutput;
+pub mod replication;

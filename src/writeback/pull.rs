@@ -300,7 +300,26 @@ pub async fn run(
                     tokio::spawn(async move {
                         let _ = conn.await;
                     });
-                    Some(c)
+                    // Logical capture sees every committed row; the
+                    // write-back's transactions carry the bridge's origin
+                    // so the slot consumer drops them (no echo).
+                    let logical = config.capture.mode == crate::config::CaptureMode::Logical;
+                    match logical {
+                        true => match c
+                            .execute(
+                                "SELECT pg_replication_origin_session_setup($1)",
+                                &[&config.capture.slot],
+                            )
+                            .await
+                        {
+                            Ok(_) => Some(c),
+                            Err(e) => {
+                                tracing::error!(error = %e, "pull: cannot mark the write-back with the replication origin (run `godata-bridge install`; the role needs EXECUTE on pg_replication_origin_session_setup); not writing, to avoid an echo");
+                                None
+                            }
+                        },
+                        false => Some(c),
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "pull: cannot connect to the hmis database");

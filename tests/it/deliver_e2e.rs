@@ -4,33 +4,35 @@
 use std::time::Duration;
 
 use godata_bridge::capture::install;
-use godata_bridge::config::{Config, Secret};
+use godata_bridge::config::{CaptureMode, Config, Secret};
 use godata_bridge::deliver::{self, Deliverer};
 use godata_bridge::godata::client::Client;
 use godata_bridge::godata::ids::godata_id;
 use godata_bridge::sim::{self, Faults, Sim};
 use serde_json::{json, Value};
 
-use crate::support::{fresh_db, start_sim, wait_for, TestDb};
+use crate::support::{both_modes, fresh_db, settled, start_sim, wait_for, wal_mark, Mode, TestDb};
 
-struct Bridge {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-    config: Config,
+pub(crate) struct Bridge {
+    pub stop: tokio::sync::watch::Sender<bool>,
+    pub task: tokio::task::JoinHandle<()>,
+    pub config: Config,
 }
 
-async fn setup(sim: &Sim) -> (TestDb, tokio_postgres::Client, Bridge) {
+async fn setup(sim: &Sim, mode: Mode) -> (TestDb, tokio_postgres::Client, Bridge) {
     let db = fresh_db().await;
-    let (c, config) = prepare(sim, &db.config, &db.url).await;
+    let (c, config) = prepare(sim, &db.config, &db.url, mode).await;
     let bridge = start_bridge(sim, config, db.config.clone());
     (db, c, bridge)
 }
 
-/// The reference HMIS with capture installed, and the reference config.
-async fn prepare(
+/// The reference HMIS with capture installed in `mode`, and the reference
+/// config for it.
+pub(crate) async fn prepare(
     sim: &Sim,
     pg: &tokio_postgres::Config,
     url: &str,
+    mode: Mode,
 ) -> (tokio_postgres::Client, Config) {
     let (mut c, conn) = pg.connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(async move {
@@ -40,17 +42,12 @@ async fn prepare(
         .await
         .unwrap();
     install::install(&mut c).await.unwrap();
-    install::track(&c, "hmis", "cases", &["case_id".into()])
-        .await
-        .unwrap();
-    install::track(&c, "hmis", "contacts", &["contact_id".into()])
-        .await
-        .unwrap();
-    let config = crate::support::reference_config(url, &sim.url());
+    let mut config = crate::support::reference_config(url, &sim.url());
+    crate::support::install_capture(&c, pg, &mut config, mode).await;
     (c, config)
 }
 
-fn start_bridge(sim: &Sim, config: Config, pg: tokio_postgres::Config) -> Bridge {
+pub(crate) fn start_bridge(sim: &Sim, config: Config, pg: tokio_postgres::Config) -> Bridge {
     let client = Client::new(
         &sim.url(),
         sim::DEFAULT_USER,
@@ -59,11 +56,31 @@ fn start_bridge(sim: &Sim, config: Config, pg: tokio_postgres::Config) -> Bridge
         Duration::from_secs(10),
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(deliver::run(Deliverer::new(config.clone(), client), pg, rx));
+    let deliverer = Deliverer::new(config.clone(), client);
+    let task = match config.capture.mode {
+        CaptureMode::Trigger => tokio::spawn(deliver::run(deliverer, pg, rx)),
+        CaptureMode::Logical => {
+            let db = godata_bridge::pg_tls::Db::from(pg);
+            let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+            let drained = std::sync::Arc::new(tokio::sync::Notify::new());
+            let consumer = tokio::spawn(godata_bridge::capture::logical::run(
+                config.clone(),
+                db.clone(),
+                wake.clone(),
+                drained.clone(),
+                rx.clone(),
+            ));
+            let delivery = tokio::spawn(deliver::run_signalled(deliverer, db, wake, drained, rx));
+            tokio::spawn(async move {
+                let _ = consumer.await;
+                let _ = delivery.await;
+            })
+        }
+    };
     Bridge { stop, task, config }
 }
 
-fn case_in(sim: &Sim, id: &str) -> Option<Value> {
+pub(crate) fn case_in(sim: &Sim, id: &str) -> Option<Value> {
     sim.state()["cases"]
         .as_array()
         .unwrap()
@@ -72,17 +89,16 @@ fn case_in(sim: &Sim, id: &str) -> Option<Value> {
         .cloned()
 }
 
-async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
+pub(crate) async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
     c.query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
         .await
         .unwrap()
         .get(0)
 }
 
-#[tokio::test]
-async fn cases_and_contacts_arrive_mapped_and_deletes_follow() {
+async fn cases_and_contacts_arrive_mapped_and_deletes_follow(mode: Mode) {
     let sim = start_sim().await;
-    let (_db, c, bridge) = setup(&sim).await;
+    let (_db, c, bridge) = setup(&sim, mode).await;
     let ns = bridge.config.godata.id_namespace;
     c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, birth_date, age_years, phone, address_line, city,
@@ -204,8 +220,9 @@ async fn cases_and_contacts_arrive_mapped_and_deletes_follow() {
         rel["socialRelationshipTypeId"],
         "LNG_REFERENCE_DATA_CATEGORY_CONTEXT_OF_TRANSMISSION_FAMILY"
     );
-    wait_for("empty outbox", Duration::from_secs(10), || async {
-        outbox_len(&c).await == 0
+    let mark = wal_mark(&c).await;
+    wait_for("everything settled", Duration::from_secs(10), || async {
+        settled(&c, &mark).await
     })
     .await;
 
@@ -242,10 +259,9 @@ async fn cases_and_contacts_arrive_mapped_and_deletes_follow() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn refused_rows_are_dead_lettered_and_later_rows_flow() {
+async fn refused_rows_are_dead_lettered_and_later_rows_flow(mode: Mode) {
     let sim = start_sim().await;
-    let (_db, c, bridge) = setup(&sim).await;
+    let (_db, c, bridge) = setup(&sim, mode).await;
     c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
          VALUES ('BAD-1', 'Nobody', 'SL-XX', now(), 'suspected');
@@ -282,17 +298,17 @@ async fn refused_rows_are_dead_lettered_and_later_rows_flow() {
     let _ = bridge.task.await;
 }
 
-#[tokio::test]
-async fn unchanged_content_is_not_sent_again_and_links_are_recorded() {
+async fn unchanged_content_is_not_sent_again_and_links_are_recorded(mode: Mode) {
     let sim = start_sim().await;
-    let (_db, c, bridge) = setup(&sim).await;
+    let (_db, c, bridge) = setup(&sim, mode).await;
     c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('L-1', 'A', now(), 'suspected')",
     )
     .await
     .unwrap();
+    let mark = wal_mark(&c).await;
     wait_for("delivery", Duration::from_secs(20), || async {
-        outbox_len(&c).await == 0
+        settled(&c, &mark).await
     })
     .await;
     let link = c
@@ -315,10 +331,11 @@ async fn unchanged_content_is_not_sent_again_and_links_are_recorded() {
     c.batch_execute("UPDATE hmis.cases SET notes = 'internal' WHERE case_id = 'L-1'")
         .await
         .unwrap();
+    let mark = wal_mark(&c).await;
     wait_for(
         "the no-op change settled",
         Duration::from_secs(20),
-        || async { outbox_len(&c).await == 0 },
+        || async { settled(&c, &mark).await },
     )
     .await;
     assert_eq!(writes(&sim), before, "no request for unchanged content");
@@ -334,7 +351,7 @@ async fn unchanged_content_is_not_sent_again_and_links_are_recorded() {
     let _ = bridge.task.await;
 }
 
-fn count(sim: &Sim, what: &str, pred: impl Fn(&Value) -> bool) -> usize {
+pub(crate) fn count(sim: &Sim, what: &str, pred: impl Fn(&Value) -> bool) -> usize {
     sim.state()[what]
         .as_array()
         .unwrap()
@@ -343,11 +360,10 @@ fn count(sim: &Sim, what: &str, pred: impl Fn(&Value) -> bool) -> usize {
         .count()
 }
 
-#[tokio::test]
-async fn changes_made_while_the_bridge_is_stopped_are_delivered_once() {
+async fn changes_made_while_the_bridge_is_stopped_are_delivered_once(mode: Mode) {
     let sim = start_sim().await;
     let db = fresh_db().await;
-    let (c, config) = prepare(&sim, &db.config, &db.url).await;
+    let (c, config) = prepare(&sim, &db.config, &db.url, mode).await;
     // 2,000 changes: 1,000 inserts, then 1,000 updates, bridge not running.
     c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
@@ -356,12 +372,17 @@ async fn changes_made_while_the_bridge_is_stopped_are_delivered_once() {
     )
     .await
     .unwrap();
-    assert_eq!(outbox_len(&c).await, 2000);
+    let mark = wal_mark(&c).await;
+    match mode {
+        Mode::Trigger => assert_eq!(outbox_len(&c).await, 2000),
+        // The changes wait in the WAL: the slot has not confirmed them.
+        Mode::Logical => assert!(!settled(&c, &mark).await),
+    }
     let bridge = start_bridge(&sim, config, db.config.clone());
     wait_for(
         "the backlog delivered",
         Duration::from_secs(120),
-        || async { outbox_len(&c).await == 0 },
+        || async { settled(&c, &mark).await },
     )
     .await;
     let confirmed = "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_CONFIRMED";
@@ -385,11 +406,10 @@ async fn changes_made_while_the_bridge_is_stopped_are_delivered_once() {
     let _ = bridge.task.await;
 }
 
-#[tokio::test]
-async fn emulator_faults_lose_and_duplicate_nothing() {
+async fn emulator_faults_lose_and_duplicate_nothing(mode: Mode) {
     let sim = start_sim().await;
     let db = fresh_db().await;
-    let (c, mut config) = prepare(&sim, &db.config, &db.url).await;
+    let (c, mut config) = prepare(&sim, &db.config, &db.url, mode).await;
     config.delivery.max_backoff_secs = 1;
     sim.set_faults(Faults {
         error_rate: 0.2,
@@ -414,10 +434,11 @@ async fn emulator_faults_lose_and_duplicate_nothing() {
             sim.expire_tokens();
         }
     }
+    let mark = wal_mark(&c).await;
     wait_for(
         "everything delivered under faults",
         Duration::from_secs(180),
-        || async { outbox_len(&c).await == 0 },
+        || async { settled(&c, &mark).await },
     )
     .await;
     sim.set_faults(Faults::default());
@@ -438,8 +459,7 @@ async fn emulator_faults_lose_and_duplicate_nothing() {
     let _ = bridge.task.await;
 }
 
-#[tokio::test]
-async fn a_postgres_restart_is_survived() {
+async fn a_postgres_restart_is_survived(mode: Mode) {
     use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
     // Its own cluster: restarting the shared one would hit other tests.
     let mut cluster =
@@ -448,7 +468,7 @@ async fn a_postgres_restart_is_survived() {
             .unwrap();
     let sim = start_sim().await;
     let pg = cluster.config("postgres");
-    let (c, config) = prepare(&sim, &pg, &cluster.url("postgres")).await;
+    let (c, config) = prepare(&sim, &pg, &cluster.url("postgres"), mode).await;
     let bridge = start_bridge(&sim, config, pg.clone());
     c.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('R-1', 'A', now(), 'suspected')")
         .await
@@ -498,7 +518,7 @@ async fn a_change_committed_while_the_bridge_drains_is_not_stranded() {
     // No safety timer to hide behind: only the wake protocol can deliver B.
     let sim = start_sim().await;
     let db = fresh_db().await;
-    let (c, mut config) = prepare(&sim, &db.config, &db.url).await;
+    let (c, mut config) = prepare(&sim, &db.config, &db.url, Mode::Trigger).await;
     config.capture.safety_poll_secs = 3600;
     sim.set_faults(Faults {
         latency_ms: 300,
@@ -564,7 +584,7 @@ async fn a_change_committed_while_the_bridge_drains_is_not_stranded() {
 async fn least_privilege_roles_end_to_end() {
     let sim = start_sim().await;
     let db = fresh_db().await;
-    let (c, _) = prepare(&sim, &db.config, &db.url).await;
+    let (c, _) = prepare(&sim, &db.config, &db.url, Mode::Trigger).await;
     let suffix = db.name.clone();
     // Roles are cluster-wide: names of this test's own.
     let (app, bridge_role) = (format!("hmis_app_{suffix}"), format!("bridge_{suffix}"));
@@ -623,3 +643,12 @@ async fn least_privilege_roles_end_to_end() {
     bridge.stop.send(true).unwrap();
     let _ = bridge.task.await;
 }
+
+both_modes!(
+    cases_and_contacts_arrive_mapped_and_deletes_follow,
+    refused_rows_are_dead_lettered_and_later_rows_flow,
+    unchanged_content_is_not_sent_again_and_links_are_recorded,
+    changes_made_while_the_bridge_is_stopped_are_delivered_once,
+    emulator_faults_lose_and_duplicate_nothing,
+    a_postgres_restart_is_survived
+);

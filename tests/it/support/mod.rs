@@ -215,3 +215,80 @@ pub fn reference_config(db_url: &str, godata_url: &str) -> godata_bridge::config
     )
     .expect("the reference config loads")
 }
+
+/// Capture mode under test: the behaviour suites run in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Trigger,
+    Logical,
+}
+
+/// Generates `name::trigger` and `name::logical` tests from `async fn
+/// name(mode: Mode)`: one test body, the same expected Go.Data state.
+macro_rules! both_modes {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn trigger() {
+                    super::$name($crate::support::Mode::Trigger).await
+                }
+                #[tokio::test]
+                async fn logical() {
+                    super::$name($crate::support::Mode::Logical).await
+                }
+            }
+        )*
+    };
+}
+pub(crate) use both_modes;
+
+/// Tracks the reference tables in `mode`; in logical mode also the
+/// publication, origin and a slot named after the database (slots and
+/// origins are cluster-wide, tests share the cluster).
+pub async fn install_capture(
+    c: &tokio_postgres::Client,
+    pg: &tokio_postgres::Config,
+    config: &mut godata_bridge::config::Config,
+    mode: Mode,
+) {
+    use godata_bridge::capture::install;
+    for (table, key) in [("cases", "case_id"), ("contacts", "contact_id")] {
+        match mode {
+            Mode::Trigger => install::track(c, "hmis", table, &[key.into()]).await,
+            Mode::Logical => install::track_keys(c, "hmis", table, &[key.into()]).await,
+        }
+        .unwrap();
+    }
+    if mode == Mode::Logical {
+        config.capture.mode = godata_bridge::config::CaptureMode::Logical;
+        config.capture.slot = format!("gb_{}", pg.get_dbname().unwrap());
+        let db = godata_bridge::pg_tls::Db::from(pg.clone());
+        godata_bridge::capture::logical::install(&db, c, &config.capture)
+            .await
+            .unwrap();
+    }
+}
+
+/// The WAL position now: whatever was committed before is behind it.
+pub async fn wal_mark(c: &tokio_postgres::Client) -> String {
+    c.query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Everything committed before `mark` is settled: the outbox is empty and
+/// (logical mode) the database's slots confirmed `mark` — which they do
+/// only after Go.Data acknowledged every change before it.
+pub async fn settled(c: &tokio_postgres::Client, mark: &str) -> bool {
+    c.query_one(
+        "SELECT NOT EXISTS (SELECT 1 FROM godata_bridge.outbox)
+            AND coalesce((SELECT bool_and(confirmed_flush_lsn >= $1::text::pg_lsn)
+                            FROM pg_replication_slots WHERE database = current_database()), true)",
+        &[&mark],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
