@@ -6,7 +6,7 @@ use std::time::Duration;
 use godata_bridge::sim;
 use tokio::process::Command;
 
-use crate::support::{fresh_db, start_sim, wait_for};
+use crate::support::{both_modes, fresh_db, settled, start_sim, wait_for, wal_mark, Mode};
 
 const BIN: &str = env!("CARGO_BIN_EXE_godata-bridge");
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
@@ -25,14 +25,27 @@ async fn reference_hmis(
 ) -> (
     crate::support::TestDb,
     tokio_postgres::Client,
-    [(&'static str, String); 3],
+    Vec<(&'static str, String)>,
+) {
+    reference_hmis_in(sim, Mode::Trigger).await
+}
+
+/// The same, with capture in `mode` (logical: a slot named after the
+/// database, as slots are cluster-wide).
+async fn reference_hmis_in(
+    sim: &godata_bridge::sim::Sim,
+    mode: Mode,
+) -> (
+    crate::support::TestDb,
+    tokio_postgres::Client,
+    Vec<(&'static str, String)>,
 ) {
     let db = fresh_db().await;
     let c = db.client().await;
     c.batch_execute(include_str!("../../examples/hmis.sql"))
         .await
         .unwrap();
-    let env = [
+    let mut env = vec![
         ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
         ("GODATA_BRIDGE_GODATA_URL", sim.url()),
         (
@@ -40,6 +53,10 @@ async fn reference_hmis(
             sim::DEFAULT_PASSWORD.to_string(),
         ),
     ];
+    if mode == Mode::Logical {
+        env.push(("GODATA_BRIDGE_CAPTURE", "logical".into()));
+        env.push(("GODATA_BRIDGE_SLOT", format!("gb_{}", db.name)));
+    }
     (db, c, env)
 }
 
@@ -66,10 +83,9 @@ async fn bad_config_exits_2_naming_the_field() {
     assert!(!err.contains("secret-pw"));
 }
 
-#[tokio::test]
-async fn install_then_run_delivers_and_stops_on_sigterm() {
+async fn install_then_run_delivers_and_stops_on_sigterm(mode: Mode) {
     let sim = start_sim().await;
-    let (_db, c, env) = reference_hmis(&sim).await;
+    let (_db, c, env) = reference_hmis_in(&sim, mode).await;
     let example = EXAMPLE;
     let out = Command::new(BIN)
         .args(["install", "--config", example])
@@ -149,10 +165,9 @@ fn spawn_run_at(example: &str, env: &[(&str, String)], listen: &str) -> tokio::p
         .unwrap()
 }
 
-#[tokio::test]
-async fn kill_9_mid_burst_loses_and_duplicates_nothing() {
+async fn kill_9_mid_burst_loses_and_duplicates_nothing(mode: Mode) {
     let sim = start_sim().await;
-    let (db, c, env) = reference_hmis(&sim).await;
+    let (db, c, env) = reference_hmis_in(&sim, mode).await;
     let example = EXAMPLE;
     let out = Command::new(BIN)
         .args(["install", "--config", example])
@@ -202,27 +217,16 @@ async fn kill_9_mid_burst_loses_and_duplicates_nothing() {
     let status = bridge.wait().await.unwrap();
     assert_eq!(status.code(), None, "killed by a signal");
     writer.await.unwrap();
-    let left: i64 = c
-        .query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(left > 0, "the kill came before the end of the burst");
+    let mark = wal_mark(&c).await;
+    assert!(
+        !settled(&c, &mark).await,
+        "the kill came before the end of the burst"
+    );
     let _bridge = spawn_run(example, &env);
     wait_for(
-        "the outbox drained after the restart",
+        "everything settled after the restart",
         Duration::from_secs(180),
-        || {
-            let c = &c;
-            async move {
-                let n: i64 = c
-                    .query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
-                    .await
-                    .unwrap()
-                    .get(0);
-                n == 0
-            }
-        },
+        || async { settled(&c, &mark).await },
     )
     .await;
     let st = sim.state();
@@ -262,10 +266,9 @@ async fn bridge_cmd(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, Stri
     )
 }
 
-#[tokio::test]
-async fn dead_letter_retry_after_the_fix_delivers_and_status_tells() {
+async fn dead_letter_retry_after_the_fix_delivers_and_status_tells(mode: Mode) {
     let sim = start_sim().await;
-    let (_db, c, env) = reference_hmis(&sim).await;
+    let (_db, c, env) = reference_hmis_in(&sim, mode).await;
     let example = EXAMPLE;
     let (code, _, err) = bridge_cmd(&["install", "--config", example], &env).await;
     assert_eq!(code, Some(0), "{err}");
@@ -341,10 +344,9 @@ async fn dead_letter_retry_after_the_fix_delivers_and_status_tells() {
     );
 }
 
-#[tokio::test]
-async fn backfill_enqueues_existing_rows_in_chunks() {
+async fn backfill_enqueues_existing_rows_in_chunks(mode: Mode) {
     let sim = start_sim().await;
-    let (_db, c, env) = reference_hmis(&sim).await;
+    let (_db, c, env) = reference_hmis_in(&sim, mode).await;
     let example = EXAMPLE;
     assert_eq!(
         bridge_cmd(&["install", "--config", example], &env).await.0,
@@ -1066,4 +1068,134 @@ async fn the_bridge_runs_both_flows_as_its_least_privilege_role() {
         e.code(),
         Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
     );
+}
+
+both_modes!(
+    install_then_run_delivers_and_stops_on_sigterm,
+    kill_9_mid_burst_loses_and_duplicates_nothing,
+    dead_letter_retry_after_the_fix_delivers_and_status_tells,
+    backfill_enqueues_existing_rows_in_chunks
+);
+
+#[tokio::test]
+async fn logical_check_install_and_uninstall_manage_the_slot() {
+    let sim = start_sim().await;
+    let (db, c, env) = reference_hmis_in(&sim, Mode::Logical).await;
+    let slot = format!("gb_{}", db.name);
+    let example = EXAMPLE;
+    let (code, out, err) = bridge_cmd(&["install", "--config", example], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&slot) && out.contains("created"), "{out}");
+    let triggers: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'godata_bridge%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(triggers, 0, "logical mode puts no trigger on the HMIS");
+    // Installing again keeps the slot (and its position).
+    let (code, out, _) = bridge_cmd(&["install", "--config", example], &env).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("kept"), "{out}");
+    let (code, out, _) = bridge_cmd(&["check", "--config", example], &env).await;
+    assert_eq!(code, Some(0), "{out}");
+    for line in [
+        "ok   wal_level: logical",
+        "ok   replica identity carries the keys",
+        "ok   publication",
+        "ok   replication slot",
+        "retains",
+    ] {
+        assert!(out.contains(line), "{line} in {out}");
+    }
+    // A table whose replica identity cannot carry the key.
+    c.batch_execute("ALTER TABLE hmis.contacts REPLICA IDENTITY NOTHING")
+        .await
+        .unwrap();
+    let (code, out, _) = bridge_cmd(&["check", "--config", example], &env).await;
+    assert_ne!(code, Some(0));
+    assert!(
+        out.contains("FAIL replica identity") && out.contains("REPLICA IDENTITY FULL"),
+        "{out}"
+    );
+    c.batch_execute("ALTER TABLE hmis.contacts REPLICA IDENTITY DEFAULT")
+        .await
+        .unwrap();
+    // A missing slot: the bridge says what to do, it does not re-create it.
+    c.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+    let (code, out, _) = bridge_cmd(&["check", "--config", example], &env).await;
+    assert_ne!(code, Some(0));
+    assert!(
+        out.contains("FAIL replication slot") && out.contains("run `godata-bridge install`"),
+        "{out}"
+    );
+    let mut run = Command::new(BIN)
+        .args([
+            "run",
+            "--config",
+            example,
+            "--log-format",
+            "json",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(run.stderr.take().unwrap()));
+    let said = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("does not exist") {
+                return line;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("run logs the missing slot");
+    assert!(
+        said.contains("ERROR") && said.contains("run `godata-bridge install`"),
+        "{said}"
+    );
+    let exists: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(exists, 0, "run never re-creates a missing slot");
+    run.start_kill().unwrap();
+    let _ = run.wait().await;
+    // Uninstall removes the slot, the publication, the origin, the schema.
+    assert_eq!(
+        bridge_cmd(&["install", "--config", example], &env).await.0,
+        Some(0)
+    );
+    let (code, out, err) = bridge_cmd(&["uninstall", "--config", example, "--force"], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("dropped replication slot"), "{out}");
+    let left: (i64, i64, i64, bool) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1),
+                        (SELECT count(*) FROM pg_publication WHERE pubname = 'godata_bridge'),
+                        (SELECT count(*) FROM pg_replication_origin WHERE roname = $1),
+                        to_regnamespace('godata_bridge') IS NULL",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert_eq!(left, (0, 0, 0, true));
 }

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use godata_bridge::capture::install;
-use godata_bridge::config::{CaptureMode, Config, Secret};
-use godata_bridge::deliver::{self, Deliverer};
+use godata_bridge::config::{Config, Secret};
 use godata_bridge::godata::client::Client;
 use godata_bridge::godata::ids::godata_id;
 use godata_bridge::sim::{self, Faults, Sim};
@@ -56,27 +55,7 @@ pub(crate) fn start_bridge(sim: &Sim, config: Config, pg: tokio_postgres::Config
         Duration::from_secs(10),
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let deliverer = Deliverer::new(config.clone(), client);
-    let task = match config.capture.mode {
-        CaptureMode::Trigger => tokio::spawn(deliver::run(deliverer, pg, rx)),
-        CaptureMode::Logical => {
-            let db = godata_bridge::pg_tls::Db::from(pg);
-            let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-            let drained = std::sync::Arc::new(tokio::sync::Notify::new());
-            let consumer = tokio::spawn(godata_bridge::capture::logical::run(
-                config.clone(),
-                db.clone(),
-                wake.clone(),
-                drained.clone(),
-                rx.clone(),
-            ));
-            let delivery = tokio::spawn(deliver::run_signalled(deliverer, db, wake, drained, rx));
-            tokio::spawn(async move {
-                let _ = consumer.await;
-                let _ = delivery.await;
-            })
-        }
-    };
+    let task = crate::support::spawn_delivery(config.clone(), client.into(), pg, rx);
     Bridge { stop, task, config }
 }
 

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use godata_bridge::capture::install;
 use godata_bridge::config::{Config, Secret};
-use godata_bridge::deliver::{self, Deliverer};
+use godata_bridge::deliver::Deliverer;
 use godata_bridge::godata::client::Client;
 use godata_bridge::sim::{self, Sim, SimConfig};
 use godata_bridge::writeback::pull;
 use serde_json::{json, Value};
 
-use crate::support::{fresh_db, ob, start_sim_with, wait_for, Api};
+use crate::support::{
+    both_modes, fresh_db, ob, settled, start_sim_with, wait_for, wal_mark, Api, Mode,
+};
 
 const TRACER: &str = "tracer@godata.example";
 
@@ -41,19 +43,18 @@ struct Setup {
 }
 
 async fn setup(sim: &Sim) -> Setup {
+    setup_in(sim, Mode::Trigger).await
+}
+
+async fn setup_in(sim: &Sim, mode: Mode) -> Setup {
     let db = fresh_db().await;
     let mut c = db.client().await;
     c.batch_execute(include_str!("../../examples/hmis.sql"))
         .await
         .unwrap();
     install::install(&mut c).await.unwrap();
-    install::track(&c, "hmis", "cases", &["case_id".into()])
-        .await
-        .unwrap();
-    install::track(&c, "hmis", "contacts", &["contact_id".into()])
-        .await
-        .unwrap();
-    let config = crate::support::reference_config(&db.url, &sim.url());
+    let mut config = crate::support::reference_config(&db.url, &sim.url());
+    crate::support::install_capture(&c, &db.config, &mut config, mode).await;
     let client = Arc::new(Client::new(
         &sim.url(),
         sim::DEFAULT_USER,
@@ -242,18 +243,18 @@ async fn equal_timestamps_across_page_boundaries_miss_and_repeat_nothing() {
     assert_eq!(n, 8);
 }
 
-#[tokio::test]
-async fn two_way_outcome_change_comes_back_without_echo() {
+async fn two_way_outcome_change_comes_back_without_echo(mode: Mode) {
     let sim = sim_with_tracer().await;
-    let s = setup(&sim).await;
+    let s = setup_in(&sim, mode).await;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut config = s.config.clone();
     config.pull.interval_secs = 1;
-    let bridge = tokio::spawn(deliver::run(
-        Deliverer::new(config.clone(), s.client.clone()),
+    let bridge = crate::support::spawn_delivery(
+        config.clone(),
+        s.client.clone(),
         s.db.config.clone(),
         rx.clone(),
-    ));
+    );
     let puller = tokio::spawn(pull::run(
         config.clone(),
         s.client.clone(),
@@ -329,7 +330,15 @@ async fn two_way_outcome_change_comes_back_without_echo() {
         ("Aminata".into(), "kept by the HMIS".into()),
         "HMIS-owned columns untouched"
     );
-    // Let another pull and drain pass, then count: no echo.
+    // Let the capture pass the write-back (logical: the slot confirmed
+    // past it) and another pull and drain, then count: no echo.
+    let mark = wal_mark(&s.c).await;
+    wait_for(
+        "capture past the write-back",
+        Duration::from_secs(20),
+        || async { settled(&s.c, &mark).await },
+    )
+    .await;
     let pulls_before = sim.requests().iter().filter(|r| r.method == "GET").count();
     wait_for("two more pulls", Duration::from_secs(20), || {
         let n = sim.requests().iter().filter(|r| r.method == "GET").count();
@@ -576,3 +585,5 @@ async fn system_of_record_decides_conflicts_column_by_column() {
             .get(0);
     assert_eq!(outbox, 0);
 }
+
+both_modes!(two_way_outcome_change_comes_back_without_echo);

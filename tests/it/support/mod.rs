@@ -292,3 +292,37 @@ pub async fn settled(c: &tokio_postgres::Client, mark: &str) -> bool {
     .unwrap()
     .get(0)
 }
+
+/// The delivery side of the bridge in the config's capture mode: trigger
+/// mode's LISTEN loop, or the slot consumer waking the deliverer.
+pub fn spawn_delivery(
+    config: godata_bridge::config::Config,
+    client: std::sync::Arc<godata_bridge::godata::client::Client>,
+    pg: tokio_postgres::Config,
+    rx: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    use godata_bridge::deliver;
+    let deliverer = deliver::Deliverer::new(config.clone(), client);
+    match config.capture.mode {
+        godata_bridge::config::CaptureMode::Trigger => {
+            tokio::spawn(deliver::run(deliverer, pg, rx))
+        }
+        godata_bridge::config::CaptureMode::Logical => {
+            let db = godata_bridge::pg_tls::Db::from(pg);
+            let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+            let drained = std::sync::Arc::new(tokio::sync::Notify::new());
+            let consumer = tokio::spawn(godata_bridge::capture::logical::run(
+                config,
+                db.clone(),
+                wake.clone(),
+                drained.clone(),
+                rx.clone(),
+            ));
+            let delivery = tokio::spawn(deliver::run_signalled(deliverer, db, wake, drained, rx));
+            tokio::spawn(async move {
+                let _ = consumer.await;
+                let _ = delivery.await;
+            })
+        }
+    }
+}
