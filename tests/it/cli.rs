@@ -989,10 +989,9 @@ async fn readiness_follows_postgres_going_away_and_back() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn the_bridge_runs_both_flows_as_its_least_privilege_role() {
+async fn the_bridge_runs_both_flows_as_its_least_privilege_role(mode: Mode) {
     let sim = start_sim().await;
-    let (db, c, env) = reference_hmis(&sim).await;
+    let (db, c, env) = reference_hmis_in(&sim, mode).await;
     let role = format!("svc_{}", db.name);
     let (code, out, err) =
         bridge_cmd(&["install", "--config", EXAMPLE, "--role", &role], &env).await;
@@ -1000,14 +999,13 @@ async fn the_bridge_runs_both_flows_as_its_least_privilege_role() {
     assert!(out.contains(&role));
     // The same URL, as the role (trust auth in the test cluster).
     let as_role = db.url.replacen("postgres@", &format!("{role}@"), 1);
-    let env_role = [
-        ("GODATA_BRIDGE_DATABASE_URL", as_role),
-        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
-        (
-            "GODATA_BRIDGE_GODATA_PASSWORD",
-            sim::DEFAULT_PASSWORD.to_string(),
-        ),
-    ];
+    let env_role: Vec<(&str, String)> = env
+        .iter()
+        .map(|(k, v)| match *k {
+            "GODATA_BRIDGE_DATABASE_URL" => (*k, as_role.clone()),
+            _ => (*k, v.clone()),
+        })
+        .collect();
     let _bridge = spawn_run(EXAMPLE, &env_role);
     c.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('LPR-1', 'A', now(), 'suspected')")
         .await
@@ -1074,7 +1072,8 @@ both_modes!(
     install_then_run_delivers_and_stops_on_sigterm,
     kill_9_mid_burst_loses_and_duplicates_nothing,
     dead_letter_retry_after_the_fix_delivers_and_status_tells,
-    backfill_enqueues_existing_rows_in_chunks
+    backfill_enqueues_existing_rows_in_chunks,
+    the_bridge_runs_both_flows_as_its_least_privilege_role
 );
 
 #[tokio::test]
