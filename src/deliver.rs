@@ -1,4 +1,4 @@
-//! Delivery of captured changes to Go.Data (trigger mode).
+//! Delivery of captured changes to Go.Data (both capture modes).
 //!
 //! A drain pass reads due outbox rows in id order, coalesces several changes
 //! of one record to its latest state, maps it, and writes it to Go.Data.
