@@ -380,8 +380,26 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let s = ops::status(&pg)
         .await
         .context("reading godata_bridge state (is it installed?)")?;
+    let slot = if config.capture.mode == CaptureMode::Logical {
+        crate::capture::logical::slot_info(&pg, &config.capture.slot).await?
+    } else {
+        None
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        let mut v = serde_json::to_value(&s)?;
+        if config.capture.mode == CaptureMode::Logical {
+            v["slot"] = match &slot {
+                Some(i) => serde_json::json!({
+                    "name": config.capture.slot,
+                    "active": i.active,
+                    "wal_status": i.wal_status,
+                    "confirmed_flush_lsn": i.confirmed_flush,
+                    "retained_wal_bytes": i.retained_bytes,
+                }),
+                None => serde_json::Value::Null,
+            };
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("outbox depth        {}", s.outbox_depth);
@@ -406,6 +424,22 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             c["id"].as_str().unwrap_or("-")
         ),
         _ => println!("pull cursor         - (nothing pulled yet)"),
+    }
+    if config.capture.mode == CaptureMode::Logical {
+        match slot {
+            Some(i) => println!(
+                "replication slot    {} {}, wal_status {}, confirmed {}, retains {} bytes of WAL",
+                config.capture.slot,
+                if i.active { "streaming" } else { "idle" },
+                i.wal_status.as_deref().unwrap_or("-"),
+                i.confirmed_flush.as_deref().unwrap_or("-"),
+                i.retained_bytes.unwrap_or(0)
+            ),
+            None => println!(
+                "replication slot    {} MISSING: run `godata-bridge install`",
+                config.capture.slot
+            ),
+        }
     }
     Ok(())
 }

@@ -1109,6 +1109,11 @@ async fn logical_check_install_and_uninstall_manage_the_slot() {
     ] {
         assert!(out.contains(line), "{line} in {out}");
     }
+    let (code, out, _) = bridge_cmd(&["status", "--config", example, "--json"], &env).await;
+    assert_eq!(code, Some(0));
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["slot"]["name"], slot.as_str());
+    assert_eq!(status["slot"]["wal_status"], "reserved");
     // A table whose replica identity cannot carry the key.
     c.batch_execute("ALTER TABLE hmis.contacts REPLICA IDENTITY NOTHING")
         .await
