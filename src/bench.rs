@@ -105,7 +105,54 @@ async fn connect(cluster: &Cluster, db: &str) -> anyhow::Result<tokio_postgres::
 }
 
 async fn fresh_hmis(cluster: &Cluster, name: &str, with_capture: bool) -> anyhow::Result<()> {
+    let mode = if with_capture {
+        Mode::Trigger
+    } else {
+        Mode::None
+    };
+    fresh_hmis_in(cluster, name, mode).await
+}
+
+/// How the bench HMIS captures changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    None,
+    Trigger,
+    /// Publication and a slot named [`BENCH_SLOT`]; read by a bridge
+    /// started with [`LOGICAL_ENV`].
+    Logical,
+}
+
+const BENCH_SLOT: &str = "bench_slot";
+const LOGICAL_ENV: &[(&str, &str)] = &[
+    ("GODATA_BRIDGE_CAPTURE", "logical"),
+    ("GODATA_BRIDGE_SLOT", BENCH_SLOT),
+];
+
+async fn fresh_hmis_in(cluster: &Cluster, name: &str, mode: Mode) -> anyhow::Result<()> {
     let admin = connect(cluster, "postgres").await?;
+    // A database with a slot cannot be dropped: the slot goes first (its
+    // reader was stopped by the previous scenario step).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE database = $1 AND active",
+                &[&name],
+            )
+            .await?
+            .get(0);
+        if left == 0 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1",
+            &[&name],
+        )
+        .await?;
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
         .await?;
@@ -115,9 +162,24 @@ async fn fresh_hmis(cluster: &Cluster, name: &str, with_capture: bool) -> anyhow
     let mut c = connect(cluster, name).await?;
     c.batch_execute(include_str!("../examples/hmis.sql"))
         .await?;
-    if with_capture {
-        capture::install(&mut c).await?;
-        capture::track(&c, "hmis", "cases", &["case_id".to_string()]).await?;
+    match mode {
+        Mode::None => {}
+        Mode::Trigger => {
+            capture::install(&mut c).await?;
+            capture::track(&c, "hmis", "cases", &["case_id".to_string()]).await?;
+            capture::track(&c, "hmis", "contacts", &["contact_id".to_string()]).await?;
+        }
+        Mode::Logical => {
+            capture::install(&mut c).await?;
+            capture::track_keys(&c, "hmis", "cases", &["case_id".to_string()]).await?;
+            capture::track_keys(&c, "hmis", "contacts", &["contact_id".to_string()]).await?;
+            let capture = crate::config::Capture {
+                slot: BENCH_SLOT.into(),
+                ..crate::config::Capture::default()
+            };
+            let db = crate::pg_tls::Db::from(cluster.config(name));
+            crate::capture::logical::install(&db, &c, &capture).await?;
+        }
     }
     Ok(())
 }
@@ -246,15 +308,90 @@ async fn capture_overhead(quick: bool) -> anyhow::Result<Vec<Row>> {
         base,
         with <= 2.0 * base,
     ));
-    out.push(row(
-        s,
-        "logical mode",
-        None,
-        "",
-        "not available yet (issue 5)",
-    ));
+    // Logical mode: no trigger; the cost is the walsender decoding the WAL
+    // (and the bridge reading it) on the same cores, so the bridge runs
+    // against the emulator while the writers write.
+    let (_sim, sim_url) = spawn_sim(&[]).await?;
+    let dir = tempfile::tempdir()?;
+    let url = cluster.url("bench_logical");
+    let baselines: Vec<f64> = out
+        .iter()
+        .filter(|r| r.target == "baseline")
+        .filter_map(|r| r.value)
+        .collect();
+    // Two setups: the bridge streaming with Go.Data unreachable (a closed
+    // port: the capture cost alone — walsender decoding plus the bridge's
+    // outbox writes), and the whole pipeline delivering to the emulator on
+    // the same 2 cores.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}", l.local_addr()?)
+    };
+    for (godata, what) in [
+        (closed.as_str(), "capture only (Go.Data unreachable)"),
+        (sim_url.as_str(), "delivering to the emulator"),
+    ] {
+        for (i, clients) in [4usize, 16].into_iter().enumerate() {
+            fresh_hmis_in(&cluster, "bench_logical", Mode::Logical).await?;
+            let bridge = spawn_bridge_with(dir.path(), &url, godata, LOGICAL_ENV).await?;
+            wait_streaming(&cluster).await?;
+            let tps = insert_tps(&cluster, "bench_logical", clients, secs).await?;
+            drop(bridge);
+            let base = baselines[i];
+            out.push(against(
+                row(
+                    s,
+                    &format!("1-row tx/s, {clients} writers, logical, {what}"),
+                    Some(tps),
+                    "tx/s",
+                    ">= 90% of baseline",
+                ),
+                base,
+                tps >= 0.9 * base,
+            ));
+        }
+        fresh_hmis_in(&cluster, "bench_logical", Mode::Logical).await?;
+        let bridge = spawn_bridge_with(dir.path(), &url, godata, LOGICAL_ENV).await?;
+        wait_streaming(&cluster).await?;
+        let with = bulk_secs(&cluster, "bench_logical").await?;
+        drop(bridge);
+        out.push(against(
+            row(
+                s,
+                &format!("100k-row INSERT, logical, {what}"),
+                Some(with),
+                "s",
+                "<= 2x baseline",
+            ),
+            baselines[2],
+            with <= 2.0 * baselines[2],
+        ));
+    }
+    fresh_hmis_in(&cluster, "bench_logical", Mode::None).await?;
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     Ok(out)
+}
+
+/// Waits until the bench slot has a reader.
+async fn wait_streaming(cluster: &Cluster) -> anyhow::Result<()> {
+    let c = connect(cluster, "postgres").await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let active: bool = c
+            .query_one(
+                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&BENCH_SLOT],
+            )
+            .await?
+            .get(0);
+        if active {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the bridge did not start streaming from {BENCH_SLOT}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Write-back of pages of Go.Data cases into `hmis.tbl_cases`: the staged
@@ -418,16 +555,25 @@ impl Drop for Child {
 /// with the emulator and the bridge as separate processes (as in
 /// production). "Stored" is the emulator's `createdAt` (ms, same clock).
 async fn latency(quick: bool) -> anyhow::Result<Vec<Row>> {
+    let mut out = latency_in(quick, Mode::Trigger).await?;
+    out.extend(latency_in(quick, Mode::Logical).await?);
+    Ok(out)
+}
+
+async fn latency_in(quick: bool, mode: Mode) -> anyhow::Result<Vec<Row>> {
     let secs = if quick { 3 } else { 20 };
     let rate = 200u32;
     let cluster = durable_cluster().await?;
-    fresh_hmis(&cluster, "bench_lat", true).await?;
+    fresh_hmis_in(&cluster, "bench_lat", mode).await?;
     let c = connect(&cluster, "bench_lat").await?;
-    c.batch_execute("SELECT godata_bridge.track('hmis.contacts')")
-        .await?;
     let (_sim, sim_url) = spawn_sim(&[]).await?;
     let dir = tempfile::tempdir()?;
-    let _bridge = spawn_bridge(dir.path(), &cluster.url("bench_lat"), &sim_url).await?;
+    let env = if mode == Mode::Logical {
+        LOGICAL_ENV
+    } else {
+        &[]
+    };
+    let _bridge = spawn_bridge_with(dir.path(), &cluster.url("bench_lat"), &sim_url, env).await?;
     let insert = c
         .prepare(
             "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, birth_date, age_years, phone, address_line, city,
@@ -488,7 +634,12 @@ async fn latency(quick: bool) -> anyhow::Result<Vec<Row>> {
     let s = "latency";
     let figure = |name: &str| {
         format!(
-            "{name}, trigger mode, {rate} changes/s for {secs} s ({} changes)",
+            "{name}, {} mode, {rate} changes/s for {secs} s ({} changes)",
+            if mode == Mode::Logical {
+                "logical"
+            } else {
+                "trigger"
+            },
             ms.len()
         )
     };
@@ -501,13 +652,6 @@ async fn latency(quick: bool) -> anyhow::Result<Vec<Row>> {
     r.met = Some(pct(0.99) <= 100.0);
     out.push(r);
     out.push(row(s, &figure("max"), ms.last().copied(), "ms", "-"));
-    out.push(row(
-        s,
-        "logical mode",
-        None,
-        "",
-        "not available yet (issue 5)",
-    ));
     drop(c);
     tokio::task::spawn_blocking(move || drop(cluster)).await?;
     Ok(out)
@@ -539,6 +683,15 @@ async fn spawn_sim(extra: &[&str]) -> anyhow::Result<(Child, String)> {
 
 /// Starts the bridge (`run` with the reference config) as its own process.
 async fn spawn_bridge(dir: &std::path::Path, db_url: &str, sim_url: &str) -> anyhow::Result<Child> {
+    spawn_bridge_with(dir, db_url, sim_url, &[]).await
+}
+
+async fn spawn_bridge_with(
+    dir: &std::path::Path,
+    db_url: &str,
+    sim_url: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Child> {
     let cfg_path = dir.join("bridge.toml");
     std::fs::write(&cfg_path, include_str!("../examples/bridge.toml"))?;
     let child = tokio::process::Command::new(std::env::current_exe()?)
@@ -551,6 +704,7 @@ async fn spawn_bridge(dir: &std::path::Path, db_url: &str, sim_url: &str) -> any
             "GODATA_BRIDGE_GODATA_PASSWORD",
             crate::sim::DEFAULT_PASSWORD,
         )
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -749,15 +903,25 @@ async fn backlog(quick: bool) -> anyhow::Result<Vec<Row>> {
     Ok(out)
 }
 
-/// Waits until the outbox is empty (every change acknowledged).
+/// Waits until every change committed so far is acknowledged: the outbox
+/// is empty and (logical mode) the slot confirmed the current WAL position.
 async fn wait_drained(c: &tokio_postgres::Client, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
+    let mark: String = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
     loop {
-        let left: i64 = c
-            .query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
-            .await?
-            .get(0);
-        if left == 0 {
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM godata_bridge.outbox),
+                        coalesce((SELECT bool_and(confirmed_flush_lsn >= $1::text::pg_lsn)
+                                    FROM pg_replication_slots WHERE database = current_database()), true)",
+                &[&mark],
+            )
+            .await?;
+        let left: i64 = r.get(0);
+        if left == 0 && r.get::<_, bool>(1) {
             return Ok(());
         }
         if Instant::now() > deadline {

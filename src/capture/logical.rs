@@ -506,6 +506,11 @@ async fn stream(
         let _ = conn.await;
     });
     let _guard = AbortOnDrop(conn_task);
+    // The slot, not this write, is what makes a change durable: the slot
+    // is confirmed only after delivery, whose settle commits durably (and
+    // WAL is flushed in order), and a crash before that replays the change
+    // from the slot. So the outbox writes skip the fsync wait.
+    pg.batch_execute("SET synchronous_commit = off").await?;
     let info = slot_info(&pg, slot)
         .await?
         .ok_or_else(|| LogicalError::SlotMissing(slot.clone()))?;
