@@ -433,7 +433,17 @@ pub fn compile_js_regex(p: &str, options: &str) -> Result<Regex, ApiError> {
 /// Parses the date forms a Go.Data client sends (ISO 8601 with or without an
 /// offset, or a bare date); bare times are in the server timezone (UTC).
 pub fn parse_date(s: &str) -> Option<DateTime<Utc>> {
-    if s.len() < 10 || !s.as_bytes()[0].is_ascii_digit() {
+    // Every accepted form starts with `YYYY-MM-DD`: anything else (ids,
+    // names, codes) is refused before the format parsers run, which
+    // matters because every string comparison of a filter tries a date.
+    let b = s.as_bytes();
+    let date_like = b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-'
+        && b[8..10].iter().all(u8::is_ascii_digit);
+    if !date_like {
         return None;
     }
     if let Ok(d) = DateTime::parse_from_rfc3339(s) {
