@@ -348,7 +348,23 @@ impl Deliverer {
         godata_id(self.config.godata.id_namespace, table, key)
     }
 
+    /// Delivers a lane's records in order; what Go.Data acknowledged is
+    /// settled in one statement when the lane ends (also when it stops
+    /// early), so a crash in between only re-sends acknowledged records,
+    /// which the deterministic ids make harmless.
     async fn run_lane(&self, pg: &PgClient, lane: Vec<Pending>) -> Result<Drained, DeliverError> {
+        let mut acked = vec![];
+        let result = self.run_lane_inner(pg, lane, &mut acked).await;
+        settle_acked(pg, &acked).await?;
+        result
+    }
+
+    async fn run_lane_inner(
+        &self,
+        pg: &PgClient,
+        lane: Vec<Pending>,
+        settled: &mut Vec<(Pending, Acked)>,
+    ) -> Result<Drained, DeliverError> {
         let mut out = Drained::default();
         for p in lane {
             let resource = match self.resource_of(&p.table) {
@@ -358,7 +374,8 @@ impl Deliverer {
             match self.deliver_one(&p).await {
                 Ok(acked) => {
                     let op = if p.op == "D" { "delete" } else { "upsert" };
-                    settle_acked(pg, &p, acked).await?;
+                    let captured = p.captured;
+                    settled.push((p, acked));
                     out.delivered += 1;
                     metrics::inc(
                         metrics::CHANGES_DELIVERED,
@@ -366,7 +383,7 @@ impl Deliverer {
                         1.0,
                     );
                     let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-                    metrics::observe(metrics::DELIVERY_LATENCY, &[], (now - p.captured).max(0.0));
+                    metrics::observe(metrics::DELIVERY_LATENCY, &[], (now - captured).max(0.0));
                 }
                 Err(Failure::Permanent {
                     status,
@@ -537,53 +554,73 @@ impl Deliverer {
     }
 }
 
-/// Removes the acknowledged changes and records what Go.Data holds, in one
-/// transaction.
+/// Removes acknowledged changes from the outbox and records what Go.Data
+/// holds (link, content hash), for a whole lane in one statement (one
+/// transaction).
 async fn settle_acked(
     pg: &PgClient,
-    p: &Pending,
-    acked: Acked,
+    acked: &[(Pending, Acked)],
 ) -> Result<(), tokio_postgres::Error> {
-    let delete_outbox =
-        "DELETE FROM godata_bridge.outbox WHERE table_name = $1 AND row_key = $2 AND id <= $3";
-    match acked {
-        Acked::Unchanged => {
-            pg.execute(delete_outbox, &[&p.table, &p.key, &p.max_id])
-                .await?;
-        }
-        Acked::Deleted => {
-            pg.execute(
-                &format!(
-                    "WITH gone AS ({delete_outbox}) DELETE FROM godata_bridge.link WHERE table_name = $1 AND row_key = $2"
-                ),
-                &[&p.table, &p.key, &p.max_id],
-            )
-            .await?;
-        }
-        Acked::Upserted {
-            id,
-            hash,
-            resource,
-            updated_at,
-        } => {
-            let resource = match resource {
-                Resource::Case => "case",
-                Resource::Contact => "contact",
-            };
-            pg.execute(
-                &format!(
-                    "WITH gone AS ({delete_outbox})
-                     INSERT INTO godata_bridge.link (table_name, row_key, resource, godata_id, content_hash, godata_updated_at, pushed_at)
-                     VALUES ($1, $2, $4, $5, $6, $7::text::timestamptz, now())
-                     ON CONFLICT (table_name, row_key) DO UPDATE
-                        SET godata_id = EXCLUDED.godata_id, content_hash = EXCLUDED.content_hash,
-                            godata_updated_at = EXCLUDED.godata_updated_at, pushed_at = EXCLUDED.pushed_at"
-                ),
-                &[&p.table, &p.key, &p.max_id, &resource, &id, &hash, &updated_at],
-            )
-            .await?;
-        }
+    if acked.is_empty() {
+        return Ok(());
     }
+    let n = acked.len();
+    let (mut tables, mut keys, mut ids, mut kinds) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    let (mut resources, mut gids, mut hashes, mut updated) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (p, a) in acked {
+        tables.push(p.table.as_str());
+        keys.push(&p.key);
+        ids.push(p.max_id);
+        let (kind, res, gid, hash, upd) = match a {
+            Acked::Unchanged => ("x", None, None, None, None),
+            Acked::Deleted => ("d", None, None, None, None),
+            Acked::Upserted {
+                id,
+                hash,
+                resource,
+                updated_at,
+            } => (
+                "u",
+                Some(match resource {
+                    Resource::Case => "case",
+                    Resource::Contact => "contact",
+                }),
+                Some(*id),
+                Some(hash.as_str()),
+                updated_at.as_deref(),
+            ),
+        };
+        kinds.push(kind);
+        resources.push(res);
+        gids.push(gid);
+        hashes.push(hash);
+        updated.push(upd);
+    }
+    pg.execute(
+        "WITH s AS (SELECT * FROM unnest($1::text[], $2::jsonb[], $3::bigint[], $4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[])
+                      AS s(t, k, m, kind, res, gid, hash, upd)),
+              gone AS (DELETE FROM godata_bridge.outbox o USING s
+                        WHERE o.table_name = s.t AND o.row_key = s.k AND o.id <= s.m),
+              unlinked AS (DELETE FROM godata_bridge.link l USING s
+                            WHERE s.kind = 'd' AND l.table_name = s.t AND l.row_key = s.k)
+         INSERT INTO godata_bridge.link (table_name, row_key, resource, godata_id, content_hash, godata_updated_at, pushed_at)
+         SELECT t, k, res, gid, hash, upd::timestamptz, now() FROM s WHERE kind = 'u'
+         ON CONFLICT (table_name, row_key) DO UPDATE
+            SET godata_id = EXCLUDED.godata_id, content_hash = EXCLUDED.content_hash,
+                godata_updated_at = EXCLUDED.godata_updated_at, pushed_at = EXCLUDED.pushed_at",
+        &[&tables, &keys, &ids, &kinds, &resources, &gids, &hashes, &updated],
+    )
+    .await?;
     Ok(())
 }
 
