@@ -752,16 +752,43 @@ async fn throughput(quick: bool) -> anyhow::Result<Vec<Row>> {
          DELETE FROM hmis.cases WHERE case_id IN (SELECT 'TP-' || g FROM generate_series({cases} - {deletes} + 1, {cases}) g);"
     ))
     .await?;
-    let changes: i64 = c
-        .query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
-        .await?
-        .get(0);
+    let counts = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT (table_name, row_key)) FROM godata_bridge.outbox",
+            &[],
+        )
+        .await?;
+    let (changes, records): (i64, i64) = (counts.get(0), counts.get(1));
     let (_sim, sim_url) = spawn_sim(&[]).await?;
     let dir = tempfile::tempdir()?;
     let started = Instant::now();
     let _bridge = spawn_bridge(dir.path(), &cluster.url("bench_tp"), &sim_url).await?;
     wait_drained(&c, Duration::from_secs(600)).await?;
-    let ours = changes as f64 / started.elapsed().as_secs_f64();
+    let secs = started.elapsed().as_secs_f64();
+    let ours = changes as f64 / secs;
+    // The figure counts only if Go.Data ended up right.
+    let state: serde_json::Value = reqwest::get(format!("{sim_url}/__sim/state"))
+        .await?
+        .json()
+        .await?;
+    let live = |what: &str| {
+        state[what]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|x| x["deleted"] != true).count())
+    };
+    let want = (
+        usize::try_from(cases - deletes)?,
+        usize::try_from(contacts)?,
+    );
+    if (live("cases"), live("contacts")) != want {
+        anyhow::bail!(
+            "throughput: Go.Data holds {} live cases and {} contacts, expected {} and {}",
+            live("cases"),
+            live("contacts"),
+            want.0,
+            want.1
+        );
+    }
 
     // The baseline: the final cases, upserted one by one by lookup.
     let rows = c
@@ -823,6 +850,13 @@ async fn throughput(quick: bool) -> anyhow::Result<Vec<Row>> {
     let baseline = rows.len() as f64 / started.elapsed().as_secs_f64();
     let s = "throughput";
     let mut out = vec![];
+    out.push(row(
+        s,
+        &format!("{records} distinct records after coalescing, settled"),
+        Some(records as f64 / secs),
+        "rec/s",
+        "-",
+    ));
     out.push(against(
         row(
             s,
