@@ -92,7 +92,7 @@ enum Command {
         /// The Go.Data case id.
         case_id: String,
     },
-    /// Measure: capture overhead and write-back so far (see docs/benchmarks.md).
+    /// Measure latency, throughput, capture overhead, write-back and backlog (see docs/benchmarks.md).
     Bench {
         /// One scenario, or all.
         #[arg(long, default_value = "all")]
