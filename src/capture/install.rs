@@ -31,13 +31,7 @@ pub async fn track(
     table: &str,
     key_columns: &[String],
 ) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "SELECT godata_bridge.track(format('%I.%I', $1::text, $2::text)::regclass, $3::text[])",
-            &[&schema, &table, &key_columns],
-        )
-        .await
-        .map(|_| ())
+    record(client, "track", schema, table, key_columns).await
 }
 
 /// Records `schema.table` as tracked, without triggers (logical capture).
@@ -47,9 +41,23 @@ pub async fn track_keys(
     table: &str,
     key_columns: &[String],
 ) -> Result<(), tokio_postgres::Error> {
+    record(client, "track_keys", schema, table, key_columns).await
+}
+
+/// `godata_bridge.<function>(schema.table, key_columns)`; `function` is
+/// one of our two names, never input.
+async fn record(
+    client: &impl GenericClient,
+    function: &'static str,
+    schema: &str,
+    table: &str,
+    key_columns: &[String],
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "SELECT godata_bridge.track_keys(format('%I.%I', $1::text, $2::text)::regclass, $3::text[])",
+            &format!(
+                "SELECT godata_bridge.{function}(format('%I.%I', $1::text, $2::text)::regclass, $3::text[])"
+            ),
             &[&schema, &table, &key_columns],
         )
         .await

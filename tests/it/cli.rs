@@ -143,6 +143,20 @@ fn spawn_run(example: &str, env: &[(&str, String)]) -> tokio::process::Child {
 
 /// `godata-bridge run` with its HTTP endpoint on `listen`.
 fn spawn_run_at(example: &str, env: &[(&str, String)], listen: &str) -> tokio::process::Child {
+    let stderr = if std::env::var_os("TEST_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    spawn_run_with(example, env, listen, stderr)
+}
+
+fn spawn_run_with(
+    example: &str,
+    env: &[(&str, String)],
+    listen: &str,
+    stderr: Stdio,
+) -> tokio::process::Child {
     Command::new(BIN)
         .args([
             "run",
@@ -155,11 +169,7 @@ fn spawn_run_at(example: &str, env: &[(&str, String)], listen: &str) -> tokio::p
         ])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .unwrap()
@@ -1137,22 +1147,7 @@ async fn logical_check_install_and_uninstall_manage_the_slot() {
         out.contains("FAIL replication slot") && out.contains("run `godata-bridge install`"),
         "{out}"
     );
-    let mut run = Command::new(BIN)
-        .args([
-            "run",
-            "--config",
-            example,
-            "--log-format",
-            "json",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut run = spawn_run_with(example, &env, "127.0.0.1:0", Stdio::piped());
     let mut lines =
         tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(run.stderr.take().unwrap()));
     let said = tokio::time::timeout(Duration::from_secs(30), async {
