@@ -803,10 +803,9 @@ async fn metrics_health_and_readiness() {
     );
 }
 
-#[tokio::test]
-async fn a_standby_takes_over_when_the_leader_is_killed() {
+async fn a_standby_takes_over_when_the_leader_is_killed(mode: Mode) {
     let sim = start_sim().await;
-    let (_db, c, env) = reference_hmis(&sim).await;
+    let (_db, c, env) = reference_hmis_in(&sim, mode).await;
     assert_eq!(
         bridge_cmd(&["install", "--config", EXAMPLE], &env).await.0,
         Some(0)
@@ -873,21 +872,15 @@ async fn a_standby_takes_over_when_the_leader_is_killed() {
     bridges[leader].0.start_kill().unwrap();
     bridges[leader].0.wait().await.unwrap();
     writer.await.unwrap();
+    let mark = wal_mark(&c).await;
     let standby_url = bridges[standby].1.clone();
     wait_for("the standby took over", Duration::from_secs(30), || {
         let u = standby_url.clone();
         async move { role(u).await.as_deref() == Some("leader") }
     })
     .await;
-    wait_for("everything delivered", Duration::from_secs(120), || {
-        let c = &c;
-        async move {
-            c.query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 0
-        }
+    wait_for("everything delivered", Duration::from_secs(120), || async {
+        settled(&c, &mark).await
     })
     .await;
     assert_eq!(
@@ -1083,7 +1076,8 @@ both_modes!(
     kill_9_mid_burst_loses_and_duplicates_nothing,
     dead_letter_retry_after_the_fix_delivers_and_status_tells,
     backfill_enqueues_existing_rows_in_chunks,
-    the_bridge_runs_both_flows_as_its_least_privilege_role
+    the_bridge_runs_both_flows_as_its_least_privilege_role,
+    a_standby_takes_over_when_the_leader_is_killed
 );
 
 #[tokio::test]
