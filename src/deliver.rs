@@ -352,10 +352,15 @@ impl Deliverer {
     /// settled in one statement when the lane ends (also when it stops
     /// early), so a crash in between only re-sends acknowledged records,
     /// which the deterministic ids make harmless.
+    /// Transient failures are likewise recorded (attempts, next attempt,
+    /// error) in one statement per lane.
     async fn run_lane(&self, pg: &PgClient, lane: Vec<Pending>) -> Result<Drained, DeliverError> {
-        let mut acked = vec![];
-        let result = self.run_lane_inner(pg, lane, &mut acked).await;
+        let (mut acked, mut deferred) = (vec![], vec![]);
+        let result = self
+            .run_lane_inner(pg, lane, &mut acked, &mut deferred)
+            .await;
         settle_acked(pg, &acked).await?;
+        defer(pg, &deferred).await?;
         result
     }
 
@@ -364,6 +369,7 @@ impl Deliverer {
         pg: &PgClient,
         lane: Vec<Pending>,
         settled: &mut Vec<(Pending, Acked)>,
+        deferred: &mut Vec<(Pending, f64, String)>,
     ) -> Result<Drained, DeliverError> {
         let mut out = Drained::default();
         for p in lane {
@@ -412,13 +418,7 @@ impl Deliverer {
                 Err(Failure::Transient(e)) => {
                     let delay = backoff(p.attempts, self.config.delivery.max_backoff_secs);
                     tracing::warn!(table = %p.table, outbox_id = p.max_id, attempt = p.attempts + 1, error = %e, "delivery deferred");
-                    pg.execute(
-                        "UPDATE godata_bridge.outbox
-                            SET attempts = attempts + 1, next_attempt_at = now() + $4::float8 * interval '1 second', last_error = $5
-                          WHERE table_name = $1 AND row_key = $2 AND id <= $3",
-                        &[&p.table, &p.key, &p.max_id, &delay.as_secs_f64(), &e.to_string()],
-                    )
-                    .await?;
+                    deferred.push((p, delay.as_secs_f64(), e.to_string()));
                     out.deferred += 1;
                     metrics::inc(
                         metrics::CHANGES_DEFERRED,
@@ -619,6 +619,31 @@ async fn settle_acked(
             SET godata_id = EXCLUDED.godata_id, content_hash = EXCLUDED.content_hash,
                 godata_updated_at = EXCLUDED.godata_updated_at, pushed_at = EXCLUDED.pushed_at",
         &[&tables, &keys, &ids, &kinds, &resources, &gids, &hashes, &updated],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records transient failures: one more attempt, the next attempt after
+/// its backoff (seconds), the error (status and code, never row values).
+async fn defer(
+    pg: &PgClient,
+    deferred: &[(Pending, f64, String)],
+) -> Result<(), tokio_postgres::Error> {
+    if deferred.is_empty() {
+        return Ok(());
+    }
+    let tables: Vec<&str> = deferred.iter().map(|(p, ..)| p.table.as_str()).collect();
+    let keys: Vec<&Value> = deferred.iter().map(|(p, ..)| &p.key).collect();
+    let ids: Vec<i64> = deferred.iter().map(|(p, ..)| p.max_id).collect();
+    let delays: Vec<f64> = deferred.iter().map(|(_, d, _)| *d).collect();
+    let errors: Vec<&str> = deferred.iter().map(|(.., e)| e.as_str()).collect();
+    pg.execute(
+        "UPDATE godata_bridge.outbox o
+            SET attempts = o.attempts + 1, next_attempt_at = now() + d.secs * interval '1 second', last_error = d.err
+           FROM unnest($1::text[], $2::jsonb[], $3::bigint[], $4::float8[], $5::text[]) AS d(t, k, m, secs, err)
+          WHERE o.table_name = d.t AND o.row_key = d.k AND o.id <= d.m",
+        &[&tables, &keys, &ids, &delays, &errors],
     )
     .await?;
     Ok(())
