@@ -541,6 +541,14 @@ async fn stream(
     {
         tracked.insert(r.get::<_, String>(0), r.get::<_, Vec<String>>(1));
     }
+    let unpublished = unpublished_tables(&pg, &config.capture.publication).await?;
+    if !unpublished.is_empty() {
+        tracing::error!(
+            tables = %unpublished.join(", "),
+            publication = %config.capture.publication,
+            "tracked tables are not in the publication: their changes are not captured; run `godata-bridge install`"
+        );
+    }
     let mut repl = ReplConn::connect(db).await?;
     repl.start_logical(slot, &config.capture.publication)
         .await?;
@@ -736,10 +744,23 @@ pub async fn check(
             keep
         },
     ));
+    let unpublished: Vec<String> = if r.get::<_, i32>(4) == 1 {
+        unpublished_tables(pg, &capture.publication).await?
+    } else {
+        vec![]
+    };
     out.push((
-        r.get::<_, i32>(4) == 1,
+        r.get::<_, i32>(4) == 1 && unpublished.is_empty(),
         "publication".into(),
-        capture.publication.clone(),
+        if unpublished.is_empty() {
+            capture.publication.clone()
+        } else {
+            format!(
+                "{} lacks {}; run `godata-bridge install` again",
+                capture.publication,
+                unpublished.join(", ")
+            )
+        },
     ));
     let problems = identity_problems(pg).await?;
     out.push((
@@ -782,4 +803,22 @@ pub async fn check(
         }
     }
     Ok(out)
+}
+
+/// Tracked tables that the publication does not carry.
+async fn unpublished_tables(
+    pg: &tokio_postgres::Client,
+    publication: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(pg
+        .query_one(
+            "SELECT coalesce(array_agg(t.table_name ORDER BY t.table_name), '{}')
+               FROM godata_bridge.tracked t
+              WHERE NOT EXISTS (SELECT 1 FROM pg_publication_tables p
+                                 WHERE p.pubname = $1
+                                   AND format('%I.%I', p.schemaname, p.tablename) = t.table_name)",
+            &[&publication],
+        )
+        .await?
+        .get(0))
 }

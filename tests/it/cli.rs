@@ -1118,6 +1118,19 @@ async fn logical_check_install_and_uninstall_manage_the_slot() {
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(status["slot"]["name"], slot.as_str());
     assert_eq!(status["slot"]["wal_status"], "reserved");
+    // A tracked table missing from the publication (changed by hand).
+    c.batch_execute("ALTER PUBLICATION godata_bridge DROP TABLE hmis.contacts")
+        .await
+        .unwrap();
+    let (code, out, _) = bridge_cmd(&["check", "--config", example], &env).await;
+    assert_ne!(code, Some(0));
+    assert!(
+        out.contains("FAIL publication") && out.contains("hmis.contacts"),
+        "{out}"
+    );
+    c.batch_execute("ALTER PUBLICATION godata_bridge ADD TABLE hmis.contacts")
+        .await
+        .unwrap();
     // A table whose replica identity cannot carry the key.
     c.batch_execute("ALTER TABLE hmis.contacts REPLICA IDENTITY NOTHING")
         .await
