@@ -44,7 +44,10 @@ CREATE TABLE IF NOT EXISTS godata_bridge.outbox (
     next_attempt_at timestamptz,
     last_error   text                           -- status and Go.Data code, never row values
 );
-CREATE INDEX IF NOT EXISTS outbox_row_idx ON godata_bridge.outbox (table_name, row_key, id);
+-- No index on (table_name, row_key): every index entry is paid by the
+-- HMIS's own writes (a 100k-row insert took 1.06 s with one, 0.52 s
+-- without; 0.28 s uncaptured). The bridge settles rows by id.
+DROP INDEX IF EXISTS godata_bridge.outbox_row_idx;
 
 CREATE TABLE IF NOT EXISTS godata_bridge.dead_letter (
     id           bigint PRIMARY KEY,            -- the outbox id it had

@@ -68,6 +68,10 @@ struct Pending {
     table: String,
     key: Value,
     max_id: i64,
+    /// Every outbox id of this record read in the batch: what settling
+    /// removes (by primary key; the outbox has no key index, so the HMIS's
+    /// writes pay for one index only).
+    ids: Vec<i64>,
     op: String,
     /// The row's current state (upserts only), read at delivery time.
     image: Option<Value>,
@@ -253,6 +257,7 @@ impl Deliverer {
                     table,
                     key,
                     max_id: id,
+                    ids: vec![],
                     op: String::new(),
                     image: None,
                     attempts: 0,
@@ -260,6 +265,7 @@ impl Deliverer {
                     linked,
                 });
             p.max_id = id;
+            p.ids.push(id);
             p.op = r.get(2);
             p.attempts = p.attempts.max(r.get(4));
             p.captured = p.captured.min(r.get(7));
@@ -399,13 +405,13 @@ impl Deliverer {
                     tracing::warn!(table = %p.table, outbox_id = p.max_id, status, code = code.as_deref(), "change dead-lettered");
                     pg.execute(
                         "WITH moved AS (
-                            DELETE FROM godata_bridge.outbox WHERE table_name = $1 AND row_key = $2 AND id <= $3
+                            DELETE FROM godata_bridge.outbox WHERE id = ANY($1)
                             RETURNING *)
                          INSERT INTO godata_bridge.dead_letter
                                (id, table_name, op, row_key, txid, captured_at, attempts, http_status, godata_code, reason)
-                         SELECT id, table_name, op, row_key, txid, captured_at, attempts + 1, $4, $5, $6 FROM moved
+                         SELECT id, table_name, op, row_key, txid, captured_at, attempts + 1, $2, $3, $4 FROM moved
                          ON CONFLICT (id) DO NOTHING",
-                        &[&p.table, &p.key, &p.max_id, &status.map(i32::from), &code, &reason],
+                        &[&p.ids, &status.map(i32::from), &code, &reason],
                     )
                     .await?;
                     out.dead_lettered += 1;
@@ -565,8 +571,7 @@ async fn settle_acked(
         return Ok(());
     }
     let n = acked.len();
-    let (mut tables, mut keys, mut ids, mut kinds) = (
-        Vec::with_capacity(n),
+    let (mut tables, mut keys, mut kinds) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -577,10 +582,13 @@ async fn settle_acked(
         Vec::with_capacity(n),
         Vec::with_capacity(n),
     );
+    let gone: Vec<i64> = acked
+        .iter()
+        .flat_map(|(p, _)| p.ids.iter().copied())
+        .collect();
     for (p, a) in acked {
         tables.push(p.table.as_str());
         keys.push(&p.key);
-        ids.push(p.max_id);
         let (kind, res, gid, hash, upd) = match a {
             Acked::Unchanged => ("x", None, None, None, None),
             Acked::Deleted => ("d", None, None, None, None),
@@ -607,10 +615,9 @@ async fn settle_acked(
         updated.push(upd);
     }
     pg.execute(
-        "WITH s AS (SELECT * FROM unnest($1::text[], $2::jsonb[], $3::bigint[], $4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[])
-                      AS s(t, k, m, kind, res, gid, hash, upd)),
-              gone AS (DELETE FROM godata_bridge.outbox o USING s
-                        WHERE o.table_name = s.t AND o.row_key = s.k AND o.id <= s.m),
+        "WITH s AS (SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[])
+                      AS s(t, k, kind, res, gid, hash, upd)),
+              gone AS (DELETE FROM godata_bridge.outbox WHERE id = ANY($8)),
               unlinked AS (DELETE FROM godata_bridge.link l USING s
                             WHERE s.kind = 'd' AND l.table_name = s.t AND l.row_key = s.k)
          INSERT INTO godata_bridge.link (table_name, row_key, resource, godata_id, content_hash, godata_updated_at, pushed_at)
@@ -618,7 +625,7 @@ async fn settle_acked(
          ON CONFLICT (table_name, row_key) DO UPDATE
             SET godata_id = EXCLUDED.godata_id, content_hash = EXCLUDED.content_hash,
                 godata_updated_at = EXCLUDED.godata_updated_at, pushed_at = EXCLUDED.pushed_at",
-        &[&tables, &keys, &ids, &kinds, &resources, &gids, &hashes, &updated],
+        &[&tables, &keys, &kinds, &resources, &gids, &hashes, &updated, &gone],
     )
     .await?;
     Ok(())
@@ -633,17 +640,20 @@ async fn defer(
     if deferred.is_empty() {
         return Ok(());
     }
-    let tables: Vec<&str> = deferred.iter().map(|(p, ..)| p.table.as_str()).collect();
-    let keys: Vec<&Value> = deferred.iter().map(|(p, ..)| &p.key).collect();
-    let ids: Vec<i64> = deferred.iter().map(|(p, ..)| p.max_id).collect();
-    let delays: Vec<f64> = deferred.iter().map(|(_, d, _)| *d).collect();
-    let errors: Vec<&str> = deferred.iter().map(|(.., e)| e.as_str()).collect();
+    let (mut ids, mut delays, mut errors) = (vec![], vec![], vec![]);
+    for (p, delay, error) in deferred {
+        for id in &p.ids {
+            ids.push(*id);
+            delays.push(*delay);
+            errors.push(error.as_str());
+        }
+    }
     pg.execute(
         "UPDATE godata_bridge.outbox o
             SET attempts = o.attempts + 1, next_attempt_at = now() + d.secs * interval '1 second', last_error = d.err
-           FROM unnest($1::text[], $2::jsonb[], $3::bigint[], $4::float8[], $5::text[]) AS d(t, k, m, secs, err)
-          WHERE o.table_name = d.t AND o.row_key = d.k AND o.id <= d.m",
-        &[&tables, &keys, &ids, &delays, &errors],
+           FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS d(id, secs, err)
+          WHERE o.id = d.id",
+        &[&ids, &delays, &errors],
     )
     .await?;
     Ok(())
