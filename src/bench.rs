@@ -133,20 +133,13 @@ async fn fresh_hmis_in(cluster: &Cluster, name: &str, mode: Mode) -> anyhow::Res
     let admin = connect(cluster, "postgres").await?;
     // A database with a slot cannot be dropped: the slot goes first (its
     // reader was stopped by the previous scenario step).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE database = $1 AND active",
-                &[&name],
-            )
-            .await?
-            .get(0);
-        if left == 0 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll_until(
+        &admin,
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE database = $1 AND active)",
+        name,
+        "the old slot's reader to go",
+    )
+    .await?;
     admin
         .execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1",
@@ -375,23 +368,31 @@ async fn capture_overhead(quick: bool) -> anyhow::Result<Vec<Row>> {
 /// Waits until the bench slot has a reader.
 async fn wait_streaming(cluster: &Cluster) -> anyhow::Result<()> {
     let c = connect(cluster, "postgres").await?;
+    poll_until(
+        &c,
+        "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1",
+        BENCH_SLOT,
+        "the bridge to stream from the bench slot",
+    )
+    .await
+}
+
+/// Polls `sql` (one boolean, one text parameter) until it is true, for at
+/// most 60 s.
+async fn poll_until(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    param: &str,
+    what: &str,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let active: bool = c
-            .query_one(
-                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1",
-                &[&BENCH_SLOT],
-            )
-            .await?
-            .get(0);
-        if active {
-            return Ok(());
-        }
+    while !c.query_one(sql, &[&param]).await?.get::<_, bool>(0) {
         if Instant::now() > deadline {
-            anyhow::bail!("the bridge did not start streaming from {BENCH_SLOT}");
+            anyhow::bail!("waited 60 s for {what}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
 }
 
 /// Write-back of pages of Go.Data cases into `hmis.tbl_cases`: the staged
@@ -971,22 +972,11 @@ async fn backlog(quick: bool) -> anyhow::Result<Vec<Row>> {
 /// is empty and (logical mode) the slot confirmed the current WAL position.
 async fn wait_drained(c: &tokio_postgres::Client, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
-    let mark: String = c
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await?
-        .get(0);
+    let mark = crate::ops::wal_position(c).await?;
     loop {
         // Cheap on a large outbox (no count): the poll must not load the
         // database it measures.
-        let r = c
-            .query_one(
-                "SELECT NOT EXISTS (SELECT 1 FROM godata_bridge.outbox),
-                        coalesce((SELECT bool_and(confirmed_flush_lsn >= $1::text::pg_lsn)
-                                    FROM pg_replication_slots WHERE database = current_database()), true)",
-                &[&mark],
-            )
-            .await?;
-        if r.get::<_, bool>(0) && r.get::<_, bool>(1) {
+        if crate::ops::caught_up(c, &mark).await? {
             return Ok(());
         }
         if Instant::now() > deadline {

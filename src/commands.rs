@@ -326,31 +326,7 @@ pub async fn run(
                 rx.clone(),
             ))
         });
-        let deliverer = Deliverer::new(config.clone(), client.clone());
-        let task = if config.capture.mode == CaptureMode::Logical {
-            let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-            let drained = std::sync::Arc::new(tokio::sync::Notify::new());
-            let consumer = tokio::spawn(crate::capture::logical::run(
-                config.clone(),
-                db.clone(),
-                wake.clone(),
-                drained.clone(),
-                rx.clone(),
-            ));
-            let delivery = tokio::spawn(deliver::run_signalled(
-                deliverer,
-                db.clone(),
-                wake,
-                drained,
-                rx,
-            ));
-            tokio::spawn(async move {
-                let _ = consumer.await;
-                let _ = delivery.await;
-            })
-        } else {
-            tokio::spawn(deliver::run(deliverer, db.clone(), rx))
-        };
+        let task = deliver::spawn(config.clone(), client.clone(), db.clone(), rx);
         let lost = tokio::select! {
             _ = tokio::signal::ctrl_c() => false,
             _ = term.recv() => false,

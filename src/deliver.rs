@@ -727,6 +727,37 @@ pub fn backoff(attempts: i32, max_secs: u64) -> Duration {
     Duration::from_secs_f64(secs * (0.5 + fastrand::f64() / 2.0))
 }
 
+/// Starts flow 1 in the config's capture mode until `shutdown` flips:
+/// trigger mode's LISTEN loop, or the slot consumer waking the deliverer.
+/// The handle ends when everything it started has ended.
+pub fn spawn(
+    config: Config,
+    client: std::sync::Arc<Client>,
+    db: crate::pg_tls::Db,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let deliverer = Deliverer::new(config.clone(), client);
+    match config.capture.mode {
+        crate::config::CaptureMode::Trigger => tokio::spawn(run(deliverer, db, shutdown)),
+        crate::config::CaptureMode::Logical => {
+            let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+            let drained = std::sync::Arc::new(tokio::sync::Notify::new());
+            let consumer = tokio::spawn(crate::capture::logical::run(
+                config,
+                db.clone(),
+                wake.clone(),
+                drained.clone(),
+                shutdown.clone(),
+            ));
+            let delivery = tokio::spawn(run_signalled(deliverer, db, wake, drained, shutdown));
+            tokio::spawn(async move {
+                let _ = consumer.await;
+                let _ = delivery.await;
+            })
+        }
+    }
+}
+
 /// Runs trigger-mode delivery until `shutdown` flips: LISTEN for wake-ups,
 /// drain on every wake-up, on every (re)connect (notifications sent while
 /// disconnected are lost) and on a slow safety timer. Shutdown is checked

@@ -1106,6 +1106,9 @@ async fn logical_check_install_and_uninstall_manage_the_slot() {
     assert_eq!(code, Some(0), "{out}");
     for line in [
         "ok   wal_level: logical",
+        "ok   free replication slots",
+        "ok   free WAL senders",
+        "max_slot_wal_keep_size",
         "ok   replica identity carries the keys",
         "ok   publication",
         "ok   replication slot",

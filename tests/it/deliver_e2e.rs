@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use godata_bridge::capture::install;
 use godata_bridge::config::{Config, Secret};
+use godata_bridge::deliver;
 use godata_bridge::godata::client::Client;
 use godata_bridge::godata::ids::godata_id;
 use godata_bridge::sim::{self, Faults, Sim};
@@ -55,7 +56,7 @@ pub(crate) fn start_bridge(sim: &Sim, config: Config, pg: tokio_postgres::Config
         Duration::from_secs(10),
     );
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = crate::support::spawn_delivery(config.clone(), client.into(), pg, rx);
+    let task = deliver::spawn(config.clone(), client.into(), pg.into(), rx);
     Bridge { stop, task, config }
 }
 

@@ -362,30 +362,11 @@ host all clear_u 127.0.0.1/32 password
 host all all 127.0.0.1/32 trust
 host all all ::1/128 trust
 ";
-    let files = vec![
-        (
-            "server.crt".to_string(),
-            server.cert_pem.clone().into_bytes(),
-        ),
-        (
-            "server.key".to_string(),
-            server.key_pem.clone().into_bytes(),
-        ),
-        ("pg_hba.conf".to_string(), hba.as_bytes().to_vec()),
-    ];
-    let cluster = tokio::task::spawn_blocking(move || {
-        Cluster::start(ClusterOptions {
-            settings: vec![
-                ("ssl".into(), "on".into()),
-                ("ssl_cert_file".into(), "server.crt".into()),
-                ("ssl_key_file".into(), "server.key".into()),
-            ],
-            files,
-        })
-        .unwrap()
-    })
-    .await
-    .unwrap();
+    let cluster = crate::tls::ssl_cluster(
+        &server,
+        vec![("pg_hba.conf".into(), hba.as_bytes().to_vec())],
+    )
+    .await;
     let (admin, conn) = cluster
         .config("postgres")
         .connect(tokio_postgres::NoTls)

@@ -32,6 +32,26 @@ pub fn pki(names: &[&str]) -> Pki {
     }
 }
 
+/// A throwaway cluster serving TLS with `server`'s certificate, plus
+/// `files` (name, contents) in its data directory.
+pub async fn ssl_cluster(server: &Pki, mut files: Vec<(String, Vec<u8>)>) -> Cluster {
+    files.push(("server.crt".into(), server.cert_pem.clone().into_bytes()));
+    files.push(("server.key".into(), server.key_pem.clone().into_bytes()));
+    tokio::task::spawn_blocking(move || {
+        Cluster::start(ClusterOptions {
+            settings: vec![
+                ("ssl".into(), "on".into()),
+                ("ssl_cert_file".into(), "server.crt".into()),
+                ("ssl_key_file".into(), "server.key".into()),
+            ],
+            files,
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 fn write(dir: &std::path::Path, name: &str, pem: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, pem).unwrap();
@@ -57,29 +77,7 @@ async fn ssl_in_use(db: &Db) -> Result<bool, String> {
 async fn postgres_sslmodes_verify_what_they_promise() {
     let server = pki(&["localhost"]);
     let stranger = pki(&["localhost"]);
-    let files = vec![
-        (
-            "server.crt".to_string(),
-            server.cert_pem.clone().into_bytes(),
-        ),
-        (
-            "server.key".to_string(),
-            server.key_pem.clone().into_bytes(),
-        ),
-    ];
-    let cluster = tokio::task::spawn_blocking(move || {
-        Cluster::start(ClusterOptions {
-            settings: vec![
-                ("ssl".into(), "on".into()),
-                ("ssl_cert_file".into(), "server.crt".into()),
-                ("ssl_key_file".into(), "server.key".into()),
-            ],
-            files,
-        })
-        .unwrap()
-    })
-    .await
-    .unwrap();
+    let cluster = ssl_cluster(&server, vec![]).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = write(dir.path(), "ca.pem", &server.ca_pem);
     let other_ca = write(dir.path(), "other.pem", &stranger.ca_pem);

@@ -249,10 +249,10 @@ async fn two_way_outcome_change_comes_back_without_echo(mode: Mode) {
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut config = s.config.clone();
     config.pull.interval_secs = 1;
-    let bridge = crate::support::spawn_delivery(
+    let bridge = godata_bridge::deliver::spawn(
         config.clone(),
         s.client.clone(),
-        s.db.config.clone(),
+        s.db.config.clone().into(),
         rx.clone(),
     );
     let puller = tokio::spawn(pull::run(

@@ -272,57 +272,10 @@ pub async fn install_capture(
 
 /// The WAL position now: whatever was committed before is behind it.
 pub async fn wal_mark(c: &tokio_postgres::Client) -> String {
-    c.query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .await
-        .unwrap()
-        .get(0)
+    godata_bridge::ops::wal_position(c).await.unwrap()
 }
 
-/// Everything committed before `mark` is settled: the outbox is empty and
-/// (logical mode) the database's slots confirmed `mark` — which they do
-/// only after Go.Data acknowledged every change before it.
+/// Everything committed before `mark` is settled (see `ops::caught_up`).
 pub async fn settled(c: &tokio_postgres::Client, mark: &str) -> bool {
-    c.query_one(
-        "SELECT NOT EXISTS (SELECT 1 FROM godata_bridge.outbox)
-            AND coalesce((SELECT bool_and(confirmed_flush_lsn >= $1::text::pg_lsn)
-                            FROM pg_replication_slots WHERE database = current_database()), true)",
-        &[&mark],
-    )
-    .await
-    .unwrap()
-    .get(0)
-}
-
-/// The delivery side of the bridge in the config's capture mode: trigger
-/// mode's LISTEN loop, or the slot consumer waking the deliverer.
-pub fn spawn_delivery(
-    config: godata_bridge::config::Config,
-    client: std::sync::Arc<godata_bridge::godata::client::Client>,
-    pg: tokio_postgres::Config,
-    rx: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    use godata_bridge::deliver;
-    let deliverer = deliver::Deliverer::new(config.clone(), client);
-    match config.capture.mode {
-        godata_bridge::config::CaptureMode::Trigger => {
-            tokio::spawn(deliver::run(deliverer, pg, rx))
-        }
-        godata_bridge::config::CaptureMode::Logical => {
-            let db = godata_bridge::pg_tls::Db::from(pg);
-            let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-            let drained = std::sync::Arc::new(tokio::sync::Notify::new());
-            let consumer = tokio::spawn(godata_bridge::capture::logical::run(
-                config,
-                db.clone(),
-                wake.clone(),
-                drained.clone(),
-                rx.clone(),
-            ));
-            let delivery = tokio::spawn(deliver::run_signalled(deliverer, db, wake, drained, rx));
-            tokio::spawn(async move {
-                let _ = consumer.await;
-                let _ = delivery.await;
-            })
-        }
-    }
+    godata_bridge::ops::caught_up(c, mark).await.unwrap()
 }
