@@ -35,7 +35,7 @@ use crate::config::{Config, TruncatePolicy};
 use crate::pg_tls::Db;
 
 /// Changes per outbox write at most; a larger stream is written in parts.
-const MAX_BATCH: usize = 5_000;
+const MAX_BATCH: usize = 1_000;
 
 /// What stops the consumer until an operator acts.
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +207,11 @@ struct Consumer<'a> {
     received: Lsn,
     /// A keepalive position received outside a transaction.
     idle_at: Lsn,
+    /// Highest outbox id written for the transaction being received (a
+    /// large transaction is written in parts as it arrives: pgoutput v1
+    /// sends only committed transactions, so its parts are committed
+    /// changes; the slot is still confirmed only after its end).
+    spilled_top: i64,
 }
 
 fn pg_time(micros: i64) -> chrono::DateTime<chrono::Utc> {
@@ -275,6 +280,10 @@ impl Consumer<'_> {
                 "row change outside a transaction".into(),
             )));
         };
+        // An echo of our own write-back: nothing of it is kept.
+        if txn.echo {
+            return Ok(());
+        }
         let at = txn.at;
         let rel_of = |id: u32| {
             self.relations.get(&id).ok_or_else(|| {
@@ -366,6 +375,28 @@ impl Consumer<'_> {
             return Ok(false);
         };
         let changes = std::mem::take(&mut self.batch);
+        let top = self
+            .write(changes)
+            .await?
+            .max(std::mem::take(&mut self.spilled_top));
+        self.acks.push_back((end, top));
+        Ok(top > 0)
+    }
+
+    /// Writes the changes received so far of a large transaction, so
+    /// memory stays bounded by [`MAX_BATCH`] whatever its size.
+    async fn spill(&mut self) -> Result<(), LogicalError> {
+        let changes = match self.txn.as_mut() {
+            Some(t) if t.changes.len() >= MAX_BATCH => std::mem::take(&mut t.changes),
+            _ => return Ok(()),
+        };
+        let top = self.write(changes).await?;
+        self.spilled_top = self.spilled_top.max(top);
+        Ok(())
+    }
+
+    /// Enqueues `changes` in one transaction; returns the highest id.
+    async fn write(&mut self, changes: Vec<Change>) -> Result<i64, LogicalError> {
         let mut top = 0i64;
         if !changes.is_empty() {
             let tx = self.pg.transaction().await?;
@@ -415,8 +446,7 @@ impl Consumer<'_> {
             }
             tx.commit().await?;
         }
-        self.acks.push_back((end, top));
-        Ok(top > 0)
+        Ok(top)
     }
 
     /// Pops every batch whose outbox rows are all gone; returns whether
@@ -565,6 +595,7 @@ async fn stream(
         flushed: start,
         received: start,
         idle_at: start,
+        spilled_top: 0,
     };
     let mut status =
         tokio::time::interval(Duration::from_secs(config.capture.status_interval_secs));
@@ -609,7 +640,10 @@ async fn stream(
                             c.received = c.received.max(end_lsn);
                         }
                         Message::Relation(r) => c.relation(r).await?,
-                        m @ (Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. } | Message::Truncate { .. }) => c.change(m)?,
+                        m @ (Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. } | Message::Truncate { .. }) => {
+                            c.change(m)?;
+                            c.spill().await?;
+                        }
                         Message::Type { .. } | Message::Message { .. } => {}
                     }
                 }

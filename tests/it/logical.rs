@@ -117,6 +117,37 @@ async fn the_slot_never_confirms_a_change_go_data_has_not_acknowledged() {
 }
 
 #[tokio::test]
+async fn a_transaction_larger_than_a_batch_is_written_in_parts_and_arrives_whole() {
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let (c, config) = prepare(&sim, &db.config, &db.url, Mode::Logical).await;
+    let bridge = start_bridge(&sim, config, db.config.clone());
+    // 2,500 rows in one transaction: more than two outbox writes' worth.
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
+         SELECT 'BIG-' || g, 'P' || g, 'SL-BO', now(), 'suspected' FROM generate_series(1, 2500) g",
+    )
+    .await
+    .unwrap();
+    let mark = wal_mark(&c).await;
+    wait_for(
+        "the whole transaction delivered",
+        Duration::from_secs(120),
+        || async { settled(&c, &mark).await },
+    )
+    .await;
+    assert_eq!(count(&sim, "cases", |_| true), 2500);
+    let creates = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/cases") && r.status < 300)
+        .count();
+    assert_eq!(creates, 2500, "each case created once");
+    bridge.stop.send(true).unwrap();
+    let _ = bridge.task.await;
+}
+
+#[tokio::test]
 async fn an_idle_hmis_does_not_hold_wal_written_by_other_databases() {
     // Its own cluster: the test checkpoints and measures cluster-wide WAL.
     let cluster =
