@@ -470,6 +470,19 @@ host all all ::1/128 trust
         .await
         .unwrap_err();
     assert!(matches!(e, ReplError::Tls(_)), "unknown CA refused: {e}");
+    // require and prefer encrypt without checking the chain.
+    for mode in ["require", "prefer"] {
+        let r = ReplConn::connect(
+            &Db::from_url(&format!(
+                "postgres://scram_u:pw-scram@127.0.0.1:{port}/postgres?sslmode={mode}&sslrootcert={}",
+                other.display()
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(r.tls, "{mode}");
+    }
     drop(admin);
     tokio::task::spawn_blocking(move || drop(cluster))
         .await
