@@ -157,12 +157,11 @@ async fn pull_resource(
         Resource::Case => "cases",
         Resource::Contact => "contacts",
     };
-    let targets: Vec<(usize, &target::Target)> = config
+    let targets: Vec<&target::Target> = config
         .pull
         .target
         .iter()
-        .enumerate()
-        .filter(|(_, t)| t.resource == resource)
+        .filter(|t| t.resource == resource)
         .collect();
     let mut total = 0;
     // Each poll starts `overlap_ms` before the stored cursor: Go.Data's
@@ -209,7 +208,7 @@ async fn pull_resource(
         tx.batch_execute("SET LOCAL godata_bridge.origin = 'godata'")
             .await?;
         let mut written = vec![];
-        for (i, t) in &targets {
+        for t in &targets {
             let mut rows = vec![];
             let mut deleted = vec![];
             let key_at = t
@@ -240,8 +239,7 @@ async fn pull_resource(
                 }
                 rows.push(row);
             }
-            let n =
-                target::write(&tx, &format!("godata_bridge_stage_{i}"), t, &rows, &deleted).await?;
+            let n = target::write(&tx, t, &rows, &deleted).await?;
             written.push((t.table.as_str(), n));
         }
         let moved = tx

@@ -1,6 +1,7 @@
 //! `[[pull.target]]`: FHIR elements (by path) → columns of an HMIS table,
-//! written as a staged upsert: COPY into a temporary table, then one
-//! `INSERT … SELECT … ON CONFLICT (key) DO UPDATE … WHERE` (or an `UPDATE …
+//! written as a staged upsert: the page goes to the server as one text array
+//! per column (one binary Bind), and one
+//! `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE … WHERE` (or an `UPDATE …
 //! FROM` for update-only targets) that changes a row only when the incoming
 //! record is newer and different. Runs inside the caller's transaction,
 //! which carries `godata_bridge.origin = 'godata'` so capture skips it.
@@ -291,12 +292,21 @@ fn qtable(t: &str) -> String {
     format!("{}.{}", qi(s), qi(n))
 }
 
-/// CSV field for COPY: NULL is an unquoted empty field.
-fn csv_field(v: &Option<String>) -> String {
-    match v {
-        None => String::new(),
-        Some(s) => format!("\"{}\"", s.replace('"', "\"\"")),
-    }
+/// Each column of `table` with its type as SQL spells it.
+async fn column_types(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+) -> Result<BTreeMap<String, String>, tokio_postgres::Error> {
+    Ok(tx
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+              WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&qtable(table)],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 /// The staged column carrying each record's Go.Data `updatedAt`.
@@ -306,12 +316,10 @@ const STAGED_UPDATED: &str = "godata_bridge_updated";
 /// target, inside `tx`. Returns how many rows changed.
 pub async fn write(
     tx: &tokio_postgres::Transaction<'_>,
-    stage: &str,
     target: &Target,
     rows: &[Vec<Option<String>>],
     deleted_keys: &[String],
 ) -> Result<u64, tokio_postgres::Error> {
-    use futures_util::SinkExt;
     let table = qtable(&target.table);
     let cols: Vec<String> = target.columns.iter().map(|c| qi(&c.column)).collect();
     let col_list = cols.join(", ");
@@ -330,29 +338,61 @@ pub async fn write(
         .iter()
         .position(|c| c.column == target.key)
         .expect("validated");
-    let rows: Vec<&Vec<Option<String>>> = rows.iter().filter(|r| r[key_at].is_some()).collect();
-    if rows.is_empty() {
+    // One row per key, the last one of the page (a page can carry a record
+    // twice when it changed while the page was read).
+    let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if let Some(k) = r[key_at].as_deref() {
+            last.insert(k, i);
+        }
+    }
+    if last.is_empty() {
         return Ok(changed);
     }
-    tx.batch_execute(&format!(
-        "CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DROP AS
-           SELECT {col_list}, NULL::timestamptz AS {STAGED_UPDATED} FROM {table} WITH NO DATA;
-         TRUNCATE {stage}"
-    ))
+    let mut keep: Vec<usize> = last.into_values().collect();
+    keep.sort_unstable();
+    // The page goes as one text array per column (binary, in one Bind),
+    // cast to the column's type on the server: no temporary table, no CSV.
+    let width = target.columns.len() + 1;
+    let arrays: Vec<Vec<Option<&str>>> = (0..width)
+        .map(|c| keep.iter().map(|&i| rows[i][c].as_deref()).collect())
+        .collect();
+    let types = column_types(tx, &target.table).await?;
+    let casts = target
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ty = types.get(&c.column).map(String::as_str).unwrap_or("text");
+            format!("u.c{i}::{ty} AS {}", qi(&c.column))
+        })
+        .chain(std::iter::once(format!(
+            "u.c{}::timestamptz AS {STAGED_UPDATED}",
+            width - 1
+        )))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // unnest() in the select list runs the arrays in step and streams
+    // (unnest in FROM would first copy the whole page into a tuplestore).
+    let stage = format!(
+        "(SELECT {casts} FROM (SELECT {}) AS u) AS s",
+        (0..width)
+            .map(|i| format!("unnest(${}::text[]) AS c{i}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+        .iter()
+        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    // Values the bridge writes are compressed with lz4 where the server
+    // has it (PostgreSQL 14+): pglz costs about a quarter of the write of
+    // a page of Bundles. Columns with their own COMPRESSION keep it.
+    tx.batch_execute(
+        "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings
+          WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)",
+    )
     .await?;
-    let sink = tx
-        .copy_in(&format!(
-            "COPY {stage} ({col_list}, {STAGED_UPDATED}) FROM STDIN (FORMAT csv)"
-        ))
-        .await?;
-    let mut buf = String::new();
-    for r in &rows {
-        buf.push_str(&r.iter().map(csv_field).collect::<Vec<_>>().join(","));
-        buf.push('\n');
-    }
-    let mut sink = Box::pin(sink);
-    sink.send(bytes::Bytes::from(buf)).await?;
-    sink.as_mut().finish().await?;
 
     // Per column, on an existing row: Go.Data's value, the HMIS's, or the
     // newer side's. `src` is the staged row (`s`), or EXCLUDED in an upsert,
@@ -433,11 +473,11 @@ pub async fn write(
         Mode::UpdateOnly => {
             tx.execute(
                 &format!(
-                    "UPDATE {table} AS t SET {} FROM {stage} AS s WHERE t.{key} = s.{key} AND {}{guard}",
+                    "UPDATE {table} AS t SET {} FROM {stage} WHERE t.{key} = s.{key} AND {}{guard}",
                     assign("s").join(", "),
                     differs("s")
                 ),
-                &[],
+                &params,
             )
             .await?
         }
@@ -445,12 +485,12 @@ pub async fn write(
             let guard = guard.replace("s.", "EXCLUDED.");
             tx.execute(
                 &format!(
-                    "INSERT INTO {table} AS t ({col_list}) SELECT DISTINCT ON ({key}) {col_list} FROM {stage}
+                    "INSERT INTO {table} AS t ({col_list}) SELECT {col_list} FROM {stage}
                      ON CONFLICT ({key}) DO UPDATE SET {} WHERE {}{guard}",
                     assign("EXCLUDED").join(", "),
                     differs("EXCLUDED")
                 ),
-                &[],
+                &params,
             )
             .await?
         }

@@ -587,3 +587,66 @@ async fn system_of_record_decides_conflicts_column_by_column() {
 }
 
 both_modes!(two_way_outcome_change_comes_back_without_echo);
+
+/// A page can carry two records for one key (two Go.Data cases with the
+/// same HMIS id): the page is written, the last (newest) one wins. Column
+/// types (date, boolean, jsonb, an enum) and quoted names reach the server
+/// through the per-column arrays.
+#[tokio::test]
+async fn a_page_with_a_key_twice_is_written_and_the_last_record_wins() {
+    use godata_bridge::writeback::target::{self, Target};
+    let db = fresh_db().await;
+    let mut c = db.client().await;
+    c.batch_execute(
+        r#"CREATE SCHEMA "Odd ""Schema";
+           CREATE TYPE "Odd ""Schema".status AS ENUM ('open', 'closed');
+           CREATE TABLE "Odd ""Schema"."Ta ble" (
+               "Key" text PRIMARY KEY, born date, alive boolean, doc jsonb, st "Odd ""Schema".status);"#,
+    )
+    .await
+    .unwrap();
+    let t: Target = toml::from_str(
+        r#"table = 'Odd "Schema.Ta ble'
+           key = "Key"
+           columns = [
+             { column = "Key", from = "godata.id" },
+             { column = "born", from = "godata.dob" },
+             { column = "alive", from = "godata.alive" },
+             { column = "doc", from = "godata.doc" },
+             { column = "st", from = "godata.st" },
+           ]"#,
+    )
+    .unwrap();
+    let row = |born: &str, st: &str| {
+        vec![
+            Some("K-1".to_string()),
+            Some(born.to_string()),
+            Some("true".to_string()),
+            Some(r#"{"a": [1, "x'y"]}"#.to_string()),
+            Some(st.to_string()),
+            None,
+        ]
+    };
+    let tx = c.transaction().await.unwrap();
+    let changed = target::write(
+        &tx,
+        &t,
+        &[row("1990-04-12", "open"), row("1991-05-13", "closed")],
+        &[],
+    )
+    .await
+    .expect("a page with a key twice is written");
+    tx.commit().await.unwrap();
+    assert_eq!(changed, 1);
+    let r = c
+        .query_one(
+            r#"SELECT born::text, alive, doc->'a'->>1, st::text FROM "Odd ""Schema"."Ta ble""#,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "1991-05-13");
+    assert!(r.get::<_, bool>(1));
+    assert_eq!(r.get::<_, String>(2), "x'y");
+    assert_eq!(r.get::<_, String>(3), "closed");
+}
