@@ -273,6 +273,13 @@ async fn refused_rows_are_dead_lettered_and_later_rows_flow(mode: Mode) {
         reason.contains("district_code") && !reason.contains("SL-XX"),
         "{reason}"
     );
+    // Go.Data stores the good case before the bridge settles its outbox
+    // row (that happens after the response): wait for that too.
+    let mark = wal_mark(&c).await;
+    wait_for("the outbox settled", Duration::from_secs(10), || async {
+        settled(&c, &mark).await
+    })
+    .await;
     assert_eq!(outbox_len(&c).await, 0);
     bridge.stop.send(true).unwrap();
     let _ = bridge.task.await;
