@@ -1,6 +1,7 @@
 //! `[[pull.target]]`: FHIR elements (by path) → columns of an HMIS table,
-//! written as a staged upsert: the page goes to the server as one text array
-//! per column (one binary Bind), and one
+//! written as a staged upsert: the page goes to the server as text arrays,
+//! one per column, in binary Binds of 500 rows pipelined in the page's
+//! transaction, each an
 //! `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE … WHERE` (or an `UPDATE …
 //! FROM` for update-only targets) that changes a row only when the incoming
 //! record is newer and different. Runs inside the caller's transaction,
@@ -309,6 +310,9 @@ async fn column_types(
         .collect())
 }
 
+/// Rows per statement of a page's write (see [`write`]).
+const WRITE_CHUNK: usize = 500;
+
 /// The staged column carrying each record's Go.Data `updatedAt`.
 const STAGED_UPDATED: &str = "godata_bridge_updated";
 
@@ -354,9 +358,6 @@ pub async fn write(
     // The page goes as one text array per column (binary, in one Bind),
     // cast to the column's type on the server: no temporary table, no CSV.
     let width = target.columns.len() + 1;
-    let arrays: Vec<Vec<Option<&str>>> = (0..width)
-        .map(|c| keep.iter().map(|&i| rows[i][c].as_deref()).collect())
-        .collect();
     let types = column_types(tx, &target.table).await?;
     let casts = target
         .columns
@@ -381,10 +382,6 @@ pub async fn write(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
-        .iter()
-        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
     // Values the bridge writes are compressed with lz4 where the server
     // has it (PostgreSQL 14+): pglz costs about a quarter of the write of
     // a page of Bundles. Columns with their own COMPRESSION keep it.
@@ -469,32 +466,45 @@ pub async fn write(
             target.key.replace('\'', "''"),
         ));
     }
-    changed += match target.mode {
-        Mode::UpdateOnly => {
-            tx.execute(
-                &format!(
-                    "UPDATE {table} AS t SET {} FROM {stage} WHERE t.{key} = s.{key} AND {}{guard}",
-                    assign("s").join(", "),
-                    differs("s")
-                ),
-                &params,
-            )
-            .await?
-        }
+    let sql = match target.mode {
+        Mode::UpdateOnly => format!(
+            "UPDATE {table} AS t SET {} FROM {stage} WHERE t.{key} = s.{key} AND {}{guard}",
+            assign("s").join(", "),
+            differs("s")
+        ),
         Mode::Upsert => {
             let guard = guard.replace("s.", "EXCLUDED.");
-            tx.execute(
-                &format!(
-                    "INSERT INTO {table} AS t ({col_list}) SELECT {col_list} FROM {stage}
-                     ON CONFLICT ({key}) DO UPDATE SET {} WHERE {}{guard}",
-                    assign("EXCLUDED").join(", "),
-                    differs("EXCLUDED")
-                ),
-                &params,
+            format!(
+                "INSERT INTO {table} AS t ({col_list}) SELECT {col_list} FROM {stage}
+                 ON CONFLICT ({key}) DO UPDATE SET {} WHERE {}{guard}",
+                assign("EXCLUDED").join(", "),
+                differs("EXCLUDED")
             )
-            .await?
         }
     };
+    // The page goes in chunks, pipelined on the connection: the server
+    // writes one chunk while the next is encoded and sent, and no array
+    // is larger than a chunk.
+    let statement = tx.prepare(&sql).await?;
+    let chunks: Vec<Vec<Vec<Option<&str>>>> = keep
+        .chunks(WRITE_CHUNK)
+        .map(|part| {
+            (0..width)
+                .map(|c| part.iter().map(|&i| rows[i][c].as_deref()).collect())
+                .collect()
+        })
+        .collect();
+    let writes = chunks.iter().map(|arrays| {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let statement = &statement;
+        async move { tx.execute(statement, &params).await }
+    });
+    for n in futures_util::future::try_join_all(writes).await? {
+        changed += n;
+    }
     Ok(changed)
 }
 
