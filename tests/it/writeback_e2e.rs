@@ -649,4 +649,23 @@ async fn a_page_with_a_key_twice_is_written_and_the_last_record_wins() {
     assert!(r.get::<_, bool>(1));
     assert_eq!(r.get::<_, String>(2), "x'y");
     assert_eq!(r.get::<_, String>(3), "closed");
+
+    // A page larger than one write part (500 rows) arrives whole.
+    let page: Vec<Vec<Option<String>>> = (0..1203)
+        .map(|i| {
+            let mut r = row("2000-01-01", "open");
+            r[0] = Some(format!("P-{i}"));
+            r
+        })
+        .collect();
+    let tx = c.transaction().await.unwrap();
+    let changed = target::write(&tx, &t, &page, &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(changed, 1203);
+    let n: i64 = c
+        .query_one(r#"SELECT count(*) FROM "Odd ""Schema"."Ta ble""#, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1204);
 }
