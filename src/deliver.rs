@@ -30,7 +30,7 @@ use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
-    #[error("HMIS database error")]
+    #[error("HMIS database error: {}", crate::ops::describe_pg_error(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("Go.Data needs an operator")]
     Operator(#[source] GodataError),

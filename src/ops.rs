@@ -268,3 +268,36 @@ pub async fn caught_up(pg: &impl GenericClient, mark: &str) -> Result<bool, toki
         .await?
         .get(0))
 }
+
+/// A PostgreSQL error for logs and operator messages: the SQLSTATE, the
+/// server's message and the object it names (schema, table, column,
+/// constraint, type) — never the DETAIL or CONTEXT, which can quote row
+/// values. Data exceptions (class 22, e.g. `invalid input syntax for type
+/// date: "…"`) quote the value in the message itself, so for them only the
+/// code and the object are given.
+pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        // Connection and protocol errors carry no row data.
+        return e.to_string();
+    };
+    let code = db.code().code();
+    let mut out = if code.starts_with("22") {
+        format!("SQLSTATE {code} (a value does not fit its column's type or range)")
+    } else {
+        format!("SQLSTATE {code}: {}", db.message())
+    };
+    let named: Vec<String> = [
+        ("schema", db.schema()),
+        ("table", db.table()),
+        ("column", db.column()),
+        ("constraint", db.constraint()),
+        ("type", db.datatype()),
+    ]
+    .into_iter()
+    .filter_map(|(what, v)| v.map(|v| format!("{what} {v}")))
+    .collect();
+    if !named.is_empty() {
+        out.push_str(&format!(" [{}]", named.join(", ")));
+    }
+    out
+}

@@ -28,7 +28,7 @@ fn cursor_name(r: Resource) -> &'static str {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    #[error("HMIS database error")]
+    #[error("HMIS database error: {}", crate::ops::describe_pg_error(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("Go.Data error")]
     Godata(#[from] GodataError),

@@ -591,7 +591,8 @@ both_modes!(two_way_outcome_change_comes_back_without_echo);
 /// A page can carry two records for one key (two Go.Data cases with the
 /// same HMIS id): the page is written, the last (newest) one wins. Column
 /// types (date, boolean, jsonb, an enum) and quoted names reach the server
-/// through the per-column arrays.
+/// through the per-column arrays. A page larger than one write part arrives
+/// whole, and a failed page names SQLSTATE and object, never the value.
 #[tokio::test]
 async fn a_page_with_a_key_twice_is_written_and_the_last_record_wins() {
     use godata_bridge::writeback::target::{self, Target};
@@ -668,4 +669,31 @@ async fn a_page_with_a_key_twice_is_written_and_the_last_record_wins() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1204);
+
+    // A value the column cannot take fails the page with an error that
+    // names the code and never quotes the value.
+    let mut bad = row("Aminata-1990", "open");
+    bad[0] = Some("BAD-1".into());
+    let tx = c.transaction().await.unwrap();
+    let e = target::write(&tx, &t, &[bad], &[]).await.unwrap_err();
+    let shown = godata_bridge::writeback::pull::PullError::from(e).to_string();
+    assert!(shown.contains("SQLSTATE 22007"), "{shown}");
+    assert!(!shown.contains("Aminata"), "{shown}");
+    drop(tx);
+    // An object error names the object.
+    let tx = c.transaction().await.unwrap();
+    let e = tx
+        .execute(
+            r#"INSERT INTO "Odd ""Schema"."Ta ble" ("Key") VALUES ('K-1')"#,
+            &[],
+        )
+        .await
+        .unwrap_err();
+    let shown = godata_bridge::writeback::pull::PullError::from(e).to_string();
+    assert!(
+        shown.contains("SQLSTATE 23505")
+            && shown.contains("constraint Ta ble_pkey")
+            && !shown.contains("K-1"),
+        "{shown}"
+    );
 }
