@@ -273,7 +273,8 @@ pub async fn caught_up(pg: &impl GenericClient, mark: &str) -> Result<bool, toki
 /// server's message and the object it names (schema, table, column,
 /// constraint, type) — never the DETAIL or CONTEXT, which can quote row
 /// values. Data exceptions (class 22, e.g. `invalid input syntax for type
-/// date: "…"`) quote the value in the message itself, so for them only the
+/// date: "…"`) quote the value in the message itself, and a `RAISE` in
+/// one of the HMIS's own triggers (class P0) may, so for those only the
 /// code and the object are given.
 pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
     let Some(db) = e.as_db_error() else {
@@ -283,6 +284,8 @@ pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
     let code = db.code().code();
     let mut out = if code.starts_with("22") {
         format!("SQLSTATE {code} (a value does not fit its column's type or range)")
+    } else if code.starts_with("P0") {
+        format!("SQLSTATE {code} (raised by a function or trigger in the HMIS)")
     } else {
         format!("SQLSTATE {code}: {}", db.message())
     };
