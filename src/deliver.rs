@@ -438,10 +438,10 @@ impl Deliverer {
         Ok(out)
     }
 
-    async fn map(&self, rules: &[crate::mapping::Rule], image: &Value) -> Result<Value, Failure> {
+    async fn map(&self, rules: &[&crate::mapping::Rule], image: &Value) -> Result<Value, Failure> {
         let first = {
             let guard = self.locations.read().expect("locations lock");
-            map_row(rules, image, &guard.0)
+            map_row(rules.iter().copied(), image, &guard.0)
         };
         match first {
             Err(MapError::UnknownLocation { .. }) => {
@@ -457,7 +457,7 @@ impl Deliverer {
                 let codes = self.client.location_codes().await.map_err(Failure::from)?;
                 let mut guard = self.locations.write().expect("locations lock");
                 *guard = (codes, Some(Instant::now()));
-                map_row(rules, image, &guard.0).map_err(Failure::mapping)
+                map_row(rules.iter().copied(), image, &guard.0).map_err(Failure::mapping)
             }
             other => other.map_err(Failure::mapping),
         }
@@ -486,7 +486,7 @@ impl Deliverer {
         // on in the outbox, but not always: a backfill or slot replay can
         // enqueue an upsert after the delete, and coalescing then keeps the
         // upsert. The row's current state is "absent" either way.
-        let Some(image) = p.image.clone() else {
+        let Some(image) = p.image.as_ref() else {
             if p.linked.is_some() {
                 self.client.delete(collection, id).await?;
                 return Ok(Acked::Deleted);
@@ -494,16 +494,13 @@ impl Deliverer {
             return Ok(Acked::Unchanged);
         };
         // Fields Go.Data owns after creation are sent only to create.
-        let rules: Vec<crate::mapping::Rule> = if p.linked.is_some() {
-            push.map
-                .iter()
-                .filter(|r| !r.create_only)
-                .cloned()
-                .collect()
-        } else {
-            push.map.clone()
-        };
-        let mut doc = self.map(&rules, &image).await?;
+        let linked = p.linked.is_some();
+        let rules: Vec<&crate::mapping::Rule> = push
+            .map
+            .iter()
+            .filter(|r| !(linked && r.create_only))
+            .collect();
+        let mut doc = self.map(&rules, image).await?;
         let ext = external_id(&p.key);
         if let Some(Value::Array(d)) = doc
             .as_object_mut()
@@ -530,7 +527,7 @@ impl Deliverer {
                     .as_object_mut()
                     .and_then(|o| o.remove("relationship"))
                     .unwrap_or(json!({}));
-                let case_id = self.case_of_contact(push, &image)?;
+                let case_id = self.case_of_contact(push, image)?;
                 (
                     id,
                     self.client

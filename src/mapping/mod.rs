@@ -179,7 +179,11 @@ impl Rule {
 pub type Locations = HashMap<String, String>;
 
 /// Maps a row image with `rules`; null columns leave their path unset.
-pub fn map_row(rules: &[Rule], row: &Value, locations: &Locations) -> Result<Value, MapError> {
+pub fn map_row<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+    row: &Value,
+    locations: &Locations,
+) -> Result<Value, MapError> {
     let mut doc = Value::Object(Map::new());
     for rule in rules {
         if let Some(w) = &rule.when {
