@@ -697,3 +697,56 @@ async fn a_page_with_a_key_twice_is_written_and_the_last_record_wins() {
         "{shown}"
     );
 }
+
+/// Upsert target with `newest` columns: a staged row whose target row has
+/// an HMIS change still in the outbox is left alone; the others are
+/// updated or inserted (the check is one anti-join per statement).
+#[tokio::test]
+async fn upsert_with_newest_columns_skips_rows_with_a_pending_hmis_change() {
+    use godata_bridge::writeback::target::{self, Target};
+    let db = fresh_db().await;
+    let mut c = db.client().await;
+    install::install(&mut c).await.unwrap();
+    c.batch_execute(
+        r#"CREATE TABLE public.t (k text PRIMARY KEY, v text, hmis_updated timestamptz);
+           INSERT INTO public.t VALUES ('A', 'old', '2000-01-01'), ('B', 'old', '2000-01-01');
+           INSERT INTO godata_bridge.outbox (table_name, op, row_key) VALUES ('public.t', 'U', '{"k": "A"}');"#,
+    )
+    .await
+    .unwrap();
+    let t: Target = toml::from_str(
+        r#"table = "public.t"
+           key = "k"
+           system_of_record = "newest"
+           hmis_updated_column = "hmis_updated"
+           columns = [
+             { column = "k", from = "godata.id" },
+             { column = "v", from = "godata.v" },
+           ]"#,
+    )
+    .unwrap();
+    let row = |k: &str| {
+        vec![
+            Some(k.to_string()),
+            Some("new".to_string()),
+            Some("2024-01-01T00:00:00Z".to_string()),
+        ]
+    };
+    let tx = c.transaction().await.unwrap();
+    let changed = target::write(&tx, &t, &[row("A"), row("B"), row("C")], &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(changed, 2);
+    let got: Vec<(String, String)> = c
+        .query("SELECT k, v FROM public.t ORDER BY k", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        got,
+        [("A", "old"), ("B", "new"), ("C", "new")].map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+}
