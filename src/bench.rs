@@ -481,6 +481,24 @@ async fn writeback(quick: bool) -> anyhow::Result<Vec<Row>> {
         Some(s) => format!("'{}'", s.replace('\'', "''")),
     };
     let cols: Vec<&str> = t.columns.iter().map(|c| c.column.as_str()).collect();
+    // Both baselines: a row as a VALUES tuple of literals, and the upsert
+    // of some tuples.
+    let tuple = |r: &[Option<String>]| {
+        let values: Vec<String> = r[..cols.len()].iter().map(lit).collect();
+        format!("({})", values.join(", "))
+    };
+    let set: Vec<String> = cols
+        .iter()
+        .filter(|c| **c != "externalid")
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    let upsert = |values: &str| {
+        format!(
+            "INSERT INTO hmis.tbl_cases ({}) VALUES {values} ON CONFLICT (externalid) DO UPDATE SET {}",
+            cols.join(", "),
+            set.join(", ")
+        )
+    };
     let (mut ours, mut multi) = (vec![], vec![]);
     for _ in 0..if quick { 1 } else { 3 } {
         // Ours: one Bind of text arrays + one INSERT … SELECT unnest(…) ON CONFLICT.
@@ -494,31 +512,8 @@ async fn writeback(quick: bool) -> anyhow::Result<Vec<Row>> {
         c.batch_execute("TRUNCATE hmis.tbl_cases").await?;
         let started = Instant::now();
         for chunk in rows.chunks(1000) {
-            let values: Vec<String> = chunk
-                .iter()
-                .map(|r| {
-                    format!(
-                        "({})",
-                        r[..cols.len()]
-                            .iter()
-                            .map(lit)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })
-                .collect();
-            let set: Vec<String> = cols
-                .iter()
-                .filter(|c| **c != "externalid")
-                .map(|c| format!("{c} = EXCLUDED.{c}"))
-                .collect();
-            c.batch_execute(&format!(
-                "INSERT INTO hmis.tbl_cases ({}) VALUES {} ON CONFLICT (externalid) DO UPDATE SET {}",
-                cols.join(", "),
-                values.join(", "),
-                set.join(", ")
-            ))
-            .await?;
+            let values: Vec<String> = chunk.iter().map(|r| tuple(r)).collect();
+            c.batch_execute(&upsert(&values.join(", "))).await?;
         }
         multi.push(n as f64 / started.elapsed().as_secs_f64());
     }
@@ -548,10 +543,10 @@ async fn writeback(quick: bool) -> anyhow::Result<Vec<Row>> {
     let started = Instant::now();
     c.batch_execute(&format!(
         "BEGIN;
-         SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings
-          WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals);
+         {};
          INSERT INTO hmis.tbl_cases ({}) SELECT {} FROM wb_src ON CONFLICT (externalid) DO NOTHING;
          COMMIT",
+        target::LZ4_FOR_THIS_TRANSACTION,
         cols.join(", "),
         cols.iter().map(from_text).collect::<Vec<_>>().join(", ")
     ))
@@ -561,22 +556,7 @@ async fn writeback(quick: bool) -> anyhow::Result<Vec<Row>> {
     c.batch_execute("TRUNCATE hmis.tbl_cases").await?;
     let started = Instant::now();
     for r in &rows {
-        let set: Vec<String> = cols
-            .iter()
-            .filter(|c| **c != "externalid")
-            .map(|c| format!("{c} = EXCLUDED.{c}"))
-            .collect();
-        c.batch_execute(&format!(
-            "INSERT INTO hmis.tbl_cases ({}) VALUES ({}) ON CONFLICT (externalid) DO UPDATE SET {}",
-            cols.join(", "),
-            r[..cols.len()]
-                .iter()
-                .map(lit)
-                .collect::<Vec<_>>()
-                .join(", "),
-            set.join(", ")
-        ))
-        .await?;
+        c.batch_execute(&upsert(&tuple(r))).await?;
     }
     let single = n as f64 / started.elapsed().as_secs_f64();
     let mut out = vec![];

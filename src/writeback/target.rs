@@ -310,6 +310,12 @@ async fn column_types(
         .collect())
 }
 
+/// Makes lz4 the TOAST compression of values written in the current
+/// transaction, where the server has it (PostgreSQL 14+ built with lz4).
+pub const LZ4_FOR_THIS_TRANSACTION: &str =
+    "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings
+      WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)";
+
 /// Rows per statement of a page's write (see [`write`]).
 const WRITE_CHUNK: usize = 500;
 
@@ -355,8 +361,8 @@ pub async fn write(
     }
     let mut keep: Vec<usize> = last.into_values().collect();
     keep.sort_unstable();
-    // The page goes as one text array per column (binary, in one Bind),
-    // cast to the column's type on the server: no temporary table, no CSV.
+    // The page goes as text arrays, one per column (binary Binds), cast to
+    // the column's type on the server: no temporary table, no CSV.
     let width = target.columns.len() + 1;
     let types = column_types(tx, &target.table).await?;
     let casts = target
@@ -385,11 +391,7 @@ pub async fn write(
     // Values the bridge writes are compressed with lz4 where the server
     // has it (PostgreSQL 14+): pglz costs about a quarter of the write of
     // a page of Bundles. Columns with their own COMPRESSION keep it.
-    tx.batch_execute(
-        "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings
-          WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)",
-    )
-    .await?;
+    tx.batch_execute(LZ4_FOR_THIS_TRANSACTION).await?;
 
     // Per column, on an existing row: Go.Data's value, the HMIS's, or the
     // newer side's. `src` is the staged row (`s`), or EXCLUDED in an upsert,
@@ -444,9 +446,10 @@ pub async fn write(
                 .join(", ")
         )
     };
-    let mut guard = match &target.updated_column {
+    // Only a newer record changes a row (`src` as for `assign`).
+    let newer = |src: &str| match &target.updated_column {
         Some(u) => format!(
-            " AND (t.{0} IS NULL OR s.{0} IS NULL OR t.{0} <= s.{0})",
+            " AND (t.{0} IS NULL OR {src}.{0} IS NULL OR t.{0} <= {src}.{0})",
             qi(u)
         ),
         None => String::new(),
@@ -483,6 +486,7 @@ pub async fn write(
     };
     let sql = match target.mode {
         Mode::UpdateOnly => {
+            let mut guard = newer("s");
             if let Some(pending) = &pending {
                 guard.push_str(&format!(
                     " AND NOT EXISTS (SELECT 1 FROM godata_bridge.outbox o WHERE {})",
@@ -496,7 +500,7 @@ pub async fn write(
             )
         }
         Mode::Upsert => {
-            let guard = guard.replace("s.", "EXCLUDED.");
+            let guard = newer("EXCLUDED");
             // Staged rows whose target row has a pending change are left
             // out before the insert: as part of the ON CONFLICT filter the
             // check ran once per conflicting row, each a scan of the outbox
