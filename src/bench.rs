@@ -171,7 +171,7 @@ async fn fresh_hmis_in(cluster: &Cluster, name: &str, mode: Mode) -> anyhow::Res
                 ..crate::config::Capture::default()
             };
             let db = crate::pg_tls::Db::from(cluster.config(name));
-            crate::capture::logical::install(&db, &c, &capture).await?;
+            crate::capture::slot::install(&db, &c, &capture).await?;
         }
     }
     Ok(())

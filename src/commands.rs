@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::capture::install as capture;
 use crate::config::{split_table, CaptureMode, Config};
-use crate::deliver::{self, Deliverer};
+use crate::deliver::Deliverer;
 use crate::godata::client::{AccessProblem, Client, Disposition};
 use crate::ops;
 
@@ -121,7 +121,7 @@ async fn install_logical(
     file: &str,
     pg: &tokio_postgres::Client,
 ) -> anyhow::Result<()> {
-    let problems = crate::capture::logical::identity_problems(pg).await?;
+    let problems = crate::capture::slot::identity_problems(pg).await?;
     if !problems.is_empty() {
         return Err(CatalogMismatch {
             file: file.to_string(),
@@ -130,7 +130,7 @@ async fn install_logical(
         .into());
     }
     let c = &config.capture;
-    let created = crate::capture::logical::install(&pg_config(config)?, pg, c).await?;
+    let created = crate::capture::slot::install(&pg_config(config)?, pg, c).await?;
     println!(
         "logical capture: publication {}, slot {} ({}), origin {}; run `godata-bridge backfill` for rows that existed before",
         c.publication,
@@ -162,14 +162,14 @@ pub async fn uninstall(config: &Config, force: bool) -> anyhow::Result<()> {
         }
     }
     let c = &config.capture;
-    if let Some(info) = crate::capture::logical::slot_info(&pg, &c.slot).await? {
+    if let Some(info) = crate::capture::slot::slot_info(&pg, &c.slot).await? {
         if info.active {
             anyhow::bail!(
                 "replication slot {} is in use: stop the bridge first",
                 c.slot
             );
         }
-        crate::capture::logical::drop_slot(&pg, &c.slot).await?;
+        crate::capture::slot::drop_slot(&pg, &c.slot).await?;
         println!("dropped replication slot {}", c.slot);
     }
     pg.batch_execute(&format!(
@@ -295,7 +295,7 @@ pub async fn run(
                 failures += 1;
                 tracing::warn!(error = %e, attempt = failures, "cannot take the leader lock; hmis database unreachable?");
                 tokio::select! {
-                    _ = tokio::time::sleep(deliver::backoff(failures, 10)) => continue,
+                    _ = tokio::time::sleep(crate::retry::backoff(failures, 10)) => continue,
                     _ = tokio::signal::ctrl_c() => break,
                     _ = term.recv() => break,
                 }
@@ -326,7 +326,11 @@ pub async fn run(
                 rx.clone(),
             ))
         });
-        let task = deliver::spawn(config.clone(), client.clone(), db.clone(), rx);
+        let task = crate::flow1::spawn(
+            Deliverer::new(config.clone(), client.clone()),
+            db.clone(),
+            rx,
+        );
         let lost = tokio::select! {
             _ = tokio::signal::ctrl_c() => false,
             _ = term.recv() => false,
@@ -357,7 +361,7 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         .await
         .context("reading godata_bridge state (is it installed?)")?;
     let slot = if config.capture.mode == CaptureMode::Logical {
-        crate::capture::logical::slot_info(&pg, &config.capture.slot).await?
+        crate::capture::slot::slot_info(&pg, &config.capture.slot).await?
     } else {
         None
     };
@@ -543,9 +547,7 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
                 ),
             }
             if is_installed && config.capture.mode == CaptureMode::Logical {
-                for (ok, what, detail) in
-                    crate::capture::logical::check(&pg, &config.capture).await?
-                {
+                for (ok, what, detail) in crate::capture::slot::check(&pg, &config.capture).await? {
                     report(ok, &what, detail);
                 }
             }
@@ -642,11 +644,11 @@ pub async fn demo(
         pg_config(&config)?,
         rx.clone(),
     ));
-    let bridge = tokio::spawn(deliver::run(
+    let bridge = crate::flow1::spawn(
         Deliverer::new(config.clone(), client),
         pg_config(&config)?,
         rx,
-    ));
+    );
     let count =
         |sim: &Sim| sim.with_store(|s| s.persons.values().filter(|p| p["deleted"] != true).count());
     wait_until("the seed rows in Go.Data", || count(&sim) == 11).await?;

@@ -273,6 +273,24 @@ pub struct Capture {
     pub status_interval_secs: u64,
     #[serde(default)]
     pub truncate: TruncatePolicy,
+    /// Logical mode: records held in memory, pending or in flight, before
+    /// the bridge stops reading the stream (the slot keeps the WAL).
+    #[serde(default = "default_window_records")]
+    pub window_records: usize,
+    /// Logical mode: MiB of row images held in memory, likewise.
+    #[serde(default = "default_window_mib")]
+    pub window_mib: usize,
+}
+
+/// 10,000 records of about 1 kB: 10 MB, and large enough batches for
+/// Go.Data's throughput.
+fn default_window_records() -> usize {
+    10_000
+}
+
+/// The byte bound for wide rows (large text or jsonb columns).
+fn default_window_mib() -> usize {
+    64
 }
 
 fn default_slot() -> String {
@@ -296,6 +314,8 @@ impl Default for Capture {
             publication: default_slot(),
             status_interval_secs: default_status_interval(),
             truncate: TruncatePolicy::Ignore,
+            window_records: default_window_records(),
+            window_mib: default_window_mib(),
         }
     }
 }
@@ -570,6 +590,18 @@ impl Config {
             return bad(
                 "capture.status_interval_secs".into(),
                 "must be between 1 and 50 (below wal_sender_timeout)".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.capture.window_records) {
+            return bad(
+                "capture.window_records".into(),
+                "must be between 1 and 1000000".into(),
+            );
+        }
+        if !(1..=4096).contains(&self.capture.window_mib) {
+            return bad(
+                "capture.window_mib".into(),
+                "must be between 1 and 4096".into(),
             );
         }
         if self.fhir.offset().is_none() {

@@ -1,24 +1,32 @@
-//! Delivery of captured changes to Go.Data (both capture modes).
+//! Delivery of captured changes to Go.Data, fed by both capture sources.
 //!
-//! A drain pass reads due outbox rows in id order, coalesces several changes
-//! of one record to its latest state, maps it, and writes it to Go.Data.
-//! Records go in parallel lanes (hash of the Go.Data id, so one record is
-//! always in one lane and its changes stay in order); all cases of a pass go
-//! before its contacts, so a contact's case exists first.
+//! A source hands [`Deliverer::deliver`] a batch of [`Change`]s: one per
+//! record, already coalesced to its latest state, each carrying the row as
+//! committed ([`Image::Row`], logical mode's stream), a key to read
+//! ([`Image::Read`], the trigger outbox, backfill, dead-letter retry), or
+//! the row without its unchanged-TOAST columns ([`Image::Partial`]). The
+//! deliverer maps each record and writes it to Go.Data in parallel lanes
+//! (hash of the Go.Data id, so one record is always in one lane), all
+//! cases of a batch before its contacts, and answers one [`Outcome`] per
+//! change. What the outcome does to the source's queue is the source's
+//! business; the link bookkeeping is shared ([`record`]).
 //!
-//! Invariant: an outbox row is deleted only after Go.Data acknowledged the
-//! change (in the same transaction that records the link and content hash),
-//! or when the change moves to `dead_letter` (permanent failure, with status,
-//! Go.Data code and reason — never row values). Transient failures stay in
-//! the outbox with a capped, jittered `next_attempt_at`. A change whose
-//! mapped content equals what was last acknowledged is settled without a
-//! request (redeliveries after a crash, no-op updates).
+//! Invariant on reads: a row read must see every transaction the source
+//! has already taken from the stream ([`MustSee`]). PostgreSQL can stream
+//! a commit before other sessions see it, so a read that cannot see it is
+//! retried and, if it still cannot, the change is deferred — "not visible"
+//! is never taken for "gone" (which would settle a new row unsent, or
+//! delete a linked one).
+//!
+//! A change whose mapped content equals what was last acknowledged is
+//! answered `Unchanged` without a request (redeliveries after a crash or a
+//! slot replay, no-op updates).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio_postgres::Client as PgClient;
 use uuid::Uuid;
 
@@ -27,6 +35,7 @@ use crate::godata::client::{Client, Disposition, GodataError, EXTERNAL_ID_DOCUME
 use crate::godata::ids::{content_hash, external_id, godata_id};
 use crate::mapping::{map_row, Locations, MapError};
 use crate::metrics;
+use crate::retry::backoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -50,41 +59,84 @@ impl Drained {
     pub fn settled(&self) -> usize {
         self.delivered + self.dead_lettered
     }
-    fn add(&mut self, o: Drained) {
+    pub fn add(&mut self, o: Drained) {
         self.delivered += o.delivered;
         self.dead_lettered += o.dead_lettered;
         self.deferred += o.deferred;
+        self.next_due = match (self.next_due, o.next_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
 /// How long a location table read from Go.Data counts as fresh.
 const LOCATION_REFRESH: Duration = Duration::from_secs(60);
-/// Added to the due time of a deferred change before looking again, so the
-/// row is due when the drain reads it.
-const DUE_SLACK: Duration = Duration::from_millis(10);
+/// How long a row read waits for the stream's transactions to become
+/// visible (normally microseconds: the gap between a commit record and
+/// the backend leaving the proc array) before the change is deferred.
+const VISIBILITY_WAIT: Duration = Duration::from_secs(2);
 
-/// One coalesced record of a batch.
-struct Pending {
-    table: String,
-    key: Value,
-    max_id: i64,
-    /// Every outbox id of this record read in the batch: what settling
-    /// removes (by primary key; the outbox has no key index, so the HMIS's
-    /// writes pay for one index only).
-    ids: Vec<i64>,
-    op: String,
-    /// The row's current state (upserts only), read at delivery time.
-    image: Option<Value>,
-    attempts: i32,
+/// What a change does to its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Upsert,
+    Delete,
+}
+
+impl Op {
+    /// The outbox's `op` column: `I`, `U` or `D`.
+    pub fn from_outbox(op: &str) -> Op {
+        if op == "D" {
+            Op::Delete
+        } else {
+            Op::Upsert
+        }
+    }
+    fn label(self) -> &'static str {
+        match self {
+            Op::Upsert => "upsert",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// What a change carries of its row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Image {
+    /// The row as it was committed (a column name → value object, as
+    /// `to_jsonb(row)` gives it).
+    Row(Map<String, Value>),
+    /// Only the key: the row's current state is read at delivery.
+    Read,
+    /// The row as committed except `missing`, unchanged-TOAST columns the
+    /// stream does not carry; those are read at delivery.
+    Partial {
+        row: Map<String, Value>,
+        missing: Vec<String>,
+    },
+}
+
+/// One record's change, coalesced by the source.
+#[derive(Debug)]
+pub struct Change<T> {
+    /// The tracked table, as `godata_bridge.tracked` names it.
+    pub table: String,
+    /// `{"key column": value, …}` in jsonb's key order.
+    pub key: Value,
+    pub op: Op,
+    pub image: Image,
+    /// Delivery attempts so far.
+    pub attempts: i32,
     /// When the oldest coalesced change was captured (epoch seconds).
-    captured: f64,
-    /// From `godata_bridge.link`: the Go.Data id (adopted or derived) and
-    /// the hash of the content last acknowledged.
-    linked: Option<(Uuid, Option<String>)>,
+    pub captured: f64,
+    /// The source's handle on its queue entry.
+    pub tag: T,
 }
 
 /// What Go.Data now holds for a record.
-enum Acked {
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acked {
     Upserted {
         id: Uuid,
         hash: String,
@@ -92,7 +144,139 @@ enum Acked {
         updated_at: Option<String>,
     },
     Deleted,
+    /// Nothing to send: Go.Data holds this content already, or the row is
+    /// gone and Go.Data never had it, or a later committed change of the
+    /// record replaces this one.
     Unchanged,
+}
+
+/// The fate of one change.
+#[derive(Debug)]
+pub enum Outcome {
+    Acked(Acked),
+    /// Transient failure: try again after `delay`.
+    Deferred {
+        delay: Duration,
+        error: String,
+    },
+    /// Refused for good: to `dead_letter` (never row values in `reason`).
+    Dead {
+        status: Option<u16>,
+        code: Option<String>,
+        reason: String,
+    },
+}
+
+/// The answer to a batch.
+#[derive(Debug)]
+pub struct Delivered<T> {
+    pub outcomes: Vec<(Change<T>, Outcome)>,
+    /// Changes not attempted because Go.Data refused the bridge itself
+    /// (`operator` says why); they stay as they were.
+    pub untouched: Vec<Change<T>>,
+    pub operator: Option<GodataError>,
+}
+
+impl<T> Delivered<T> {
+    pub fn counts(&self) -> Drained {
+        let mut d = Drained::default();
+        for (_, o) in &self.outcomes {
+            match o {
+                Outcome::Acked(_) => d.delivered += 1,
+                Outcome::Deferred { .. } => d.deferred += 1,
+                Outcome::Dead { .. } => d.dead_lettered += 1,
+            }
+        }
+        d
+    }
+}
+
+/// A PostgreSQL snapshot (`pg_current_snapshot()`), for visibility checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    xmin: u64,
+    xmax: u64,
+    xip: Vec<u64>,
+}
+
+impl Snapshot {
+    /// Parses `xmin:xmax:xip,…`.
+    pub fn parse(s: &str) -> Option<Snapshot> {
+        let mut parts = s.splitn(3, ':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let xip = match parts.next()? {
+            "" => vec![],
+            list => list
+                .split(',')
+                .map(|x| x.parse().ok())
+                .collect::<Option<Vec<u64>>>()?,
+        };
+        Some(Snapshot { xmin, xmax, xip })
+    }
+
+    /// Whether this snapshot sees the work of `xid`, a committed
+    /// transaction.
+    pub fn sees(&self, xid: u64) -> bool {
+        xid < self.xmin || (xid < self.xmax && !self.xip.contains(&xid))
+    }
+}
+
+/// Committed transactions that every row read must see: logical mode adds
+/// each transaction it takes from the stream; a read whose snapshot sees
+/// them drops them (once visible, always visible). Trigger mode's reads
+/// need nothing: an outbox row commits with its data row.
+#[derive(Debug, Default)]
+pub struct MustSee {
+    xids: Vec<u64>,
+}
+
+impl MustSee {
+    /// At most this many are kept before the list is pruned with a
+    /// snapshot of its own (one cheap query).
+    const PRUNE_AT: usize = 4096;
+
+    pub fn add(&mut self, xid: u64) {
+        self.xids.push(xid);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.xids.is_empty()
+    }
+
+    /// Takes in what `other` still waits for.
+    pub fn absorb(&mut self, other: MustSee) {
+        self.xids.extend(other.xids);
+    }
+
+    fn seen_by(&mut self, snap: &Snapshot) -> bool {
+        self.xids.retain(|x| !snap.sees(*x));
+        self.xids.is_empty()
+    }
+
+    /// Keeps the list short between reads.
+    pub async fn prune(&mut self, pg: &PgClient) -> Result<(), tokio_postgres::Error> {
+        if self.xids.len() < Self::PRUNE_AT {
+            return Ok(());
+        }
+        let s: String = pg
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await?
+            .get(0);
+        if let Some(snap) = Snapshot::parse(&s) {
+            self.seen_by(&snap);
+        }
+        Ok(())
+    }
+}
+
+/// A row read's answer for one key.
+#[derive(Debug, Clone, PartialEq)]
+enum Read {
+    Row(Map<String, Value>),
+    Absent,
+    /// The read could not see every transaction it had to.
+    NotVisible,
 }
 
 enum Failure {
@@ -103,6 +287,8 @@ enum Failure {
     },
     Transient(GodataError),
     Operator(GodataError),
+    /// The row is not visible to reads yet (see [`MustSee`]).
+    NotVisible,
 }
 
 impl Failure {
@@ -143,6 +329,16 @@ impl From<GodataError> for Failure {
     }
 }
 
+/// A change ready to go: its link and its row, resolved.
+struct Prepared<T> {
+    change: Change<T>,
+    /// From `godata_bridge.link`: the Go.Data id (adopted or derived) and
+    /// the hash of the content last acknowledged.
+    linked: Option<(Uuid, Option<String>)>,
+    /// The row to map (upserts), or what the read found.
+    row: Read,
+}
+
 /// The delivery side of the pipeline.
 pub struct Deliverer {
     pub config: Config,
@@ -153,8 +349,10 @@ pub struct Deliverer {
     keys: HashMap<String, Vec<String>>,
     /// The last `dead-letter retry` seen; a new one drops cached locations.
     retry_mark: Option<Value>,
-    /// Highest outbox id seen, so each captured change is counted once.
-    max_seen_id: std::sync::atomic::AtomicI64,
+    /// Test hook: when set, row reads run in this exported snapshot
+    /// (`pg_export_snapshot()`), to show what a read that cannot see a
+    /// transaction does. Never set outside tests.
+    pub read_snapshot: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Deliverer {
@@ -165,12 +363,14 @@ impl Deliverer {
             locations: RwLock::new((Locations::new(), None)),
             keys: HashMap::new(),
             retry_mark: None,
-            max_seen_id: std::sync::atomic::AtomicI64::new(0),
+            read_snapshot: Default::default(),
         }
     }
 
-    /// Drains due outbox rows until none is left (or only deferred ones).
-    pub async fn drain(&mut self, pg: &PgClient) -> Result<Drained, DeliverError> {
+    /// Re-reads what may change while the bridge runs: the tracked tables'
+    /// keys, and the dead-letter retry mark (a retry drops cached
+    /// locations: the operator may have fixed them in Go.Data).
+    pub async fn refresh(&mut self, pg: &PgClient) -> Result<(), tokio_postgres::Error> {
         for row in pg
             .query(
                 "SELECT table_name, key_columns FROM godata_bridge.tracked",
@@ -191,146 +391,194 @@ impl Deliverer {
             self.retry_mark = mark;
             self.locations.write().expect("locations lock").1 = None;
         }
-        let mut total = Drained::default();
-        loop {
-            let d = self.drain_batch(pg).await?;
-            total.add(d);
-            if d.settled() == 0 {
-                let due: Option<f64> = pg
-                    .query_one(
-                        "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
-                           FROM godata_bridge.outbox WHERE next_attempt_at > now()",
-                        &[],
-                    )
-                    .await?
-                    .get(0);
-                total.next_due = due.map(|s| Duration::from_secs_f64(s.max(0.0)));
-                return Ok(total);
-            }
-        }
+        Ok(())
     }
 
-    async fn drain_batch(&self, pg: &PgClient) -> Result<Drained, DeliverError> {
-        let rows = pg
-            .query(
-                "SELECT o.id, o.table_name, o.op::text, o.row_key, o.attempts, l.godata_id, l.content_hash,
-                        extract(epoch FROM o.captured_at)::float8
-                   FROM (SELECT * FROM godata_bridge.outbox
-                          WHERE next_attempt_at IS NULL OR next_attempt_at <= now()
-                          ORDER BY id LIMIT $1) o
-                   LEFT JOIN godata_bridge.link l ON l.table_name = o.table_name AND l.row_key = o.row_key
-                  ORDER BY o.id",
-                &[&self.config.delivery.batch_size],
-            )
-            .await?;
-        // Latest state per record.
-        let mut records: BTreeMap<(String, String), Pending> = BTreeMap::new();
-        let seen = self.max_seen_id.load(std::sync::atomic::Ordering::SeqCst);
-        for r in &rows {
-            let id: i64 = r.get(0);
-            if id > seen {
-                let op = match r.get::<_, String>(2).as_str() {
-                    "I" => "insert",
-                    "U" => "update",
-                    _ => "delete",
-                };
-                let table: String = r.get(1);
-                metrics::inc(
-                    metrics::CHANGES_CAPTURED,
-                    &[("table", &table), ("op", op)],
-                    1.0,
-                );
-                self.max_seen_id
-                    .fetch_max(id, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        for r in &rows {
-            let table: String = r.get(1);
-            let key: Value = r.get(3);
-            let id: i64 = r.get(0);
-            let linked = r
-                .get::<_, Option<Uuid>>(5)
-                .map(|g| (g, r.get::<_, Option<String>>(6)));
-            let p = records
-                .entry((table.clone(), key.to_string()))
-                .or_insert(Pending {
-                    table,
-                    key,
-                    max_id: id,
-                    ids: vec![],
-                    op: String::new(),
-                    image: None,
-                    attempts: 0,
-                    captured: f64::MAX,
-                    linked,
-                });
-            p.max_id = id;
-            p.ids.push(id);
-            p.op = r.get(2);
-            p.attempts = p.attempts.max(r.get(4));
-            p.captured = p.captured.min(r.get(7));
-        }
-        self.fetch_images(pg, &mut records).await?;
+    /// Delivers a batch (one change per record) and answers each change.
+    /// Reads needed by `Read` and `Partial` images see every transaction
+    /// in `must_see`, or their changes are deferred.
+    pub async fn deliver<T>(
+        &self,
+        pg: &PgClient,
+        batch: Vec<Change<T>>,
+        must_see: &mut MustSee,
+    ) -> Result<Delivered<T>, DeliverError> {
+        let links = self.links(pg, &batch).await?;
+        let reads = self.read_rows(pg, &batch, must_see).await?;
         let lanes = self.config.delivery.lanes.max(1);
-        let mut phases: [Vec<Vec<Pending>>; 2] = [
+        let mut phases: [Vec<Vec<Prepared<T>>>; 2] = [
             (0..lanes).map(|_| vec![]).collect(),
             (0..lanes).map(|_| vec![]).collect(),
         ];
-        for p in records.into_values() {
-            let phase = usize::from(self.resource_of(&p.table) == Some(Resource::Contact));
+        for change in batch {
+            let k = (change.table.clone(), change.key.to_string());
+            let linked = links.get(&k).cloned();
+            let row = match (&change.op, &change.image) {
+                (Op::Delete, _) => Read::Absent,
+                (Op::Upsert, Image::Row(r)) => Read::Row(r.clone()),
+                (Op::Upsert, Image::Read) => reads.get(&k).cloned().unwrap_or(Read::Absent),
+                (Op::Upsert, Image::Partial { row, missing }) => {
+                    match reads.get(&k).cloned().unwrap_or(Read::Absent) {
+                        Read::Row(current) => {
+                            let mut full = row.clone();
+                            for col in missing {
+                                full.insert(
+                                    col.clone(),
+                                    current.get(col).cloned().unwrap_or(Value::Null),
+                                );
+                            }
+                            Read::Row(full)
+                        }
+                        other => other,
+                    }
+                }
+            };
+            let p = Prepared {
+                linked,
+                row,
+                change,
+            };
+            let phase = usize::from(self.resource_of(&p.change.table) == Some(Resource::Contact));
             let lane = self.lane_of(&p, lanes);
             phases[phase][lane].push(p);
         }
-        let mut out = Drained::default();
+        let mut out = Delivered {
+            outcomes: vec![],
+            untouched: vec![],
+            operator: None,
+        };
         for phase in phases {
-            let results = futures_util::future::join_all(
-                phase.into_iter().map(|lane| self.run_lane(pg, lane)),
-            )
-            .await;
-            let mut operator = None;
-            for r in results {
-                match r {
-                    Ok(d) => out.add(d),
-                    Err(DeliverError::Operator(e)) => operator = Some(e),
-                    Err(e) => return Err(e),
-                }
+            if out.operator.is_some() {
+                out.untouched
+                    .extend(phase.into_iter().flatten().map(|p| p.change));
+                continue;
             }
-            if let Some(e) = operator {
-                return Err(DeliverError::Operator(e));
+            let results =
+                futures_util::future::join_all(phase.into_iter().map(|lane| self.run_lane(lane)))
+                    .await;
+            for (outcomes, untouched, operator) in results {
+                out.outcomes.extend(outcomes);
+                out.untouched.extend(untouched);
+                if operator.is_some() {
+                    out.operator = operator;
+                }
             }
         }
         Ok(out)
     }
 
-    /// Reads the current rows behind the upserts of a batch (the outbox
-    /// holds only keys), one query per table.
-    async fn fetch_images(
+    /// The link rows of a batch's records, in one query.
+    async fn links<T>(
         &self,
         pg: &PgClient,
-        records: &mut BTreeMap<(String, String), Pending>,
-    ) -> Result<(), tokio_postgres::Error> {
-        let mut by_table: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for p in records.values().filter(|p| p.op != "D") {
-            by_table
-                .entry(p.table.clone())
-                .or_default()
-                .push(p.key.clone());
-        }
-        for (table, keys) in by_table {
-            let rows = pg
-                .query(
-                    "SELECT row_key, row_image FROM godata_bridge.fetch_rows($1::text::regclass, $2)",
-                    &[&table, &keys],
+        batch: &[Change<T>],
+    ) -> Result<HashMap<(String, String), (Uuid, Option<String>)>, tokio_postgres::Error> {
+        let tables: Vec<&str> = batch.iter().map(|c| c.table.as_str()).collect();
+        let keys: Vec<&Value> = batch.iter().map(|c| &c.key).collect();
+        let rows = pg
+            .query(
+                "SELECT l.table_name, l.row_key, l.godata_id, l.content_hash
+                   FROM unnest($1::text[], $2::jsonb[]) AS w(t, k)
+                   JOIN godata_bridge.link l ON l.table_name = w.t AND l.row_key = w.k",
+                &[&tables, &keys],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    (r.get::<_, String>(0), r.get::<_, Value>(1).to_string()),
+                    (r.get(2), r.get(3)),
                 )
-                .await?;
-            for r in rows {
-                let key: Value = r.get(0);
-                if let Some(p) = records.get_mut(&(table.clone(), key.to_string())) {
-                    p.image = r.get(1);
-                }
+            })
+            .collect())
+    }
+
+    /// Reads the rows behind `Read` and `Partial` upserts, one query per
+    /// table, each returning its snapshot: keys whose read could not see
+    /// every transaction of `must_see` (after [`VISIBILITY_WAIT`]) answer
+    /// `NotVisible`.
+    async fn read_rows<T>(
+        &self,
+        pg: &PgClient,
+        batch: &[Change<T>],
+        must_see: &mut MustSee,
+    ) -> Result<HashMap<(String, String), Read>, tokio_postgres::Error> {
+        let mut by_table: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+        for c in batch {
+            if c.op == Op::Upsert && matches!(c.image, Image::Read | Image::Partial { .. }) {
+                by_table.entry(&c.table).or_default().push(&c.key);
             }
         }
-        Ok(())
+        let mut out = HashMap::new();
+        for (table, keys) in by_table {
+            let deadline = Instant::now() + VISIBILITY_WAIT;
+            let mut pause = Duration::from_millis(1);
+            loop {
+                let (snap, rows) = self.read_once(pg, table, &keys).await?;
+                let visible = snap.as_ref().is_some_and(|s| must_see.seen_by(s));
+                if visible {
+                    for k in &keys {
+                        out.insert((table.to_string(), k.to_string()), Read::Absent);
+                    }
+                    for (k, row) in rows {
+                        out.insert((table.to_string(), k.to_string()), Read::Row(row));
+                    }
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(table = %table, rows = keys.len(), waiting_for = must_see.xids.len(), "rows not yet visible to reads; deferring them");
+                    for k in &keys {
+                        out.insert((table.to_string(), k.to_string()), Read::NotVisible);
+                    }
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One read of `keys` of `table` with the snapshot it ran in.
+    async fn read_once(
+        &self,
+        pg: &PgClient,
+        table: &str,
+        keys: &[&Value],
+    ) -> Result<(Option<Snapshot>, Vec<(Value, Map<String, Value>)>), tokio_postgres::Error> {
+        const READ: &str = "SELECT s::text, f.row_key, f.row_image
+                              FROM pg_current_snapshot() AS s
+                              LEFT JOIN LATERAL godata_bridge.fetch_rows($1::text::regclass, $2) AS f ON true";
+        let hook = self.read_snapshot.lock().expect("hook lock").clone();
+        let rows = match hook {
+            None => pg.query(READ, &[&table, &keys]).await?,
+            Some(id) => {
+                pg.batch_execute(&format!(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{}'",
+                    id.replace('\'', "''")
+                ))
+                .await?;
+                let r = pg.query(READ, &[&table, &keys]).await;
+                pg.batch_execute("COMMIT").await?;
+                r?
+            }
+        };
+        let snap = rows
+            .first()
+            .and_then(|r| Snapshot::parse(&r.get::<_, String>(0)));
+        let found = rows
+            .iter()
+            .filter_map(|r| {
+                let key: Option<Value> = r.get(1);
+                let image: Option<Value> = r.get(2);
+                match (key, image) {
+                    (Some(k), Some(Value::Object(m))) => Some((k, m)),
+                    _ => None,
+                }
+            })
+            .collect();
+        Ok((snap, found))
     }
 
     fn resource_of(&self, table: &str) -> Option<Resource> {
@@ -341,12 +589,12 @@ impl Deliverer {
             .map(|p| p.resource)
     }
 
-    fn lane_of(&self, p: &Pending, lanes: usize) -> usize {
+    fn lane_of<T>(&self, p: &Prepared<T>, lanes: usize) -> usize {
         let id = p
             .linked
             .as_ref()
             .map(|(g, _)| *g)
-            .unwrap_or_else(|| self.derived_id(&p.table, &p.key));
+            .unwrap_or_else(|| self.derived_id(&p.change.table, &p.change.key));
         usize::try_from(id.as_u128() % lanes as u128).expect("less than lanes")
     }
 
@@ -354,88 +602,102 @@ impl Deliverer {
         godata_id(self.config.godata.id_namespace, table, key)
     }
 
-    /// Delivers a lane's records in order; what Go.Data acknowledged is
-    /// settled in one statement when the lane ends (also when it stops
-    /// early), so a crash in between only re-sends acknowledged records,
-    /// which the deterministic ids make harmless.
-    /// Transient failures are likewise recorded (attempts, next attempt,
-    /// error) in one statement per lane.
-    async fn run_lane(&self, pg: &PgClient, lane: Vec<Pending>) -> Result<Drained, DeliverError> {
-        let (mut acked, mut deferred) = (vec![], vec![]);
-        let result = self
-            .run_lane_inner(pg, lane, &mut acked, &mut deferred)
-            .await;
-        settle_acked(pg, &acked).await?;
-        defer(pg, &deferred).await?;
-        result
-    }
-
-    async fn run_lane_inner(
+    /// Delivers a lane's records in order. Stops at the first operator
+    /// failure (Go.Data refuses the bridge itself): the rest is untouched.
+    async fn run_lane<T>(
         &self,
-        pg: &PgClient,
-        lane: Vec<Pending>,
-        settled: &mut Vec<(Pending, Acked)>,
-        deferred: &mut Vec<(Pending, f64, String)>,
-    ) -> Result<Drained, DeliverError> {
-        let mut out = Drained::default();
-        for p in lane {
-            let resource = match self.resource_of(&p.table) {
+        lane: Vec<Prepared<T>>,
+    ) -> (
+        Vec<(Change<T>, Outcome)>,
+        Vec<Change<T>>,
+        Option<GodataError>,
+    ) {
+        let mut outcomes = Vec::with_capacity(lane.len());
+        let mut rest = lane.into_iter();
+        while let Some(p) = rest.next() {
+            let resource = match self.resource_of(&p.change.table) {
                 Some(Resource::Contact) => "contact",
                 _ => "case",
             };
-            match self.deliver_one(&p).await {
+            let outcome = match self.deliver_one(&p).await {
                 Ok(acked) => {
-                    let op = if p.op == "D" { "delete" } else { "upsert" };
-                    let captured = p.captured;
-                    settled.push((p, acked));
-                    out.delivered += 1;
                     metrics::inc(
                         metrics::CHANGES_DELIVERED,
-                        &[("resource", resource), ("op", op)],
+                        &[("resource", resource), ("op", p.change.op.label())],
                         1.0,
                     );
                     let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-                    metrics::observe(metrics::DELIVERY_LATENCY, &[], (now - captured).max(0.0));
+                    metrics::observe(
+                        metrics::DELIVERY_LATENCY,
+                        &[],
+                        (now - p.change.captured).max(0.0),
+                    );
+                    Outcome::Acked(acked)
                 }
                 Err(Failure::Permanent {
                     status,
                     code,
                     reason,
                 }) => {
-                    tracing::warn!(table = %p.table, outbox_id = p.max_id, status, code = code.as_deref(), "change dead-lettered");
-                    pg.execute(
-                        "WITH moved AS (
-                            DELETE FROM godata_bridge.outbox WHERE id = ANY($1)
-                            RETURNING *)
-                         INSERT INTO godata_bridge.dead_letter
-                               (id, table_name, op, row_key, txid, captured_at, attempts, http_status, godata_code, reason)
-                         SELECT id, table_name, op, row_key, txid, captured_at, attempts + 1, $2, $3, $4 FROM moved
-                         ON CONFLICT (id) DO NOTHING",
-                        &[&p.ids, &status.map(i32::from), &code, &reason],
-                    )
-                    .await?;
-                    out.dead_lettered += 1;
+                    tracing::warn!(table = %p.change.table, key = %p.change.key, status, code = code.as_deref(), "change dead-lettered");
                     metrics::inc(
                         metrics::CHANGES_DEAD_LETTERED,
                         &[("resource", resource)],
                         1.0,
                     );
+                    Outcome::Dead {
+                        status,
+                        code,
+                        reason,
+                    }
                 }
                 Err(Failure::Transient(e)) => {
-                    let delay = backoff(p.attempts, self.config.delivery.max_backoff_secs);
-                    tracing::warn!(table = %p.table, outbox_id = p.max_id, attempt = p.attempts + 1, error = %e, "delivery deferred");
-                    deferred.push((p, delay.as_secs_f64(), e.to_string()));
-                    out.deferred += 1;
+                    let delay = backoff(p.change.attempts, self.config.delivery.max_backoff_secs);
+                    tracing::warn!(table = %p.change.table, key = %p.change.key, attempt = p.change.attempts + 1, error = %e, "delivery deferred");
                     metrics::inc(
                         metrics::CHANGES_DEFERRED,
                         &[("resource", resource), ("error_class", e.class())],
                         1.0,
                     );
+                    let error = e.to_string();
+                    // Go.Data itself is down or overloaded: the rest of the
+                    // lane waits too, without a request each.
+                    if matches!(e.class(), "connection" | "5xx" | "429") {
+                        for q in rest.by_ref() {
+                            let delay =
+                                backoff(q.change.attempts, self.config.delivery.max_backoff_secs);
+                            outcomes.push((
+                                q.change,
+                                Outcome::Deferred {
+                                    delay,
+                                    error: error.clone(),
+                                },
+                            ));
+                        }
+                    }
+                    Outcome::Deferred { delay, error }
                 }
-                Err(Failure::Operator(e)) => return Err(DeliverError::Operator(e)),
-            }
+                Err(Failure::NotVisible) => {
+                    let delay = backoff(p.change.attempts, self.config.delivery.max_backoff_secs);
+                    metrics::inc(
+                        metrics::CHANGES_DEFERRED,
+                        &[("resource", resource), ("error_class", "not_visible")],
+                        1.0,
+                    );
+                    Outcome::Deferred {
+                        delay,
+                        error: "row not yet visible to reads".into(),
+                    }
+                }
+                Err(Failure::Operator(e)) => {
+                    let mut untouched = vec![p.change];
+                    untouched.extend(rest.map(|p| p.change));
+                    return (outcomes, untouched, Some(e));
+                }
+            };
+            outcomes.push((p.change, outcome));
         }
-        Ok(out)
+        (outcomes, vec![], None)
     }
 
     async fn map(&self, rules: &[&crate::mapping::Rule], image: &Value) -> Result<Value, Failure> {
@@ -463,36 +725,49 @@ impl Deliverer {
         }
     }
 
-    async fn deliver_one(&self, p: &Pending) -> Result<Acked, Failure> {
-        let Some(push) = self.config.push.iter().find(|x| x.table == p.table) else {
+    async fn deliver_one<T>(&self, p: &Prepared<T>) -> Result<Acked, Failure> {
+        let c = &p.change;
+        let Some(push) = self.config.push.iter().find(|x| x.table == c.table) else {
             return Err(Failure::config(format!(
                 "table {} is not in [[push]]",
-                p.table
+                c.table
             )));
         };
         let (id, last_hash) = match &p.linked {
             Some((g, h)) => (*g, h.clone()),
-            None => (self.derived_id(&p.table, &p.key), None),
+            None => (self.derived_id(&c.table, &c.key), None),
         };
         let collection = match push.resource {
             Resource::Case => "cases",
             Resource::Contact => "contacts",
         };
-        if p.op == "D" {
+        if c.op == Op::Delete {
             self.client.delete(collection, id).await?;
             return Ok(Acked::Deleted);
         }
-        // The row is gone since this change. Its delete is usually further
-        // on in the outbox, but not always: a backfill or slot replay can
-        // enqueue an upsert after the delete, and coalescing then keeps the
-        // upsert. The row's current state is "absent" either way.
-        let Some(image) = p.image.as_ref() else {
-            if p.linked.is_some() {
-                self.client.delete(collection, id).await?;
-                return Ok(Acked::Deleted);
+        let image = match &p.row {
+            Read::Row(r) => r,
+            Read::NotVisible => return Err(Failure::NotVisible),
+            // The row's stream image lacked TOAST columns and the row is
+            // gone by now: a later committed change (a delete or a key
+            // change) removed it, and it reaches us after this one.
+            Read::Absent if matches!(c.image, Image::Partial { .. }) => {
+                return Ok(Acked::Unchanged)
             }
-            return Ok(Acked::Unchanged);
+            // Read by key and gone since this change. Its delete is usually
+            // further on in the queue, but not always: a backfill or slot
+            // replay can enqueue an upsert after the delete, and coalescing
+            // then keeps the upsert. The row's current state is "absent"
+            // either way (the read saw every transaction it had to).
+            Read::Absent => {
+                if p.linked.is_some() {
+                    self.client.delete(collection, id).await?;
+                    return Ok(Acked::Deleted);
+                }
+                return Ok(Acked::Unchanged);
+            }
         };
+        let image = Value::Object(image.clone());
         // Fields Go.Data owns after creation are sent only to create.
         let linked = p.linked.is_some();
         let rules: Vec<&crate::mapping::Rule> = push
@@ -500,8 +775,8 @@ impl Deliverer {
             .iter()
             .filter(|r| !(linked && r.create_only))
             .collect();
-        let mut doc = self.map(&rules, image).await?;
-        let ext = external_id(&p.key);
+        let mut doc = self.map(&rules, &image).await?;
+        let ext = external_id(&c.key);
         if let Some(Value::Array(d)) = doc
             .as_object_mut()
             .map(|o| o.entry("documents").or_insert(json!([])))
@@ -527,7 +802,7 @@ impl Deliverer {
                     .as_object_mut()
                     .and_then(|o| o.remove("relationship"))
                     .unwrap_or(json!({}));
-                let case_id = self.case_of_contact(push, image)?;
+                let case_id = self.case_of_contact(push, &image)?;
                 (
                     id,
                     self.client
@@ -557,37 +832,21 @@ impl Deliverer {
     }
 }
 
-/// Removes acknowledged changes from the outbox and records what Go.Data
-/// holds (link, content hash), for a whole lane in one statement (one
-/// transaction).
-async fn settle_acked(
-    pg: &PgClient,
-    acked: &[(Pending, Acked)],
+/// Records what Go.Data acknowledged — link, content hash, Go.Data's
+/// `updatedAt`; a deleted record's link goes — and removes `outbox_ids`
+/// (trigger mode: the acknowledged changes' outbox rows), in one
+/// statement. The link is bookkeeping: losing it costs a re-send, which
+/// the deterministic ids make harmless.
+pub async fn record<'a, T: 'a>(
+    pg: &impl tokio_postgres::GenericClient,
+    acked: impl IntoIterator<Item = (&'a Change<T>, &'a Acked)>,
+    outbox_ids: &[i64],
 ) -> Result<(), tokio_postgres::Error> {
-    if acked.is_empty() {
-        return Ok(());
-    }
-    let n = acked.len();
-    let (mut tables, mut keys, mut kinds) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let (mut resources, mut gids, mut hashes, mut updated) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    let gone: Vec<i64> = acked
-        .iter()
-        .flat_map(|(p, _)| p.ids.iter().copied())
-        .collect();
-    for (p, a) in acked {
-        tables.push(p.table.as_str());
-        keys.push(&p.key);
+    let (mut tables, mut keys, mut kinds) = (vec![], vec![], vec![]);
+    let (mut resources, mut gids, mut hashes, mut updated) = (vec![], vec![], vec![], vec![]);
+    for (c, a) in acked {
         let (kind, res, gid, hash, upd) = match a {
-            Acked::Unchanged => ("x", None, None, None, None),
+            Acked::Unchanged => continue,
             Acked::Deleted => ("d", None, None, None, None),
             Acked::Upserted {
                 id,
@@ -605,11 +864,16 @@ async fn settle_acked(
                 updated_at.as_deref(),
             ),
         };
+        tables.push(c.table.as_str());
+        keys.push(&c.key);
         kinds.push(kind);
         resources.push(res);
         gids.push(gid);
         hashes.push(hash);
         updated.push(upd);
+    }
+    if tables.is_empty() && outbox_ids.is_empty() {
+        return Ok(());
     }
     pg.execute(
         "WITH s AS (SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[])
@@ -622,280 +886,41 @@ async fn settle_acked(
          ON CONFLICT (table_name, row_key) DO UPDATE
             SET godata_id = EXCLUDED.godata_id, content_hash = EXCLUDED.content_hash,
                 godata_updated_at = EXCLUDED.godata_updated_at, pushed_at = EXCLUDED.pushed_at",
-        &[&tables, &keys, &kinds, &resources, &gids, &hashes, &updated, &gone],
+        &[&tables, &keys, &kinds, &resources, &gids, &hashes, &updated, &outbox_ids],
     )
     .await?;
     Ok(())
 }
 
-/// Records transient failures: one more attempt, the next attempt after
-/// its backoff (seconds), the error (status and code, never row values).
-async fn defer(
-    pg: &PgClient,
-    deferred: &[(Pending, f64, String)],
-) -> Result<(), tokio_postgres::Error> {
-    if deferred.is_empty() {
-        return Ok(());
-    }
-    let (mut ids, mut delays, mut errors) = (vec![], vec![], vec![]);
-    for (p, delay, error) in deferred {
-        for id in &p.ids {
-            ids.push(*id);
-            delays.push(*delay);
-            errors.push(error.as_str());
-        }
-    }
-    pg.execute(
-        "UPDATE godata_bridge.outbox o
-            SET attempts = o.attempts + 1, next_attempt_at = now() + d.secs * interval '1 second', last_error = d.err
-           FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS d(id, secs, err)
-          WHERE o.id = d.id",
-        &[&ids, &delays, &errors],
-    )
-    .await?;
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// How long a wake cycle waits for the transactions that may have skipped
-/// their NOTIFY before it drains once more.
-const SKIPPER_WAIT: Duration = Duration::from_millis(50);
-/// How often transactions still running after that wait are looked at.
-const WATCH_POLL: Duration = Duration::from_millis(200);
-
-/// One wake-up, without losing a skipped NOTIFY:
-/// 1. hold the "awake" advisory lock (writers then skip NOTIFY) and drain;
-/// 2. release it, and list the transactions in progress at that moment —
-///    every writer that skipped its NOTIFY is one of them, or has committed;
-/// 3. wait briefly for them, then drain again (lock not held, so writers
-///    notify again). A writer still running after the wait stays in
-///    `pending`; its end is checked every [`WATCH_POLL`].
-async fn wake_cycle(
-    deliverer: &mut Deliverer,
-    pg: &PgClient,
-    pending: &mut Vec<String>,
-) -> Result<Drained, DeliverError> {
-    pg.execute(
-        "SELECT pg_advisory_lock(godata_bridge.awake_lock_key())",
-        &[],
-    )
-    .await?;
-    let first = deliverer.drain(pg).await;
-    pg.execute(
-        "SELECT pg_advisory_unlock(godata_bridge.awake_lock_key())",
-        &[],
-    )
-    .await?;
-    let mut total = first?;
-    let now_running: Vec<String> = pg
-        .query_one(
-            "SELECT coalesce(array_agg(x::text), '{}') FROM pg_snapshot_xip(pg_current_snapshot()) AS x",
-            &[],
-        )
-        .await?
-        .get(0);
-    let mut watch: Vec<String> = pending.drain(..).chain(now_running).collect();
-    let deadline = Instant::now() + SKIPPER_WAIT;
-    loop {
-        watch = pg
-            .query_one(
-                "SELECT coalesce(array_agg(x), '{}') FROM unnest($1::text[]) AS x
-                  WHERE pg_xact_status(x::xid8) = 'in progress'",
-                &[&watch],
-            )
-            .await?
-            .get(0);
-        if watch.is_empty() || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    *pending = watch;
-    let second = deliverer.drain(pg).await?;
-    total.add(second);
-    total.next_due = second.next_due;
-    Ok(total)
-}
-
-/// Capped exponential backoff with jitter: 0.5 s · 2^attempts, at most
-/// `max_secs`, times a random factor in [0.5, 1).
-pub fn backoff(attempts: i32, max_secs: u64) -> Duration {
-    let exp = 2f64.powi(attempts.clamp(0, 20));
-    let secs = (0.5 * exp).min(max_secs as f64);
-    Duration::from_secs_f64(secs * (0.5 + fastrand::f64() / 2.0))
-}
-
-/// Starts flow 1 in the config's capture mode until `shutdown` flips:
-/// trigger mode's LISTEN loop, or the slot consumer waking the deliverer.
-/// The handle ends when everything it started has ended.
-pub fn spawn(
-    config: Config,
-    client: std::sync::Arc<Client>,
-    db: crate::pg_tls::Db,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let deliverer = Deliverer::new(config.clone(), client);
-    match config.capture.mode {
-        crate::config::CaptureMode::Trigger => tokio::spawn(run(deliverer, db, shutdown)),
-        crate::config::CaptureMode::Logical => {
-            let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-            let drained = std::sync::Arc::new(tokio::sync::Notify::new());
-            let consumer = tokio::spawn(crate::capture::logical::run(
-                config,
-                db.clone(),
-                wake.clone(),
-                drained.clone(),
-                shutdown.clone(),
-            ));
-            let delivery = tokio::spawn(run_signalled(deliverer, db, wake, drained, shutdown));
-            tokio::spawn(async move {
-                let _ = consumer.await;
-                let _ = delivery.await;
-            })
-        }
-    }
-}
-
-/// Runs trigger-mode delivery until `shutdown` flips: LISTEN for wake-ups,
-/// drain on every wake-up, on every (re)connect (notifications sent while
-/// disconnected are lost) and on a slow safety timer. Shutdown is checked
-/// between drains: a drain in progress finishes its batch first.
-pub async fn run(
-    deliverer: Deliverer,
-    db: impl Into<crate::pg_tls::Db>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    run_inner(deliverer, db.into(), None, shutdown).await
-}
-
-/// Logical-mode delivery: woken by the slot consumer through `wake` (it
-/// has just enqueued changes) instead of NOTIFY; signals `drained` after
-/// every drain so the consumer can confirm the slot's progress.
-pub async fn run_signalled(
-    deliverer: Deliverer,
-    db: crate::pg_tls::Db,
-    wake: std::sync::Arc<tokio::sync::Notify>,
-    drained: std::sync::Arc<tokio::sync::Notify>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    run_inner(deliverer, db, Some((wake, drained)), shutdown).await
-}
-
-type Signals = (
-    std::sync::Arc<tokio::sync::Notify>,
-    std::sync::Arc<tokio::sync::Notify>,
-);
-
-async fn run_inner(
-    mut deliverer: Deliverer,
-    db: crate::pg_tls::Db,
-    signals: Option<Signals>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let safety = Duration::from_secs(deliverer.config.capture.safety_poll_secs);
-    let mut failures = 0;
-    while !*shutdown.borrow() {
-        let (pg, mut conn) = match db.connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, attempt = failures, "cannot connect to the hmis database");
-                tokio::select! {
-                    biased;
-                    _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(backoff(failures, 30)) => continue,
-                }
+    #[test]
+    fn snapshots_parse_and_judge_visibility() {
+        let s = Snapshot::parse("100:110:102,105").unwrap();
+        assert!(s.sees(99));
+        assert!(s.sees(101));
+        assert!(!s.sees(102), "in progress when taken");
+        assert!(s.sees(104));
+        assert!(!s.sees(105));
+        assert!(!s.sees(110), "not yet started when taken");
+        assert!(!s.sees(200));
+        assert_eq!(
+            Snapshot::parse("7:7:").unwrap(),
+            Snapshot {
+                xmin: 7,
+                xmax: 7,
+                xip: vec![]
             }
-        };
-        let (wake_tx, mut wake) = tokio::sync::mpsc::unbounded_channel();
-        let conn_task = tokio::spawn(async move {
-            while let Some(msg) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                match msg {
-                    Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
-                        let _ = wake_tx.send(());
-                    }
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        });
-        if signals.is_none() {
-            if let Err(e) = pg.batch_execute("LISTEN godata_bridge").await {
-                tracing::warn!(error = %e, "listen failed");
-                conn_task.abort();
-                continue;
-            }
-            tracing::info!("listening for hmis changes");
-        }
-        failures = 0;
-        // Drain once on every (re)connect, then on wake-ups and the timer.
-        let mut pending = Vec::new();
-        loop {
-            // Deferred changes come due without a wake-up: look again then.
-            let mut nap = safety;
-            let mut again = false;
-            let cycle = match &signals {
-                None => wake_cycle(&mut deliverer, &pg, &mut pending).await,
-                Some((_, drained)) => {
-                    let d = deliverer.drain(&pg).await;
-                    drained.notify_one();
-                    d
-                }
-            };
-            match cycle {
-                Ok(d) => {
-                    if d.settled() + d.deferred > 0 {
-                        tracing::info!(
-                            delivered = d.delivered,
-                            dead_lettered = d.dead_lettered,
-                            deferred = d.deferred,
-                            "drained outbox"
-                        );
-                    }
-                    if let Some(due) = d.next_due {
-                        nap = nap.min(due + DUE_SLACK);
-                    }
-                    // Work arrived while we drained: go round at once.
-                    again = d.settled() > 0;
-                }
-                Err(DeliverError::Db(e)) => {
-                    tracing::warn!(error = %e, "hmis database error; reconnecting");
-                    break;
-                }
-                Err(DeliverError::Operator(e)) => {
-                    tracing::error!(error = %e, status = e.status(), code = e.code(), "go.data refuses the bridge; fix the account or outbreak");
-                    nap = nap.min(Duration::from_secs(
-                        deliverer.config.delivery.max_backoff_secs,
-                    ));
-                }
-            }
-            if !pending.is_empty() {
-                nap = nap.min(WATCH_POLL);
-            }
-            if again && !*shutdown.borrow() {
-                continue;
-            }
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => {
-                    conn_task.abort();
-                    return;
-                }
-                w = wake.recv() => {
-                    if w.is_none() {
-                        tracing::warn!("hmis connection lost; reconnecting");
-                        break;
-                    }
-                    while wake.try_recv().is_ok() {}
-                }
-                _ = async {
-                    match &signals {
-                        Some((wake, _)) => wake.notified().await,
-                        None => std::future::pending().await,
-                    }
-                } => {}
-                _ = tokio::time::sleep(nap) => {}
-            }
-        }
-        conn_task.abort();
+        );
+        assert!(Snapshot::parse("7:x:").is_none());
+        let mut m = MustSee::default();
+        m.add(101);
+        m.add(105);
+        assert!(!m.seen_by(&s));
+        assert_eq!(m.xids, vec![105]);
+        assert!(m.seen_by(&Snapshot::parse("106:106:").unwrap()));
+        assert!(m.is_empty());
     }
 }

@@ -1,41 +1,60 @@
 //! Logical capture: changes stream from the write-ahead log through a
-//! `pgoutput` replication slot; the HMIS has no trigger at all.
+//! `pgoutput` replication slot; the HMIS has no trigger at all, and the
+//! bridge writes nothing into it per captured change.
 //!
-//! The consumer turns each committed transaction into outbox rows (table,
-//! op, key — the same claim check as trigger mode, so mapping, coalescing,
-//! delivery, dead letters and `status` are shared) and wakes the deliverer
-//! in-process. The deliverer reads each row's current state when it
-//! delivers, so an unchanged-TOAST column (`u` in the stream) never reaches
-//! Go.Data as null: the stream only says *which* rows changed.
+//! The consumer ([`consume`]) turns each row change of the stream into a
+//! row image ([`rowimage`](crate::capture::rowimage)) and adds it to the
+//! in-memory [`Window`]: the stream's new tuple *is* the row as committed,
+//! so it is delivered as it is and never read back by key (a commit can
+//! reach the stream before other sessions see it). Only unchanged-TOAST
+//! columns that no earlier image in the window carries are read, by
+//! delivery, with a snapshot that sees every transaction taken from the
+//! stream ([`MustSee`]).
 //!
-//! Progress: each enqueued batch is remembered with the end LSN of its
-//! last transaction and its highest outbox id. The flush LSN sent to the
-//! server advances to a batch's end only when no outbox row with an id up
-//! to that batch's is left — every change of it was acknowledged by Go.Data
-//! or dead-lettered. With nothing in flight, a keepalive's WAL position is
-//! confirmed, so an idle HMIS does not hold WAL. The server restarts the
-//! stream at the slot's confirmed position; replayed changes coalesce in
-//! the outbox and the content hash skips what Go.Data already holds.
+//! Progress: the slot is the durable queue. The flush position confirmed
+//! to the server advances to a transaction's end only when every change up
+//! to it was acknowledged by Go.Data or written (synchronously) to
+//! `dead_letter` ([`Window::confirmable`]). When the window is full the
+//! consumer stops reading and the server keeps the WAL (backpressure).
+//! After a crash, a lost connection or a delivery-side database error the
+//! stream restarts at the confirmed position; deterministic ids and the
+//! content hash make the replay harmless. With nothing pending, a
+//! keepalive's WAL position is confirmed, so an idle HMIS does not hold
+//! WAL.
+//!
+//! Delivery ([`deliver`]) takes due records from the window, and drains the
+//! outbox too (backfill, dead-letter retries and TRUNCATE deletes arrive
+//! there, with a NOTIFY). The link bookkeeping it writes is one statement
+//! per batch with `synchronous_commit = off`: losing it in a crash only
+//! causes a re-send, which the deterministic ids make harmless, while a
+//! dead letter is written synchronously before its change is confirmed.
 //!
 //! Transactions that carry the bridge's replication origin (the write-back
 //! session runs under `pg_replication_origin_session_setup`) are dropped:
 //! two-way sync does not echo. The origin is named like the slot: both are
 //! cluster-wide, so two bridges on two databases of one cluster differ.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
+use tokio_postgres::Client as PgClient;
 
+use crate::capture::outbox;
 use crate::capture::pgoutput::{self, fmt_lsn, Datum, Lsn, Message};
 use crate::capture::replication::{CopyMessage, ReplConn, ReplError, PG_EPOCH_OFFSET_MICROS};
+use crate::capture::rowimage::{self, Kind, PgType};
+use crate::capture::slot::{slot_info, unpublished_tables};
+use crate::capture::trigger::{listen_task, log_drained, log_operator, DUE_SLACK};
+use crate::capture::window::{Limits, RowChange, Stats, Taken, Window};
 use crate::config::{Config, TruncatePolicy};
+use crate::deliver::{self, DeliverError, Delivered, Deliverer, Drained, MustSee, Op, Outcome};
+use crate::metrics;
 use crate::pg_tls::Db;
-
-/// Changes per outbox write at most; a larger stream is written in parts.
-const MAX_BATCH: usize = 1_000;
+use crate::retry::backoff;
 
 /// What stops the consumer until an operator acts.
 #[derive(Debug, thiserror::Error)]
@@ -54,10 +73,14 @@ pub enum LogicalError {
     },
     #[error(transparent)]
     Repl(#[from] ReplError),
-    #[error("HMIS database: {0}")]
+    #[error("HMIS database: {}", crate::ops::describe_pg_error(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Decode(#[from] pgoutput::DecodeError),
+    #[error(
+        "delivery lost its database session; the stream restarts at the slot's confirmed position"
+    )]
+    Restart,
 }
 
 impl LogicalError {
@@ -73,150 +96,127 @@ impl LogicalError {
     }
 }
 
-/// A row of `pg_replication_slots` for our slot.
-#[derive(Debug, Clone)]
-pub struct SlotInfo {
-    pub plugin: String,
-    pub active: bool,
-    pub wal_status: Option<String>,
-    pub confirmed_flush: Option<String>,
-    /// `pg_current_wal_lsn() - restart_lsn`, bytes of WAL the slot keeps.
-    pub retained_bytes: Option<i64>,
+/// What the consumer and delivery share.
+pub struct Shared {
+    state: Mutex<State>,
+    /// Consumer → delivery: changes arrived.
+    ready: Notify,
+    /// Delivery → consumer: records resolved (confirm, room in the window),
+    /// or a restart is asked for.
+    progress: Notify,
+    restart: AtomicBool,
 }
 
-pub async fn slot_info(
-    pg: &tokio_postgres::Client,
-    slot: &str,
-) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
-    Ok(pg
-        .query_opt(
-            "SELECT plugin::text, active, wal_status, confirmed_flush_lsn::text,
-                    (pg_current_wal_lsn() - restart_lsn)::bigint
-               FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
-            &[&slot],
-        )
-        .await?
-        .map(|r| SlotInfo {
-            plugin: r.get(0),
-            active: r.get(1),
-            wal_status: r.get(2),
-            confirmed_flush: r.get(3),
-            retained_bytes: r.get(4),
-        }))
+struct State {
+    window: Window,
+    must_see: MustSee,
 }
 
-/// Creates the slot over the replication protocol, unless it exists.
-/// Returns true if it was created.
-pub async fn create_slot(
-    db: &Db,
-    pg: &tokio_postgres::Client,
-    slot: &str,
-) -> Result<bool, LogicalError> {
-    if slot_info(pg, slot).await?.is_some() {
-        return Ok(false);
+impl Shared {
+    pub fn new(capture: &crate::config::Capture) -> Shared {
+        let records = capture.window_records;
+        Shared {
+            state: Mutex::new(State {
+                window: Window::new(Limits {
+                    records,
+                    bytes: capture.window_mib.saturating_mul(1 << 20),
+                    transactions: records.saturating_mul(10),
+                }),
+                must_see: MustSee::default(),
+            }),
+            ready: Notify::new(),
+            progress: Notify::new(),
+            restart: AtomicBool::new(false),
+        }
     }
-    let mut repl = ReplConn::connect(db).await?;
-    repl.simple_query(&format!(
-        "CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-        slot.replace('"', "\"\"")
-    ))
-    .await?;
-    Ok(true)
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("window lock")
+    }
+
+    /// Keys of `table` with a change in the window (not yet in Go.Data).
+    pub fn pending_keys(&self, table: &str) -> Vec<Value> {
+        self.lock().window.pending_keys(table)
+    }
 }
 
-/// After `install.sql` and tracking: the publication of the tracked
-/// tables, the write-back origin, then the slot. Returns true if the slot
-/// was created (false: it existed and is kept, with its position).
-pub async fn install(
-    db: &Db,
-    pg: &tokio_postgres::Client,
-    capture: &crate::config::Capture,
-) -> anyhow::Result<bool> {
-    use anyhow::Context;
-    pg.execute("SELECT godata_bridge.publish($1)", &[&capture.publication])
-        .await
-        .context("creating the publication")?;
-    pg.execute(
-        "SELECT pg_replication_origin_create($1)
-          WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
-        &[&capture.slot],
-    )
-    .await
-    .context("creating the write-back replication origin")?;
-    create_slot(db, pg, &capture.slot).await.context(
-        "creating the replication slot (the role needs REPLICATION, the server wal_level = logical)",
-    )
+/// The window and slot position as the running bridge sees them, for
+/// `/metrics` (in this process) and `status` (through `godata_bridge.state`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Live {
+    pub window: Stats,
+    pub confirmed: Lsn,
+    pub received: Lsn,
 }
 
-/// Drops the slot if it exists (it must not be in use).
-pub async fn drop_slot(
-    pg: &tokio_postgres::Client,
-    slot: &str,
-) -> Result<bool, tokio_postgres::Error> {
-    Ok(pg
-        .query_opt(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
-              WHERE slot_name = $1 AND database = current_database()",
-            &[&slot],
-        )
-        .await?
-        .is_some())
+static LIVE: Mutex<Option<Live>> = Mutex::new(None);
+
+/// What this process's logical consumer last reported, if it runs.
+pub fn live() -> Option<Live> {
+    *LIVE.lock().expect("live lock")
 }
 
-/// One change to enqueue.
-enum Change {
-    Row {
-        table: String,
-        op: &'static str,
-        key: Value,
-        at: chrono::DateTime<chrono::Utc>,
-    },
-    Truncate {
-        table: String,
-        at: chrono::DateTime<chrono::Utc>,
-    },
-}
+/// The `godata_bridge.state` row `status` reads in logical mode.
+pub const STATE_NAME: &str = "logical_window";
 
 /// A relation of the stream, resolved against `godata_bridge.tracked`.
 struct Rel {
     /// The tracked table's name, `None` when it is not tracked.
     table: Option<String>,
-    /// Key columns and their positions in the tuple.
-    keys: Vec<(String, usize)>,
+    /// Every column: name and how its text becomes JSON.
+    columns: Vec<(String, Kind)>,
+    /// Key columns' positions, in jsonb's key order.
+    keys: Vec<usize>,
 }
 
+/// A transaction being received.
 struct Txn {
-    at: chrono::DateTime<chrono::Utc>,
-    changes: Vec<Change>,
+    seq: u64,
+    xid: u64,
     echo: bool,
+    /// It changed a tracked table.
+    tracked: bool,
+}
+
+/// A tuple as JSON: the row image, its unchanged-TOAST columns, a size.
+struct Converted {
+    row: Map<String, Value>,
+    missing: Vec<String>,
+    bytes: usize,
 }
 
 /// Consumer state across the messages of one session.
 struct Consumer<'a> {
     config: &'a Config,
-    pg: tokio_postgres::Client,
+    pg: PgClient,
+    shared: &'a Shared,
     tracked: HashMap<String, Vec<String>>,
     relations: HashMap<u32, Rel>,
     txn: Option<Txn>,
-    batch: Vec<Change>,
-    /// End LSN of the last transaction in `batch`.
-    batch_end: Option<Lsn>,
-    /// Enqueued batches not yet confirmed: (end LSN, highest outbox id).
-    acks: VecDeque<(Lsn, i64)>,
+    /// Recent xid8, to widen the stream's 32-bit xids.
+    xid_ref: u64,
     flushed: Lsn,
     received: Lsn,
     /// A keepalive position received outside a transaction.
     idle_at: Lsn,
-    /// Highest outbox id written for the transaction being received (a
-    /// large transaction is written in parts as it arrives: pgoutput v1
-    /// sends only committed transactions, so its parts are committed
-    /// changes; the slot is still confirmed only after its end).
-    spilled_top: i64,
+    /// The last stats written to `godata_bridge.state`.
+    published: Option<Live>,
 }
 
-fn pg_time(micros: i64) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp_micros(micros.saturating_add(PG_EPOCH_OFFSET_MICROS))
-        .unwrap_or_else(chrono::Utc::now)
+fn pg_time(micros: i64) -> f64 {
+    micros.saturating_add(PG_EPOCH_OFFSET_MICROS) as f64 / 1e6
+}
+
+/// The xid8 nearest `reference` whose low 32 bits are `xid`.
+fn widen(reference: u64, xid: u32) -> u64 {
+    let low = u32::try_from(reference & 0xffff_ffff).expect("masked");
+    let diff = i64::from(i32::from_ne_bytes(xid.wrapping_sub(low).to_ne_bytes()));
+    reference.saturating_add_signed(diff)
+}
+
+/// `char` columns of the catalog arrive as `i8`.
+fn catalog_char(c: i8) -> char {
+    char::from(c.to_ne_bytes()[0])
 }
 
 impl Consumer<'_> {
@@ -230,8 +230,18 @@ impl Consumer<'_> {
             .await?
             .get(0);
         let table = name.filter(|n| self.tracked.contains_key(n));
+        let mut columns = vec![];
         let mut keys = vec![];
         if let Some(t) = &table {
+            let types = self
+                .types(r.columns.iter().map(|c| c.type_oid).collect())
+                .await?;
+            let lookup = |oid: u32| types.get(&oid).cloned();
+            columns = r
+                .columns
+                .iter()
+                .map(|c| (c.name.clone(), rowimage::kind_of(c.type_oid, &lookup)))
+                .collect();
             for k in &self.tracked[t] {
                 let at = r.columns.iter().position(|c| &c.name == k).ok_or_else(|| {
                     LogicalError::KeyNotInStream {
@@ -240,42 +250,177 @@ impl Consumer<'_> {
                         what: "column not published",
                     }
                 })?;
-                keys.push((k.clone(), at));
+                keys.push(at);
             }
+            keys.sort_by(|a, b| {
+                let (x, y) = (&r.columns[*a].name, &r.columns[*b].name);
+                x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+            });
         }
-        self.relations.insert(r.id, Rel { table, keys });
+        self.relations.insert(
+            r.id,
+            Rel {
+                table,
+                columns,
+                keys,
+            },
+        );
         Ok(())
     }
 
-    /// The key of a tuple as `{"column": "text"}`; a key column that is
-    /// absent (not in the replica identity) or unchanged-TOAST is taken
-    /// from `fallback` if given, else it is an error.
-    fn key(
+    /// The catalog rows of `oids`, their domains' base types and their
+    /// arrays' element types.
+    async fn types(&self, oids: Vec<u32>) -> Result<HashMap<u32, PgType>, tokio_postgres::Error> {
+        let mut known: HashMap<u32, PgType> = HashMap::new();
+        let mut want = oids;
+        for _ in 0..8 {
+            want.retain(|o| *o != 0 && !known.contains_key(o));
+            want.sort_unstable();
+            want.dedup();
+            if want.is_empty() {
+                break;
+            }
+            let rows = self.pg.query(rowimage::TYPES_SQL, &[&want]).await?;
+            want = vec![];
+            for r in rows {
+                let t = PgType {
+                    oid: r.get(0),
+                    typtype: catalog_char(r.get(1)),
+                    basetype: r.get(2),
+                    category: catalog_char(r.get(3)),
+                    elem: r.get(4),
+                    json_cast: r.get(5),
+                };
+                want.push(t.basetype);
+                want.push(t.elem);
+                known.insert(t.oid, t);
+            }
+        }
+        Ok(known)
+    }
+
+    /// A tuple's columns as JSON (`only`: just these positions). Values only
+    /// the server can convert are converted in one query.
+    async fn convert(
+        &self,
         rel: &Rel,
         table: &str,
         tuple: &[Datum],
-        fallback: Option<&[Datum]>,
+        only: Option<&[usize]>,
+    ) -> Result<Converted, LogicalError> {
+        let mut out = Converted {
+            row: Map::new(),
+            missing: vec![],
+            bytes: 0,
+        };
+        let mut server = Map::new();
+        let wanted = |i: usize| only.is_none_or(|o| o.contains(&i));
+        for (i, ((name, kind), datum)) in rel.columns.iter().zip(tuple).enumerate() {
+            if !wanted(i) {
+                continue;
+            }
+            // Per column: its text and the map entry around it.
+            out.bytes += name.len() + 48;
+            match datum {
+                Datum::Null => {
+                    out.row.insert(name.clone(), Value::Null);
+                }
+                Datum::UnchangedToast => out.missing.push(name.clone()),
+                Datum::Text(_) => {
+                    let text = datum.text().ok_or_else(|| {
+                        LogicalError::Repl(ReplError::Protocol(format!(
+                            "table {table}: column {name} is not UTF-8 text"
+                        )))
+                    })?;
+                    out.bytes += text.len();
+                    match rowimage::value(kind, text) {
+                        Some(v) => {
+                            out.row.insert(name.clone(), v);
+                        }
+                        None => {
+                            server.insert(name.clone(), Value::String(text.to_string()));
+                        }
+                    }
+                }
+                Datum::Binary(_) => {
+                    return Err(LogicalError::Repl(ReplError::Protocol(format!(
+                        "table {table}: binary column {name} in a text-mode stream"
+                    ))))
+                }
+            }
+        }
+        if !server.is_empty() {
+            // The table's name as qualified() prints it: quoted where needed.
+            let v: Value = self
+                .pg
+                .query_one(
+                    &format!(
+                        "SELECT to_jsonb(r) FROM json_populate_record(NULL::{table}, $1::json) AS r"
+                    ),
+                    &[&Value::Object(server.clone())],
+                )
+                .await?
+                .get(0);
+            for name in server.keys() {
+                out.row
+                    .insert(name.clone(), v.get(name).cloned().unwrap_or(Value::Null));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The key of a converted tuple, `{"column": value}` in jsonb's order.
+    fn key(
+        rel: &Rel,
+        table: &str,
+        row: &Map<String, Value>,
+        toast: &[String],
     ) -> Result<Value, LogicalError> {
         let mut m = Map::new();
-        for (col, at) in &rel.keys {
-            let pick = |t: &[Datum]| t.get(*at).and_then(Datum::text).map(String::from);
-            let v = pick(tuple)
-                .or_else(|| fallback.and_then(pick))
-                .ok_or_else(|| LogicalError::KeyNotInStream {
-                    table: table.to_string(),
-                    column: col.clone(),
-                    what: match tuple.get(*at) {
-                        Some(Datum::UnchangedToast) => "unchanged TOAST value",
-                        _ => "null or missing in the old row image",
-                    },
-                })?;
-            m.insert(col.clone(), Value::String(v));
+        for at in &rel.keys {
+            let col = &rel.columns[*at].0;
+            match row.get(col) {
+                Some(v) if !v.is_null() => {
+                    m.insert(col.clone(), v.clone());
+                }
+                _ => {
+                    return Err(LogicalError::KeyNotInStream {
+                        table: table.to_string(),
+                        column: col.clone(),
+                        what: if toast.contains(col) {
+                            "unchanged TOAST value"
+                        } else {
+                            "null or missing in the old row image"
+                        },
+                    })
+                }
+            }
         }
         Ok(Value::Object(m))
     }
 
-    fn change(&mut self, m: Message) -> Result<(), LogicalError> {
-        let Some(txn) = self.txn.as_mut() else {
+    fn add(&self, seq: u64, table: &str, key: Value, op: Op, c: Converted, what: &str) {
+        metrics::inc(
+            metrics::CHANGES_CAPTURED,
+            &[("table", table), ("op", what)],
+            1.0,
+        );
+        let bytes = c.bytes + key.to_string().len();
+        self.shared.lock().window.add(
+            seq,
+            RowChange {
+                table: table.to_string(),
+                key,
+                op,
+                row: c.row,
+                missing: c.missing,
+                bytes,
+            },
+        );
+    }
+
+    async fn change(&mut self, m: Message) -> Result<(), LogicalError> {
+        let Some(txn) = self.txn.as_ref() else {
             return Err(LogicalError::Repl(ReplError::Protocol(
                 "row change outside a transaction".into(),
             )));
@@ -284,71 +429,14 @@ impl Consumer<'_> {
         if txn.echo {
             return Ok(());
         }
-        let at = txn.at;
-        let rel_of = |id: u32| {
-            self.relations.get(&id).ok_or_else(|| {
-                LogicalError::Repl(ReplError::Protocol(format!(
-                    "change for unknown relation {id}"
-                )))
-            })
-        };
-        match m {
-            Message::Insert { relation, new } => {
-                let rel = rel_of(relation)?;
-                if let Some(table) = &rel.table {
-                    let key = Self::key(rel, table, &new, None)?;
-                    let table = table.clone();
-                    txn.changes.push(Change::Row {
-                        table,
-                        op: "I",
-                        key,
-                        at,
-                    });
-                }
-            }
-            Message::Update { relation, old, new } => {
-                let rel = rel_of(relation)?;
-                if let Some(table) = &rel.table {
-                    let old_t = old.as_ref().map(|(_, t)| t.as_slice());
-                    let key = Self::key(rel, table, &new, old_t)?;
-                    // A changed key: delete the old record, upsert the new.
-                    if let Some(o) = old_t {
-                        let old_key = Self::key(rel, table, o, None)?;
-                        if old_key != key {
-                            txn.changes.push(Change::Row {
-                                table: table.clone(),
-                                op: "D",
-                                key: old_key,
-                                at,
-                            });
-                        }
-                    }
-                    let table = table.clone();
-                    txn.changes.push(Change::Row {
-                        table,
-                        op: "U",
-                        key,
-                        at,
-                    });
-                }
-            }
-            Message::Delete { relation, old } => {
-                let rel = rel_of(relation)?;
-                if let Some(table) = &rel.table {
-                    let (_, tuple) = old;
-                    let key = Self::key(rel, table, &tuple, None)?;
-                    let table = table.clone();
-                    txn.changes.push(Change::Row {
-                        table,
-                        op: "D",
-                        key,
-                        at,
-                    });
-                }
-            }
+        let seq = txn.seq;
+        let relation = match &m {
+            Message::Insert { relation, .. }
+            | Message::Update { relation, .. }
+            | Message::Delete { relation, .. } => *relation,
             Message::Truncate { relations, .. } => {
                 for id in relations {
-                    let Some(table) = self.relations.get(&id).and_then(|r| r.table.clone()) else {
+                    let Some(table) = self.relations.get(id).and_then(|r| r.table.clone()) else {
                         continue;
                     };
                     match self.config.capture.truncate {
@@ -358,139 +446,135 @@ impl Consumer<'_> {
                         ),
                         TruncatePolicy::Delete => {
                             tracing::warn!(table = %table, "TRUNCATE of a tracked table: deleting its records in Go.Data");
-                            txn.changes.push(Change::Truncate { table, at });
+                            self.shared.lock().window.truncate(seq, table);
                         }
                     }
                 }
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        let known = self.relations.get(&relation).ok_or_else(|| {
+            LogicalError::Repl(ReplError::Protocol(format!(
+                "change for unknown relation {relation}"
+            )))
+        })?;
+        let Some(table) = known.table.clone() else {
+            return Ok(());
+        };
+        if let Some(t) = self.txn.as_mut() {
+            t.tracked = true;
+        }
+        let rel = &self.relations[&relation];
+        match m {
+            Message::Insert { new, .. } => {
+                let c = self.convert(rel, &table, &new, None).await?;
+                let key = Self::key(rel, &table, &c.row, &c.missing)?;
+                self.add(seq, &table, key, Op::Upsert, c, "insert");
+            }
+            Message::Update { old, new, .. } => {
+                let c = self.convert(rel, &table, &new, None).await?;
+                let old_key = match &old {
+                    Some((_, o)) => {
+                        let ok = self.convert(rel, &table, o, Some(&rel.keys)).await?;
+                        Some(Self::key(rel, &table, &ok.row, &ok.missing)?)
+                    }
+                    None => None,
+                };
+                // A key column left unchanged-TOAST keeps its old value.
+                let key = match (Self::key(rel, &table, &c.row, &c.missing), &old_key) {
+                    (Ok(k), _) => k,
+                    (Err(_), Some(k)) => k.clone(),
+                    (Err(e), None) => return Err(e),
+                };
+                // A changed key: delete the old record, upsert the new.
+                if let Some(ok) = old_key.filter(|ok| *ok != key) {
+                    let gone = Converted {
+                        row: Map::new(),
+                        missing: vec![],
+                        bytes: 0,
+                    };
+                    self.add(seq, &table, ok, Op::Delete, gone, "delete");
+                }
+                self.add(seq, &table, key, Op::Upsert, c, "update");
+            }
+            Message::Delete { old: (_, o), .. } => {
+                let c = self.convert(rel, &table, &o, Some(&rel.keys)).await?;
+                let key = Self::key(rel, &table, &c.row, &c.missing)?;
+                let gone = Converted {
+                    row: Map::new(),
+                    missing: vec![],
+                    bytes: 0,
+                };
+                self.add(seq, &table, key, Op::Delete, gone, "delete");
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// Writes `batch` to the outbox in one transaction and remembers it
-    /// for confirmation.
-    async fn persist(&mut self) -> Result<bool, LogicalError> {
-        let Some(end) = self.batch_end.take() else {
-            return Ok(false);
-        };
-        let changes = std::mem::take(&mut self.batch);
-        let top = self
-            .write(changes)
-            .await?
-            .max(std::mem::take(&mut self.spilled_top));
-        self.acks.push_back((end, top));
-        Ok(top > 0)
-    }
-
-    /// Writes the changes received so far of a large transaction, so
-    /// memory stays bounded by [`MAX_BATCH`] whatever its size.
-    async fn spill(&mut self) -> Result<(), LogicalError> {
-        let changes = match self.txn.as_mut() {
-            Some(t) if t.changes.len() >= MAX_BATCH => std::mem::take(&mut t.changes),
-            _ => return Ok(()),
-        };
-        let top = self.write(changes).await?;
-        self.spilled_top = self.spilled_top.max(top);
-        Ok(())
-    }
-
-    /// Enqueues `changes` in one transaction; returns the highest id.
-    async fn write(&mut self, changes: Vec<Change>) -> Result<i64, LogicalError> {
-        let mut top = 0i64;
-        if !changes.is_empty() {
-            let tx = self.pg.transaction().await?;
-            let mut i = 0;
-            while i < changes.len() {
-                match &changes[i] {
-                    Change::Truncate { table, at } => {
-                        let id: Option<i64> = tx
-                            .query_one(
-                                "SELECT godata_bridge.enqueue_truncate($1::text::regclass, $2)",
-                                &[table, at],
-                            )
-                            .await?
-                            .get(0);
-                        top = top.max(id.unwrap_or(0));
-                        i += 1;
-                    }
-                    Change::Row { table, .. } => {
-                        let (mut ops, mut keys, mut ats) = (vec![], vec![], vec![]);
-                        let mut j = i;
-                        while let Some(Change::Row {
-                            table: t,
-                            op,
-                            key,
-                            at,
-                        }) = changes.get(j)
-                        {
-                            if t != table {
-                                break;
-                            }
-                            ops.push(*op);
-                            keys.push(key.clone());
-                            ats.push(*at);
-                            j += 1;
-                        }
-                        let id: Option<i64> = tx
-                            .query_one(
-                                "SELECT godata_bridge.enqueue($1::text::regclass, $2, $3, $4)",
-                                &[table, &ops, &keys, &ats],
-                            )
-                            .await?
-                            .get(0);
-                        top = top.max(id.unwrap_or(0));
-                        i = j;
-                    }
-                }
-            }
-            tx.commit().await?;
-        }
-        Ok(top)
-    }
-
-    /// Pops every batch whose outbox rows are all gone; returns whether
-    /// the confirmed position moved.
-    async fn confirm(&mut self) -> Result<bool, LogicalError> {
+    /// Moves the confirmed position past every resolved transaction;
+    /// returns whether it moved.
+    fn confirm(&mut self) -> bool {
         let before = self.flushed;
-        if self.acks.iter().any(|(_, top)| *top > 0) {
-            let min: Option<i64> = self
-                .pg
-                .query_one("SELECT min(id) FROM godata_bridge.outbox", &[])
-                .await?
-                .get(0);
-            while let Some(&(end, top)) = self.acks.front() {
-                if top > 0 && min.is_some_and(|m| m <= top) {
-                    break;
-                }
-                self.flushed = self.flushed.max(end);
-                self.acks.pop_front();
-            }
-        } else {
-            while let Some((end, _)) = self.acks.pop_front() {
-                self.flushed = self.flushed.max(end);
-            }
+        let (end, idle) = {
+            let mut s = self.shared.lock();
+            (s.window.confirmable(), s.window.is_idle())
+        };
+        if let Some(e) = end {
+            self.flushed = self.flushed.max(e);
         }
-        if self.acks.is_empty() && self.txn.is_none() && self.batch_end.is_none() {
+        if idle && self.txn.is_none() {
             self.flushed = self.flushed.max(self.idle_at);
         }
-        Ok(self.flushed != before)
+        self.flushed != before
+    }
+
+    /// Shows the window to `/metrics` and, when it changed, to `status`
+    /// (one small write, not per change).
+    async fn publish(&mut self) -> Result<(), tokio_postgres::Error> {
+        let live = Live {
+            window: self.shared.lock().window.stats(),
+            confirmed: self.flushed,
+            received: self.received,
+        };
+        *LIVE.lock().expect("live lock") = Some(live);
+        if self.published == Some(live) {
+            return Ok(());
+        }
+        let value = json!({
+            "pending": live.window.pending + live.window.in_flight,
+            "deferred": live.window.deferred,
+            "oldest_commit": live.window.oldest,
+            "bytes": live.window.bytes,
+            "confirmed_lsn": fmt_lsn(live.confirmed),
+            "received_lsn": fmt_lsn(live.received),
+        });
+        self.pg
+            .execute(
+                "INSERT INTO godata_bridge.state (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+                &[&STATE_NAME, &value],
+            )
+            .await?;
+        self.published = Some(live);
+        Ok(())
     }
 }
 
 /// Runs the slot consumer until `shutdown` flips, reconnecting after
-/// errors (operator errors are logged as errors and retried slowly).
-pub async fn run(
+/// errors (operator errors are logged as errors and retried slowly). Every
+/// session starts with an empty window at the slot's confirmed position.
+pub async fn consume(
     config: Config,
     db: Db,
-    wake: Arc<Notify>,
-    drained: Arc<Notify>,
+    shared: Arc<Shared>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut failures = 0;
     while !*shutdown.borrow() {
-        let began = std::time::Instant::now();
-        match stream(&config, &db, &wake, &drained, &mut shutdown).await {
+        let began = Instant::now();
+        match stream(&config, &db, &shared, &mut shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 // A session that streamed a while resets the backoff.
@@ -506,12 +590,14 @@ pub async fn run(
                     10
                 };
                 // The previous session's walsender may hold the slot for a
-                // moment after a disconnect ("active for PID"): look again soon.
+                // moment after a disconnect ("active for PID"), and a
+                // restart asked by delivery should replay at once.
                 let pause = match &e {
                     LogicalError::Repl(r) if r.code() == Some("55006") => {
                         Duration::from_millis(200)
                     }
-                    _ => crate::deliver::backoff(failures, cap),
+                    LogicalError::Restart => Duration::from_millis(100),
+                    _ => backoff(failures, cap),
                 };
                 tokio::select! {
                     biased;
@@ -526,8 +612,7 @@ pub async fn run(
 async fn stream(
     config: &Config,
     db: &Db,
-    wake: &Notify,
-    drained: &Notify,
+    shared: &Shared,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), LogicalError> {
     let slot = &config.capture.slot;
@@ -536,10 +621,8 @@ async fn stream(
         let _ = conn.await;
     });
     let _guard = AbortOnDrop(conn_task);
-    // The slot, not this write, is what makes a change durable: the slot
-    // is confirmed only after delivery, whose settle commits durably (and
-    // WAL is flushed in order), and a crash before that replays the change
-    // from the slot. So the outbox writes skip the fsync wait.
+    // This session writes only the window's stats for `status`: losing
+    // one in a crash loses nothing.
     pg.batch_execute("SET synchronous_commit = off").await?;
     let info = slot_info(&pg, slot)
         .await?
@@ -579,51 +662,64 @@ async fn stream(
             "tracked tables are not in the publication: their changes are not captured; run `godata-bridge install`"
         );
     }
+    let xid_ref: String = pg
+        .query_one("SELECT pg_snapshot_xmax(pg_current_snapshot())::text", &[])
+        .await?
+        .get(0);
+    let xid_ref = xid_ref.parse().unwrap_or(0);
     let mut repl = ReplConn::connect(db).await?;
     repl.start_logical(slot, &config.capture.publication)
         .await?;
+    // A new session replays from the confirmed position: what the window
+    // held is sent again.
+    shared.lock().window.reset();
+    shared.restart.store(false, Ordering::SeqCst);
     tracing::info!(slot = %slot, from = %fmt_lsn(start), tls = repl.tls, "streaming from the replication slot");
     let mut c = Consumer {
         config,
         pg,
+        shared,
         tracked,
         relations: HashMap::new(),
         txn: None,
-        batch: vec![],
-        batch_end: None,
-        acks: VecDeque::new(),
+        xid_ref,
         flushed: start,
         received: start,
         idle_at: start,
-        spilled_top: 0,
+        published: None,
     };
     let mut status =
         tokio::time::interval(Duration::from_secs(config.capture.status_interval_secs));
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Enqueue what arrived once the socket has nothing more buffered
-        // (or the batch is large): batches follow the stream's pace.
-        if c.batch_end.is_some() && (!repl.has_frame() || c.batch.len() >= MAX_BATCH) {
-            if c.persist().await? {
-                wake.notify_one();
-            } else if c.confirm().await? {
-                repl.send_status(c.received, c.flushed, false).await?;
-            }
+        let full = shared.lock().window.is_full();
+        if full {
+            // Let delivery work the window down; the server keeps the WAL.
+            shared.ready.notify_one();
         }
         let mut reply = false;
         tokio::select! {
             biased;
             _ = shutdown.changed() => {
-                c.confirm().await?;
+                c.confirm();
                 repl.send_status(c.received, c.flushed, false).await?;
                 return Ok(());
             }
-            m = repl.next_message() => match m? {
+            _ = shared.progress.notified() => {
+                if shared.restart.swap(false, Ordering::SeqCst) {
+                    return Err(LogicalError::Restart);
+                }
+                reply = c.confirm();
+            }
+            m = repl.next_message(), if !full => match m? {
                 CopyMessage::XLogData { start, data, .. } => {
                     c.received = c.received.max(start);
                     match pgoutput::decode(&data)? {
-                        Message::Begin { commit_time, .. } => {
-                            c.txn = Some(Txn { at: pg_time(commit_time), changes: vec![], echo: false });
+                        Message::Begin { commit_time, xid, .. } => {
+                            let xid = widen(c.xid_ref, xid);
+                            c.xid_ref = c.xid_ref.max(xid);
+                            let seq = shared.lock().window.begin(xid, pg_time(commit_time));
+                            c.txn = Some(Txn { seq, xid, echo: false, tracked: false });
                         }
                         Message::Origin { name, .. } => {
                             if let Some(t) = c.txn.as_mut() {
@@ -632,17 +728,20 @@ async fn stream(
                         }
                         Message::Commit { end_lsn, .. } => {
                             if let Some(t) = c.txn.take() {
-                                if !t.echo {
-                                    c.batch.extend(t.changes);
+                                let mut s = shared.lock();
+                                s.window.commit(t.seq, end_lsn);
+                                if t.tracked {
+                                    s.must_see.add(t.xid);
                                 }
                             }
-                            c.batch_end = Some(end_lsn);
                             c.received = c.received.max(end_lsn);
+                            shared.ready.notify_one();
+                            // A transaction of untracked tables only.
+                            reply = c.confirm();
                         }
                         Message::Relation(r) => c.relation(r).await?,
                         m @ (Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. } | Message::Truncate { .. }) => {
-                            c.change(m)?;
-                            c.spill().await?;
+                            c.change(m).await?;
                         }
                         Message::Type { .. } | Message::Message { .. } => {}
                     }
@@ -653,19 +752,15 @@ async fn stream(
                         c.idle_at = c.idle_at.max(wal_end);
                     }
                     // Idle: confirm the keepalive's position at once.
-                    reply = c.confirm().await? || reply_requested;
+                    reply = c.confirm() || reply_requested;
                 }
                 CopyMessage::Done => {
                     return Err(LogicalError::Repl(ReplError::Protocol("the server ended the replication stream".into())));
                 }
             },
-            _ = drained.notified() => {
-                if c.confirm().await? {
-                    reply = true;
-                }
-            }
             _ = status.tick() => {
-                c.confirm().await?;
+                c.confirm();
+                c.publish().await?;
                 reply = true;
             }
         }
@@ -683,176 +778,265 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Tracked tables whose replica identity does not carry the key columns:
-/// their deletes (and key changes) would reach the stream without a key.
-pub async fn identity_problems(
-    pg: &tokio_postgres::Client,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let rows = pg
-        .query(
-            "SELECT t.table_name, c.relreplident::text,
-                    coalesce((SELECT array_agg(a.attname::text)
-                                FROM pg_index i
-                                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-                               WHERE i.indrelid = c.oid
-                                 AND ((c.relreplident = 'd' AND i.indisprimary)
-                                   OR (c.relreplident = 'i' AND i.indisreplident))), '{}') AS ident,
-                    t.key_columns
-               FROM godata_bridge.tracked t
-               JOIN pg_class c ON c.oid = to_regclass(t.table_name)
-              ORDER BY 1",
-            &[],
-        )
-        .await?;
-    let mut problems = vec![];
-    for r in rows {
-        let table: String = r.get(0);
-        let ident: String = r.get(1);
-        let cols: Vec<String> = r.get(2);
-        let keys: Vec<String> = r.get(3);
-        if ident == "f" {
+/// Logical-mode delivery until `shutdown` flips: takes due records from
+/// the window (woken by the consumer), and drains the outbox on NOTIFY, on
+/// (re)connect and on the safety timer. A database error asks the consumer
+/// to restart the stream (the window is lost with the batch in flight; the
+/// slot still has it all).
+pub async fn deliver(
+    mut deliverer: Deliverer,
+    db: Db,
+    shared: Arc<Shared>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let safety = Duration::from_secs(deliverer.config.capture.safety_poll_secs);
+    let mut failures = 0;
+    while !*shutdown.borrow() {
+        let (pg, conn) = match db.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, attempt = failures, "cannot connect to the hmis database");
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(backoff(failures, 30)) => continue,
+                }
+            }
+        };
+        let (conn_task, mut wake) = listen_task(conn);
+        let _guard = AbortOnDrop(conn_task);
+        // NOTIFY here comes only from backfill and dead-letter retries.
+        let setup = async {
+            pg.batch_execute("LISTEN godata_bridge; SET synchronous_commit = off")
+                .await?;
+            deliverer.refresh(&pg).await
+        };
+        if let Err(e) = setup.await {
+            tracing::warn!(error = %crate::ops::describe_pg_error(&e), "hmis database error; reconnecting");
             continue;
         }
-        let missing: Vec<&String> = keys.iter().filter(|k| !cols.contains(k)).collect();
-        if ident == "n" || !missing.is_empty() {
-            problems.push(format!(
-                "{table}: replica identity ({}) does not carry key column(s) {}; run ALTER TABLE {table} REPLICA IDENTITY FULL (or USING INDEX on a unique index of the key)",
-                match ident.as_str() {
-                    "d" => "default: primary key",
-                    "i" => "index",
-                    _ => "nothing",
-                },
-                keys.join(", ")
-            ));
-        }
-    }
-    Ok(problems)
-}
-
-/// `check` in logical mode: (ok, what, detail) lines about the server
-/// settings, the tables' replica identity and the slot.
-pub async fn check(
-    pg: &tokio_postgres::Client,
-    capture: &crate::config::Capture,
-) -> Result<Vec<(bool, String, String)>, tokio_postgres::Error> {
-    let mut out = vec![];
-    let r = pg
-        .query_one(
-            "SELECT current_setting('wal_level'),
-                    current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
-                    current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int,
-                    current_setting('max_slot_wal_keep_size'),
-                    (SELECT count(*) FROM pg_publication WHERE pubname = $1)::int",
-            &[&capture.publication],
-        )
-        .await?;
-    let wal_level: String = r.get(0);
-    let (free_slots, free_senders): (i32, i32) = (r.get(1), r.get(2));
-    let keep: String = r.get(3);
-    out.push((
-        wal_level == "logical",
-        "wal_level".into(),
-        if wal_level == "logical" {
-            wal_level
-        } else {
-            format!("{wal_level}; set wal_level = logical and restart PostgreSQL")
-        },
-    ));
-    let slot = slot_info(pg, &capture.slot).await?;
-    out.push((
-        slot.is_some() || free_slots > 0,
-        "free replication slots".into(),
-        format!("{free_slots} (max_replication_slots)"),
-    ));
-    out.push((
-        slot.as_ref().is_some_and(|s| s.active) || free_senders > 0,
-        "free WAL senders".into(),
-        format!("{free_senders} (max_wal_senders)"),
-    ));
-    out.push((
-        true,
-        "max_slot_wal_keep_size".into(),
-        if keep == "-1" {
-            "-1 (unlimited: a stopped bridge lets the slot keep WAL without bound; consider a limit)".into()
-        } else {
-            keep
-        },
-    ));
-    let unpublished: Vec<String> = if r.get::<_, i32>(4) == 1 {
-        unpublished_tables(pg, &capture.publication).await?
-    } else {
-        vec![]
-    };
-    out.push((
-        r.get::<_, i32>(4) == 1 && unpublished.is_empty(),
-        "publication".into(),
-        if unpublished.is_empty() {
-            capture.publication.clone()
-        } else {
-            format!(
-                "{} lacks {}; run `godata-bridge install` again",
-                capture.publication,
-                unpublished.join(", ")
-            )
-        },
-    ));
-    let problems = identity_problems(pg).await?;
-    out.push((
-        problems.is_empty(),
-        "replica identity carries the keys".into(),
-        if problems.is_empty() {
-            "yes; unchanged TOAST values are read from the table, REPLICA IDENTITY FULL is not needed".into()
-        } else {
-            problems.join("; ")
-        },
-    ));
-    match slot {
-        None => out.push((
-            false,
-            "replication slot".into(),
-            LogicalError::SlotMissing(capture.slot.clone()).to_string(),
-        )),
-        Some(s) => {
-            let lost = s.wal_status.as_deref() == Some("lost");
-            out.push((
-                !lost && s.plugin == "pgoutput",
-                "replication slot".into(),
-                if lost {
-                    LogicalError::SlotLost {
-                        slot: capture.slot.clone(),
-                        status: "lost".into(),
+        failures = 0;
+        let mut outbox_due = true;
+        let mut next_outbox = Instant::now() + safety;
+        loop {
+            let mut nap = safety;
+            let mut again = false;
+            match round(&mut deliverer, &pg, &shared, &mut outbox_due).await {
+                Ok(d) => {
+                    log_drained(&d);
+                    if let Some(due) = d.next_due {
+                        nap = nap.min(due + DUE_SLACK);
                     }
-                    .to_string()
-                } else {
-                    format!(
-                        "{}: {}, wal_status {}, confirmed {}, retains {} bytes of WAL",
-                        capture.slot,
-                        if s.active { "streaming" } else { "idle" },
-                        s.wal_status.as_deref().unwrap_or("unknown"),
-                        s.confirmed_flush.as_deref().unwrap_or("-"),
-                        s.retained_bytes.unwrap_or(0)
-                    )
-                },
-            ));
+                    again = d.settled() > 0;
+                }
+                Err(DeliverError::Operator(e)) => {
+                    log_operator(&e);
+                    nap = nap.min(Duration::from_secs(
+                        deliverer.config.delivery.max_backoff_secs,
+                    ));
+                }
+                Err(DeliverError::Db(e)) => {
+                    tracing::warn!(error = %crate::ops::describe_pg_error(&e), "hmis database error; restarting the stream and reconnecting");
+                    shared.restart.store(true, Ordering::SeqCst);
+                    shared.progress.notify_one();
+                    break;
+                }
+            }
+            if again && !*shutdown.borrow() {
+                continue;
+            }
+            nap = nap.min(next_outbox.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                w = wake.recv() => {
+                    if w.is_none() {
+                        tracing::warn!("hmis connection lost; reconnecting");
+                        break;
+                    }
+                    while wake.try_recv().is_ok() {}
+                    outbox_due = true;
+                }
+                _ = shared.ready.notified() => {}
+                _ = tokio::time::sleep(nap) => {}
+            }
+            if Instant::now() >= next_outbox {
+                outbox_due = true;
+                next_outbox = Instant::now() + safety;
+            }
         }
     }
-    Ok(out)
 }
 
-/// Tracked tables that the publication does not carry.
-async fn unpublished_tables(
-    pg: &tokio_postgres::Client,
-    publication: &str,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    Ok(pg
-        .query_one(
-            "SELECT coalesce(array_agg(t.table_name ORDER BY t.table_name), '{}')
-               FROM godata_bridge.tracked t
-              WHERE NOT EXISTS (SELECT 1 FROM pg_publication_tables p
-                                 WHERE p.pubname = $1
-                                   AND format('%I.%I', p.schemaname, p.tablename) = t.table_name)",
-            &[&publication],
+/// One round: the window's due records (until only deferred ones are
+/// left), a TRUNCATE barrier's next step, and the outbox when due.
+async fn round(
+    deliverer: &mut Deliverer,
+    pg: &PgClient,
+    shared: &Shared,
+    outbox_due: &mut bool,
+) -> Result<Drained, DeliverError> {
+    let batch_size = usize::try_from(deliverer.config.delivery.batch_size).unwrap_or(1);
+    let mut total = Drained::default();
+    loop {
+        let now = Instant::now();
+        let (batch, mut must_see) = {
+            let mut s = shared.lock();
+            let batch = s.window.take(now, batch_size);
+            (batch, std::mem::take(&mut s.must_see))
+        };
+        if batch.is_empty() {
+            shared.lock().must_see.absorb(must_see);
+            break;
+        }
+        let r = async {
+            must_see.prune(pg).await?;
+            deliverer.deliver(pg, batch, &mut must_see).await
+        }
+        .await;
+        shared.lock().must_see.absorb(must_see);
+        let delivered = r?;
+        persist(pg, &delivered).await?;
+        let d = delivered.counts();
+        shared
+            .lock()
+            .window
+            .finish(now, delivered.outcomes, delivered.untouched);
+        shared.progress.notify_one();
+        total.add(d);
+        if let Some(e) = delivered.operator {
+            return Err(DeliverError::Operator(e));
+        }
+        if d.settled() == 0 {
+            break;
+        }
+    }
+    let barrier = shared.lock().window.barrier_ready().cloned();
+    if let Some(b) = &barrier {
+        if !b.enqueued {
+            pg.execute(
+                "SELECT godata_bridge.enqueue_truncate($1::text::regclass, now())",
+                &[&b.table],
+            )
+            .await?;
+            shared.lock().window.barrier_enqueued();
+            *outbox_due = true;
+        }
+    }
+    if *outbox_due {
+        *outbox_due = false;
+        let mut must_see = std::mem::take(&mut shared.lock().must_see);
+        let r = outbox::drain(deliverer, pg, &mut must_see).await;
+        shared.lock().must_see.absorb(must_see);
+        // Deferred outbox rows: `next_due` says when to look again.
+        total.add(r?);
+    }
+    if let Some(b) = barrier.filter(|b| b.enqueued) {
+        let left: bool = pg
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM godata_bridge.outbox WHERE table_name = $1)",
+                &[&b.table],
+            )
+            .await?
+            .get(0);
+        if !left {
+            shared.lock().window.lift_barrier();
+            shared.progress.notify_one();
+            total.delivered += 1;
+        }
+    }
+    let window_due = shared.lock().window.next_due(Instant::now());
+    total.next_due = match (total.next_due, window_due) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(total)
+}
+
+/// Records a batch's link bookkeeping (one statement, without waiting for
+/// the WAL flush) and its dead letters (waiting for it: the slot is
+/// confirmed past a dead change only once its dead letter is durable).
+async fn persist(pg: &PgClient, delivered: &Delivered<Taken>) -> Result<(), tokio_postgres::Error> {
+    deliver::record(
+        pg,
+        delivered.outcomes.iter().filter_map(|(c, o)| match o {
+            Outcome::Acked(a) => Some((c, a)),
+            _ => None,
+        }),
+        &[],
+    )
+    .await?;
+    let mut dead = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    );
+    for (c, o) in &delivered.outcomes {
+        if let Outcome::Dead {
+            status,
+            code,
+            reason,
+        } = o
+        {
+            dead.0.push(c.table.as_str());
+            dead.1.push(if c.op == Op::Delete { "D" } else { "U" });
+            dead.2.push(&c.key);
+            dead.3.push(c.tag.xid.to_string());
+            dead.4.push(c.captured);
+            dead.5.push(c.attempts + 1);
+            dead.6.push(status.map(i32::from));
+            dead.7.push(code.as_deref());
+            dead.8.push(reason.as_str());
+        }
+    }
+    if dead.0.is_empty() {
+        return Ok(());
+    }
+    pg.batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
+        .await?;
+    let r = pg
+        .execute(
+            "INSERT INTO godata_bridge.dead_letter
+                   (id, table_name, op, row_key, txid, captured_at, attempts, http_status, godata_code, reason)
+             SELECT nextval(pg_get_serial_sequence('godata_bridge.outbox', 'id')), t, op::\"char\", k, x::xid8,
+                    to_timestamp(c), a, s, code, r
+               FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::float8[], $6::int4[],
+                           $7::int4[], $8::text[], $9::text[]) AS d(t, op, k, x, c, a, s, code, r)",
+            &[
+                &dead.0, &dead.1, &dead.2, &dead.3, &dead.4, &dead.5, &dead.6, &dead.7, &dead.8,
+            ],
         )
-        .await?
-        .get(0))
+        .await;
+    match r {
+        Ok(_) => pg.batch_execute("COMMIT").await,
+        Err(e) => {
+            let _ = pg.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_xids_widen_to_the_nearest_xid8() {
+        assert_eq!(widen(1000, 990), 990);
+        assert_eq!(widen(1000, 1010), 1010);
+        let epoch = 5u64 << 32;
+        assert_eq!(
+            widen(epoch + 3, 0xffff_fffe),
+            epoch - 2,
+            "just before the wrap"
+        );
+        assert_eq!(widen(epoch - 2, 3), epoch + 3, "just after the wrap");
+    }
 }

@@ -231,6 +231,9 @@ impl ReplConn {
                 ("replication", "database"),
                 ("application_name", app),
                 ("client_encoding", "UTF8"),
+                // Row images are parsed from the output functions' text:
+                // dates in ISO form whatever the server's default.
+                ("DateStyle", "ISO"),
             ],
             &mut self.wbuf,
         )?;

@@ -6,58 +6,17 @@ use std::time::Duration;
 use godata_bridge::sim;
 use tokio::process::Command;
 
+use crate::support::bin::{
+    bridge_cmd, reference_hmis, reference_hmis_in, spawn_run, spawn_run_at, spawn_run_with, BIN,
+    EXAMPLE,
+};
 use crate::support::{both_modes, fresh_db, settled, start_sim, wait_for, wal_mark, Mode};
-
-const BIN: &str = env!("CARGO_BIN_EXE_godata-bridge");
-const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.toml");
 
 async fn tbl_cases_count(c: &tokio_postgres::Client) -> i64 {
     c.query_one("SELECT count(*) FROM hmis.tbl_cases", &[])
         .await
         .unwrap()
         .get(0)
-}
-
-/// A fresh database with the reference HMIS, and the environment that
-/// points the binary at it and at `sim`.
-async fn reference_hmis(
-    sim: &godata_bridge::sim::Sim,
-) -> (
-    crate::support::TestDb,
-    tokio_postgres::Client,
-    Vec<(&'static str, String)>,
-) {
-    reference_hmis_in(sim, Mode::Trigger).await
-}
-
-/// The same, with capture in `mode` (logical: a slot named after the
-/// database, as slots are cluster-wide).
-async fn reference_hmis_in(
-    sim: &godata_bridge::sim::Sim,
-    mode: Mode,
-) -> (
-    crate::support::TestDb,
-    tokio_postgres::Client,
-    Vec<(&'static str, String)>,
-) {
-    let db = fresh_db().await;
-    let c = db.client().await;
-    c.batch_execute(include_str!("../../examples/hmis.sql"))
-        .await
-        .unwrap();
-    let mut env = vec![
-        ("GODATA_BRIDGE_DATABASE_URL", db.url.clone()),
-        ("GODATA_BRIDGE_GODATA_URL", sim.url()),
-        (
-            "GODATA_BRIDGE_GODATA_PASSWORD",
-            sim::DEFAULT_PASSWORD.to_string(),
-        ),
-    ];
-    if mode == Mode::Logical {
-        env.push(("GODATA_BRIDGE_CAPTURE", "logical".into()));
-        env.push(("GODATA_BRIDGE_SLOT", format!("gb_{}", db.name)));
-    }
-    (db, c, env)
 }
 
 #[tokio::test]
@@ -135,44 +94,6 @@ async fn install_then_run_delivers_and_stops_on_sigterm(mode: Mode) {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
-}
-
-fn spawn_run(example: &str, env: &[(&str, String)]) -> tokio::process::Child {
-    spawn_run_at(example, env, "127.0.0.1:0")
-}
-
-/// `godata-bridge run` with its HTTP endpoint on `listen`.
-fn spawn_run_at(example: &str, env: &[(&str, String)], listen: &str) -> tokio::process::Child {
-    let stderr = if std::env::var_os("TEST_LOG").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    };
-    spawn_run_with(example, env, listen, stderr)
-}
-
-fn spawn_run_with(
-    example: &str,
-    env: &[(&str, String)],
-    listen: &str,
-    stderr: Stdio,
-) -> tokio::process::Child {
-    Command::new(BIN)
-        .args([
-            "run",
-            "--config",
-            example,
-            "--log-format",
-            "json",
-            "--http-listen",
-            listen,
-        ])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
 }
 
 async fn kill_9_mid_burst_loses_and_duplicates_nothing(mode: Mode) {
@@ -262,20 +183,6 @@ async fn kill_9_mid_burst_loses_and_duplicates_nothing(mode: Mode) {
 }
 
 /// Runs the binary with `args` and the env; returns (exit code, stdout, stderr).
-async fn bridge_cmd(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 async fn dead_letter_retry_after_the_fix_delivers_and_status_tells(mode: Mode) {
     let sim = start_sim().await;
     let (_db, c, env) = reference_hmis_in(&sim, mode).await;

@@ -249,9 +249,8 @@ async fn two_way_outcome_change_comes_back_without_echo(mode: Mode) {
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut config = s.config.clone();
     config.pull.interval_secs = 1;
-    let bridge = godata_bridge::deliver::spawn(
-        config.clone(),
-        s.client.clone(),
+    let bridge = godata_bridge::flow1::spawn(
+        Deliverer::new(config.clone(), s.client.clone()),
         s.db.config.clone().into(),
         rx.clone(),
     );
@@ -371,7 +370,7 @@ async fn a_pending_hmis_change_is_not_overwritten_by_older_godata_state() {
         .await
         .unwrap();
     let mut d = Deliverer::new(s.config.clone(), s.client.clone());
-    d.drain(&pg).await.unwrap();
+    drain(&mut d, &pg).await;
     // The HMIS confirms the case; the bridge has not delivered it yet.
     s.c.batch_execute("UPDATE hmis.cases SET classification = 'confirmed' WHERE case_id = 'PD-1'")
         .await
@@ -392,7 +391,7 @@ async fn a_pending_hmis_change_is_not_overwritten_by_older_godata_state() {
         "Go.Data's older 'suspected' did not overwrite the pending HMIS change"
     );
     // Once delivered, Go.Data agrees and the next pull changes nothing.
-    d.drain(&pg).await.unwrap();
+    drain(&mut d, &pg).await;
     pull::pull_once(&mut pg, &s.config, &s.client)
         .await
         .unwrap();
@@ -523,7 +522,7 @@ async fn system_of_record_decides_conflicts_column_by_column() {
     )
     .await
     .unwrap();
-    d.drain(&pg).await.unwrap();
+    drain(&mut d, &pg).await;
     let gid = godata_bridge::godata::ids::godata_id(
         s.config.godata.id_namespace,
         "hmis.cases",
@@ -543,7 +542,7 @@ async fn system_of_record_decides_conflicts_column_by_column() {
     s.c.batch_execute("UPDATE hmis.cases SET classification = 'probable' WHERE case_id = 'SOR-1'")
         .await
         .unwrap();
-    d.drain(&pg).await.unwrap();
+    drain(&mut d, &pg).await;
     assert_eq!(
         in_godata("classification"),
         "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_SUSPECT"
@@ -749,4 +748,11 @@ async fn upsert_with_newest_columns_skips_rows_with_a_pending_hmis_change() {
         got,
         [("A", "old"), ("B", "new"), ("C", "new")].map(|(k, v)| (k.to_string(), v.to_string()))
     );
+}
+
+/// One outbox drain, as trigger mode's loop does it.
+async fn drain(d: &mut Deliverer, pg: &tokio_postgres::Client) {
+    godata_bridge::capture::outbox::drain(d, pg, &mut Default::default())
+        .await
+        .unwrap();
 }

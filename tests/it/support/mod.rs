@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod bin;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -264,7 +266,7 @@ pub async fn install_capture(
         config.capture.mode = godata_bridge::config::CaptureMode::Logical;
         config.capture.slot = format!("gb_{}", pg.get_dbname().unwrap());
         let db = godata_bridge::pg_tls::Db::from(pg.clone());
-        godata_bridge::capture::logical::install(&db, c, &config.capture)
+        godata_bridge::capture::slot::install(&db, c, &config.capture)
             .await
             .unwrap();
     }

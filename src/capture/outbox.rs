@@ -1,0 +1,180 @@
+//! The outbox as a delivery source: trigger mode's queue, and in logical
+//! mode the side door for backfill, dead-letter retries and TRUNCATE.
+//!
+//! A drain reads due outbox rows in id order, coalesces several changes of
+//! one record into one (its key is read at delivery, so the latest state
+//! goes), and hands them to the deliverer. Invariant: an outbox row is
+//! deleted only after Go.Data acknowledged its change (in the statement
+//! that records the link and content hash), or when it moves to
+//! `dead_letter`. Transient failures stay with a capped, jittered
+//! `next_attempt_at`. Never `id > last_id` cursors: sequence values commit
+//! out of order.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_postgres::Client as PgClient;
+
+use crate::deliver::{self, Change, DeliverError, Deliverer, Drained, Image, MustSee, Op, Outcome};
+use crate::metrics;
+
+/// An outbox change's handle: every outbox id coalesced into it.
+#[derive(Debug, Default)]
+pub struct Ids(pub Vec<i64>);
+
+/// Highest outbox id seen by this process, so each change is counted once.
+static MAX_SEEN: AtomicI64 = AtomicI64::new(0);
+
+/// Drains due outbox rows until none is left (or only deferred ones).
+/// Reads see every transaction in `must_see` (logical mode).
+pub async fn drain(
+    deliverer: &mut Deliverer,
+    pg: &PgClient,
+    must_see: &mut MustSee,
+) -> Result<Drained, DeliverError> {
+    deliverer.refresh(pg).await?;
+    let mut total = Drained::default();
+    loop {
+        let batch = read_due(pg, deliverer.config.delivery.batch_size).await?;
+        let d = if batch.is_empty() {
+            Drained::default()
+        } else {
+            let delivered = deliverer.deliver(pg, batch, must_see).await?;
+            let d = delivered.counts();
+            settle(pg, &delivered.outcomes).await?;
+            if let Some(e) = delivered.operator {
+                return Err(DeliverError::Operator(e));
+            }
+            d
+        };
+        total.add(Drained {
+            next_due: None,
+            ..d
+        });
+        if d.settled() == 0 {
+            total.next_due = next_due(pg).await?;
+            return Ok(total);
+        }
+    }
+}
+
+/// When the earliest deferred outbox row comes due.
+pub async fn next_due(pg: &PgClient) -> Result<Option<Duration>, tokio_postgres::Error> {
+    let due: Option<f64> = pg
+        .query_one(
+            "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
+               FROM godata_bridge.outbox WHERE next_attempt_at > now()",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(due.map(|s| Duration::from_secs_f64(s.max(0.0))))
+}
+
+/// Up to `limit` due outbox rows, coalesced per record (latest op wins).
+async fn read_due(pg: &PgClient, limit: i64) -> Result<Vec<Change<Ids>>, tokio_postgres::Error> {
+    let rows = pg
+        .query(
+            "SELECT id, table_name, op::text, row_key, attempts, extract(epoch FROM captured_at)::float8
+               FROM godata_bridge.outbox
+              WHERE next_attempt_at IS NULL OR next_attempt_at <= now()
+              ORDER BY id LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    let seen = MAX_SEEN.load(Ordering::SeqCst);
+    let mut records: BTreeMap<(String, String), Change<Ids>> = BTreeMap::new();
+    for r in &rows {
+        let id: i64 = r.get(0);
+        let table: String = r.get(1);
+        let op = Op::from_outbox(r.get(2));
+        if id > seen {
+            let what = match r.get::<_, &str>(2) {
+                "I" => "insert",
+                "U" => "update",
+                _ => "delete",
+            };
+            metrics::inc(
+                metrics::CHANGES_CAPTURED,
+                &[("table", &table), ("op", what)],
+                1.0,
+            );
+            MAX_SEEN.fetch_max(id, Ordering::SeqCst);
+        }
+        let key: Value = r.get(3);
+        let c = records
+            .entry((table.clone(), key.to_string()))
+            .or_insert(Change {
+                table,
+                key,
+                op,
+                image: Image::Read,
+                attempts: 0,
+                captured: f64::MAX,
+                tag: Ids::default(),
+            });
+        c.op = op;
+        c.tag.0.push(id);
+        c.attempts = c.attempts.max(r.get(4));
+        c.captured = c.captured.min(r.get(5));
+    }
+    Ok(records.into_values().collect())
+}
+
+/// Applies a batch's outcomes to the outbox: acknowledged changes leave it
+/// (with their link bookkeeping, one statement), deferred ones wait
+/// (one statement), dead ones move to `dead_letter`.
+async fn settle(
+    pg: &PgClient,
+    outcomes: &[(Change<Ids>, Outcome)],
+) -> Result<(), tokio_postgres::Error> {
+    let mut gone = vec![];
+    let mut acked = vec![];
+    let (mut ids, mut delays, mut errors) = (vec![], vec![], vec![]);
+    for (c, o) in outcomes {
+        match o {
+            Outcome::Acked(a) => {
+                gone.extend(&c.tag.0);
+                acked.push((c, a));
+            }
+            Outcome::Deferred { delay, error } => {
+                for id in &c.tag.0 {
+                    ids.push(*id);
+                    delays.push(delay.as_secs_f64());
+                    errors.push(error.as_str());
+                }
+            }
+            Outcome::Dead {
+                status,
+                code,
+                reason,
+            } => {
+                pg.execute(
+                    "WITH moved AS (
+                        DELETE FROM godata_bridge.outbox WHERE id = ANY($1)
+                        RETURNING *)
+                     INSERT INTO godata_bridge.dead_letter
+                           (id, table_name, op, row_key, txid, captured_at, attempts, http_status, godata_code, reason)
+                     SELECT id, table_name, op, row_key, txid, captured_at, attempts + 1, $2, $3, $4 FROM moved
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&c.tag.0, &status.map(i32::from), code, reason],
+                )
+                .await?;
+            }
+        }
+    }
+    deliver::record(pg, acked, &gone).await?;
+    if !ids.is_empty() {
+        pg.execute(
+            "UPDATE godata_bridge.outbox o
+                SET attempts = o.attempts + 1, next_attempt_at = now() + d.secs * interval '1 second', last_error = d.err
+               FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS d(id, secs, err)
+              WHERE o.id = d.id",
+            &[&ids, &delays, &errors],
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! The replication slot and publication of logical capture: creating,
+//! inspecting and dropping them, and what `check` reports about the
+//! server's settings, the tables' replica identity and the slot.
+
+use crate::capture::logical::LogicalError;
+use crate::capture::replication::ReplConn;
+use crate::pg_tls::Db;
+
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub plugin: String,
+    pub active: bool,
+    pub wal_status: Option<String>,
+    pub confirmed_flush: Option<String>,
+    /// `pg_current_wal_lsn() - restart_lsn`, bytes of WAL the slot keeps.
+    pub retained_bytes: Option<i64>,
+}
+
+pub async fn slot_info(
+    pg: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
+    Ok(pg
+        .query_opt(
+            "SELECT plugin::text, active, wal_status, confirmed_flush_lsn::text,
+                    (pg_current_wal_lsn() - restart_lsn)::bigint
+               FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+            &[&slot],
+        )
+        .await?
+        .map(|r| SlotInfo {
+            plugin: r.get(0),
+            active: r.get(1),
+            wal_status: r.get(2),
+            confirmed_flush: r.get(3),
+            retained_bytes: r.get(4),
+        }))
+}
+
+/// Creates the slot over the replication protocol, unless it exists.
+/// Returns true if it was created.
+pub async fn create_slot(
+    db: &Db,
+    pg: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<bool, LogicalError> {
+    if slot_info(pg, slot).await?.is_some() {
+        return Ok(false);
+    }
+    let mut repl = ReplConn::connect(db).await?;
+    repl.simple_query(&format!(
+        "CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+        slot.replace('"', "\"\"")
+    ))
+    .await?;
+    Ok(true)
+}
+
+/// After `install.sql` and tracking: the publication of the tracked
+/// tables, the write-back origin, then the slot. Returns true if the slot
+/// was created (false: it existed and is kept, with its position).
+pub async fn install(
+    db: &Db,
+    pg: &tokio_postgres::Client,
+    capture: &crate::config::Capture,
+) -> anyhow::Result<bool> {
+    use anyhow::Context;
+    pg.execute("SELECT godata_bridge.publish($1)", &[&capture.publication])
+        .await
+        .context("creating the publication")?;
+    pg.execute(
+        "SELECT pg_replication_origin_create($1)
+          WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
+        &[&capture.slot],
+    )
+    .await
+    .context("creating the write-back replication origin")?;
+    create_slot(db, pg, &capture.slot).await.context(
+        "creating the replication slot (the role needs REPLICATION, the server wal_level = logical)",
+    )
+}
+
+/// Drops the slot if it exists (it must not be in use).
+pub async fn drop_slot(
+    pg: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(pg
+        .query_opt(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+              WHERE slot_name = $1 AND database = current_database()",
+            &[&slot],
+        )
+        .await?
+        .is_some())
+}
+
+/// Tracked tables whose replica identity does not carry the key columns:
+/// their deletes (and key changes) would reach the stream without a key.
+pub async fn identity_problems(
+    pg: &tokio_postgres::Client,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = pg
+        .query(
+            "SELECT t.table_name, c.relreplident::text,
+                    coalesce((SELECT array_agg(a.attname::text)
+                                FROM pg_index i
+                                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                               WHERE i.indrelid = c.oid
+                                 AND ((c.relreplident = 'd' AND i.indisprimary)
+                                   OR (c.relreplident = 'i' AND i.indisreplident))), '{}') AS ident,
+                    t.key_columns
+               FROM godata_bridge.tracked t
+               JOIN pg_class c ON c.oid = to_regclass(t.table_name)
+              ORDER BY 1",
+            &[],
+        )
+        .await?;
+    let mut problems = vec![];
+    for r in rows {
+        let table: String = r.get(0);
+        let ident: String = r.get(1);
+        let cols: Vec<String> = r.get(2);
+        let keys: Vec<String> = r.get(3);
+        if ident == "f" {
+            continue;
+        }
+        let missing: Vec<&String> = keys.iter().filter(|k| !cols.contains(k)).collect();
+        if ident == "n" || !missing.is_empty() {
+            problems.push(format!(
+                "{table}: replica identity ({}) does not carry key column(s) {}; run ALTER TABLE {table} REPLICA IDENTITY FULL (or USING INDEX on a unique index of the key)",
+                match ident.as_str() {
+                    "d" => "default: primary key",
+                    "i" => "index",
+                    _ => "nothing",
+                },
+                keys.join(", ")
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// `check` in logical mode: (ok, what, detail) lines about the server
+/// settings, the tables' replica identity and the slot.
+pub async fn check(
+    pg: &tokio_postgres::Client,
+    capture: &crate::config::Capture,
+) -> Result<Vec<(bool, String, String)>, tokio_postgres::Error> {
+    let mut out = vec![];
+    let r = pg
+        .query_one(
+            "SELECT current_setting('wal_level'),
+                    current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
+                    current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int,
+                    current_setting('max_slot_wal_keep_size'),
+                    (SELECT count(*) FROM pg_publication WHERE pubname = $1)::int",
+            &[&capture.publication],
+        )
+        .await?;
+    let wal_level: String = r.get(0);
+    let (free_slots, free_senders): (i32, i32) = (r.get(1), r.get(2));
+    let keep: String = r.get(3);
+    out.push((
+        wal_level == "logical",
+        "wal_level".into(),
+        if wal_level == "logical" {
+            wal_level
+        } else {
+            format!("{wal_level}; set wal_level = logical and restart PostgreSQL")
+        },
+    ));
+    let slot = slot_info(pg, &capture.slot).await?;
+    out.push((
+        slot.is_some() || free_slots > 0,
+        "free replication slots".into(),
+        format!("{free_slots} (max_replication_slots)"),
+    ));
+    out.push((
+        slot.as_ref().is_some_and(|s| s.active) || free_senders > 0,
+        "free WAL senders".into(),
+        format!("{free_senders} (max_wal_senders)"),
+    ));
+    out.push((
+        true,
+        "max_slot_wal_keep_size".into(),
+        if keep == "-1" {
+            "-1 (unlimited: a stopped bridge lets the slot keep WAL without bound; consider a limit)".into()
+        } else {
+            keep
+        },
+    ));
+    let unpublished: Vec<String> = if r.get::<_, i32>(4) == 1 {
+        unpublished_tables(pg, &capture.publication).await?
+    } else {
+        vec![]
+    };
+    out.push((
+        r.get::<_, i32>(4) == 1 && unpublished.is_empty(),
+        "publication".into(),
+        if unpublished.is_empty() {
+            capture.publication.clone()
+        } else {
+            format!(
+                "{} lacks {}; run `godata-bridge install` again",
+                capture.publication,
+                unpublished.join(", ")
+            )
+        },
+    ));
+    let problems = identity_problems(pg).await?;
+    out.push((
+        problems.is_empty(),
+        "replica identity carries the keys".into(),
+        if problems.is_empty() {
+            "yes; unchanged TOAST values are read from the table, REPLICA IDENTITY FULL is not needed".into()
+        } else {
+            problems.join("; ")
+        },
+    ));
+    match slot {
+        None => out.push((
+            false,
+            "replication slot".into(),
+            LogicalError::SlotMissing(capture.slot.clone()).to_string(),
+        )),
+        Some(s) => {
+            let lost = s.wal_status.as_deref() == Some("lost");
+            out.push((
+                !lost && s.plugin == "pgoutput",
+                "replication slot".into(),
+                if lost {
+                    LogicalError::SlotLost {
+                        slot: capture.slot.clone(),
+                        status: "lost".into(),
+                    }
+                    .to_string()
+                } else {
+                    format!(
+                        "{}: {}, wal_status {}, confirmed {}, retains {} bytes of WAL",
+                        capture.slot,
+                        if s.active { "streaming" } else { "idle" },
+                        s.wal_status.as_deref().unwrap_or("unknown"),
+                        s.confirmed_flush.as_deref().unwrap_or("-"),
+                        s.retained_bytes.unwrap_or(0)
+                    )
+                },
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Tracked tables that the publication does not carry.
+pub(crate) async fn unpublished_tables(
+    pg: &tokio_postgres::Client,
+    publication: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(pg
+        .query_one(
+            "SELECT coalesce(array_agg(t.table_name ORDER BY t.table_name), '{}')
+               FROM godata_bridge.tracked t
+              WHERE NOT EXISTS (SELECT 1 FROM pg_publication_tables p
+                                 WHERE p.pubname = $1
+                                   AND format('%I.%I', p.schemaname, p.tablename) = t.table_name)",
+            &[&publication],
+        )
+        .await?
+        .get(0))
+}
