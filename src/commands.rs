@@ -272,6 +272,8 @@ pub async fn run(
         crate::http::Probe {
             db: db.clone(),
             client: client.clone(),
+            slot: (config.capture.mode == CaptureMode::Logical)
+                .then(|| config.capture.slot.clone()),
         },
     )
     .await
@@ -360,8 +362,14 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let s = ops::status(&pg)
         .await
         .context("reading godata_bridge state (is it installed?)")?;
-    let slot = if config.capture.mode == CaptureMode::Logical {
+    let logical = config.capture.mode == CaptureMode::Logical;
+    let slot = if logical {
         crate::capture::slot::slot_info(&pg, &config.capture.slot).await?
+    } else {
+        None
+    };
+    let window = if logical {
+        ops::logical_window(&pg).await?
     } else {
         None
     };
@@ -375,9 +383,11 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
                     "wal_status": i.wal_status,
                     "confirmed_flush_lsn": i.confirmed_flush,
                     "retained_wal_bytes": i.retained_bytes,
+                    "lag_bytes": i.lag_bytes,
                 }),
                 None => serde_json::Value::Null,
             };
+            v["window"] = serde_json::to_value(&window)?;
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -405,14 +415,32 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         ),
         _ => println!("pull cursor         - (nothing pulled yet)"),
     }
-    if config.capture.mode == CaptureMode::Logical {
+    if logical {
+        match &window {
+            Some(w) => println!(
+                "window (in memory)  {} pending, {} waiting for retry, oldest committed {} (reported {:.1} s ago{})",
+                w.pending,
+                w.deferred,
+                w.oldest_pending_age_secs
+                    .map(|a| format!("{a:.1} s ago"))
+                    .unwrap_or_else(|| "-".into()),
+                w.reported_age_secs,
+                if w.reported_age_secs > 3.0 * config.capture.status_interval_secs as f64 {
+                    "; is the bridge running?"
+                } else {
+                    ""
+                }
+            ),
+            None => println!("window (in memory)  - (the bridge has not reported yet)"),
+        }
         match slot {
             Some(i) => println!(
-                "replication slot    {} {}, wal_status {}, confirmed {}, retains {} bytes of WAL",
+                "replication slot    {} {}, wal_status {}, confirmed {}, {} bytes of WAL not yet confirmed, retains {} bytes",
                 config.capture.slot,
                 if i.active { "streaming" } else { "idle" },
                 i.wal_status.as_deref().unwrap_or("-"),
                 i.confirmed_flush.as_deref().unwrap_or("-"),
+                i.lag_bytes.unwrap_or(0),
                 i.retained_bytes.unwrap_or(0)
             ),
             None => println!(

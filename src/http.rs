@@ -21,6 +21,8 @@ use crate::metrics;
 pub struct Probe {
     pub db: crate::pg_tls::Db,
     pub client: Arc<Client>,
+    /// Logical mode: the replication slot, for its lag.
+    pub slot: Option<String>,
 }
 
 /// How long a readiness or scrape query may take.
@@ -58,6 +60,29 @@ async fn gauges(probe: &Probe) -> Vec<(&'static str, f64)> {
         out.push((metrics::DEAD_LETTERS, r.get(2)));
         if let Some(age) = r.get::<_, Option<f64>>(3) {
             out.push((metrics::PULL_CURSOR_AGE, age));
+        }
+    }
+    if let Some(slot) = &probe.slot {
+        let lag = c
+            .query_opt(
+                "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::float8
+                   FROM pg_replication_slots WHERE slot_name = $1",
+                &[slot],
+            )
+            .await;
+        if let Ok(Some(r)) = lag {
+            out.push((metrics::SLOT_LAG_BYTES, r.get(0)));
+        }
+        if let Some(live) = crate::capture::logical::live() {
+            let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+            out.push((
+                metrics::WINDOW_PENDING,
+                (live.window.pending + live.window.in_flight) as f64,
+            ));
+            out.push((
+                metrics::WINDOW_OLDEST_AGE,
+                live.window.oldest.map_or(0.0, |t| (now - t).max(0.0)),
+            ));
         }
     }
     out

@@ -22,13 +22,16 @@ pub const OUTBOX_OLDEST_AGE: &str = "godata_bridge_outbox_oldest_pending_age_sec
 pub const DEAD_LETTERS: &str = "godata_bridge_dead_letters";
 pub const PULL_CURSOR_AGE: &str = "godata_bridge_pull_cursor_age_seconds";
 pub const LEADER: &str = "godata_bridge_leader";
+pub const WINDOW_PENDING: &str = "godata_bridge_window_pending";
+pub const WINDOW_OLDEST_AGE: &str = "godata_bridge_window_oldest_pending_age_seconds";
+pub const SLOT_LAG_BYTES: &str = "godata_bridge_slot_lag_bytes";
 
 /// (name, type, help) of every metric.
 pub const CATALOG: &[(&str, &str, &str)] = &[
     (
         CHANGES_CAPTURED,
         "counter",
-        "HMIS changes the bridge read from the outbox (each once), by table and operation.",
+        "HMIS changes the bridge captured (read from the outbox or the slot), by table and operation.",
     ),
     (
         CHANGES_DELIVERED,
@@ -86,6 +89,21 @@ pub const CATALOG: &[(&str, &str, &str)] = &[
         LEADER,
         "gauge",
         "1 when this instance is the working one, 0 on standby.",
+    ),
+    (
+        WINDOW_PENDING,
+        "gauge",
+        "Logical mode: changes received from the slot and not yet acknowledged (held in memory).",
+    ),
+    (
+        WINDOW_OLDEST_AGE,
+        "gauge",
+        "Logical mode: seconds since the oldest change held in memory was committed.",
+    ),
+    (
+        SLOT_LAG_BYTES,
+        "gauge",
+        "Logical mode: bytes of WAL after the slot's confirmed position.",
     ),
 ];
 

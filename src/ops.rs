@@ -56,6 +56,39 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
     })
 }
 
+/// Logical mode: the running bridge's in-memory window, as it last
+/// reported it (every `capture.status_interval_secs` when it changed).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LogicalWindow {
+    /// Changes received from the slot and not yet acknowledged.
+    pub pending: i64,
+    pub deferred: i64,
+    /// Seconds since the oldest of them was committed.
+    pub oldest_pending_age_secs: Option<f64>,
+    /// Seconds since the bridge reported this.
+    pub reported_age_secs: f64,
+}
+
+pub async fn logical_window(
+    pg: &impl GenericClient,
+) -> Result<Option<LogicalWindow>, tokio_postgres::Error> {
+    Ok(pg
+        .query_opt(
+            "SELECT (value->>'pending')::int8, (value->>'deferred')::int8,
+                    extract(epoch FROM now())::float8 - (value->>'oldest_commit')::float8,
+                    extract(epoch FROM now() - updated_at)::float8
+               FROM godata_bridge.state WHERE name = $1",
+            &[&crate::capture::logical::STATE_NAME],
+        )
+        .await?
+        .map(|r| LogicalWindow {
+            pending: r.get(0),
+            deferred: r.get(1),
+            oldest_pending_age_secs: r.get(2),
+            reported_age_secs: r.get(3),
+        }))
+}
+
 /// One dead letter, as `dead-letter list` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DeadLetter {

@@ -14,6 +14,9 @@ pub struct SlotInfo {
     pub confirmed_flush: Option<String>,
     /// `pg_current_wal_lsn() - restart_lsn`, bytes of WAL the slot keeps.
     pub retained_bytes: Option<i64>,
+    /// `pg_current_wal_lsn() - confirmed_flush_lsn`: WAL not yet confirmed
+    /// (written after the last change Go.Data acknowledged).
+    pub lag_bytes: Option<i64>,
 }
 
 pub async fn slot_info(
@@ -23,7 +26,8 @@ pub async fn slot_info(
     Ok(pg
         .query_opt(
             "SELECT plugin::text, active, wal_status, confirmed_flush_lsn::text,
-                    (pg_current_wal_lsn() - restart_lsn)::bigint
+                    (pg_current_wal_lsn() - restart_lsn)::bigint,
+                    (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
                FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
             &[&slot],
         )
@@ -34,6 +38,7 @@ pub async fn slot_info(
             wal_status: r.get(2),
             confirmed_flush: r.get(3),
             retained_bytes: r.get(4),
+            lag_bytes: r.get(5),
         }))
 }
 

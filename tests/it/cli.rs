@@ -7,8 +7,8 @@ use godata_bridge::sim;
 use tokio::process::Command;
 
 use crate::support::bin::{
-    bridge_cmd, reference_hmis, reference_hmis_in, spawn_run, spawn_run_at, spawn_run_with, BIN,
-    EXAMPLE,
+    bridge_cmd, free_port, metric, reference_hmis, reference_hmis_in, spawn_run, spawn_run_at,
+    spawn_run_with, BIN, EXAMPLE,
 };
 use crate::support::{both_modes, fresh_db, settled, start_sim, wait_for, wal_mark, Mode};
 
@@ -569,24 +569,7 @@ async fn kill_9_during_the_pull_of_10000_cases_leaves_each_once() {
     .await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A metric's value from Prometheus text, by its exact series name.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test]
 async fn metrics_health_and_readiness() {

@@ -99,3 +99,23 @@ pub async fn bridge_cmd(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A port free at the moment of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A series' value in Prometheus text (0 when absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
