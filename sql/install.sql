@@ -63,7 +63,12 @@ CREATE TABLE IF NOT EXISTS godata_bridge.dead_letter (
     reason       text NOT NULL
 );
 
-CREATE TABLE IF NOT EXISTS godata_bridge.link (
+-- The link is bookkeeping the bridge can rebuild, so it is UNLOGGED: it
+-- writes no WAL (logical capture would otherwise add a link row's WAL to
+-- every new record's, 1.5x the record's own), and a crash or a failover to
+-- a standby empties it. What that costs, and why it is safe: README,
+-- "The link table".
+CREATE UNLOGGED TABLE IF NOT EXISTS godata_bridge.link (
     table_name        text NOT NULL,
     row_key           jsonb NOT NULL,
     resource          text NOT NULL CHECK (resource IN ('case', 'contact')),
@@ -74,6 +79,11 @@ CREATE TABLE IF NOT EXISTS godata_bridge.link (
     PRIMARY KEY (table_name, row_key)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS link_godata_id_idx ON godata_bridge.link (godata_id);
+DO $$ BEGIN
+    IF (SELECT relpersistence FROM pg_class WHERE oid = 'godata_bridge.link'::regclass) = 'p' THEN
+        ALTER TABLE godata_bridge.link SET UNLOGGED;
+    END IF;
+END $$;
 
 CREATE TABLE IF NOT EXISTS godata_bridge.tracked (
     table_name   text PRIMARY KEY,

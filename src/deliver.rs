@@ -106,7 +106,7 @@ impl Op {
 pub enum Image {
     /// The row as it was committed (a column name → value object, as
     /// `to_jsonb(row)` gives it).
-    Row(Map<String, Value>),
+    Row(Value),
     /// Only the key: the row's current state is read at delivery.
     Read,
     /// The row as committed except `missing`, unchanged-TOAST columns the
@@ -273,7 +273,8 @@ impl MustSee {
 /// A row read's answer for one key.
 #[derive(Debug, Clone, PartialEq)]
 enum Read {
-    Row(Map<String, Value>),
+    /// The row (an object, as `to_jsonb(row)` gives it).
+    Row(Value),
     Absent,
     /// The read could not see every transaction it had to.
     NotVisible,
@@ -329,14 +330,24 @@ impl From<GodataError> for Failure {
     }
 }
 
-/// A change ready to go: its link and its row, resolved.
+/// Go.Data's own failures in a row, and until when delivery waits.
+#[derive(Debug, Default)]
+struct Outage {
+    until: Option<Instant>,
+    attempts: i32,
+}
+
+/// A change ready to go: its link, its Go.Data id and what a read found.
 struct Prepared<T> {
     change: Change<T>,
     /// From `godata_bridge.link`: the Go.Data id (adopted or derived) and
     /// the hash of the content last acknowledged.
     linked: Option<(Uuid, Option<String>)>,
-    /// The row to map (upserts), or what the read found.
-    row: Read,
+    /// The linked id, else the one derived from the key.
+    id: Uuid,
+    /// For `Read` and `Partial` upserts: what the read found (a partial
+    /// image is completed here).
+    fetched: Option<Read>,
 }
 
 /// The delivery side of the pipeline.
@@ -349,6 +360,10 @@ pub struct Deliverer {
     keys: HashMap<String, Vec<String>>,
     /// The last `dead-letter retry` seen; a new one drops cached locations.
     retry_mark: Option<Value>,
+    /// Go.Data itself failing (unreachable, 5xx, 429): no delivery until
+    /// `until`, then one batch probes. Keeps an outage cheap for both
+    /// sides instead of a request per pending change.
+    outage: std::sync::Mutex<Outage>,
     /// Test hook: when set, row reads run in this exported snapshot
     /// (`pg_export_snapshot()`), to show what a read that cannot see a
     /// transaction does. Never set outside tests.
@@ -363,8 +378,41 @@ impl Deliverer {
             locations: RwLock::new((Locations::new(), None)),
             keys: HashMap::new(),
             retry_mark: None,
+            outage: Default::default(),
             read_snapshot: Default::default(),
         }
+    }
+
+    /// How long delivery still waits for Go.Data to come back, if it is
+    /// out.
+    pub fn outage(&self) -> Option<Duration> {
+        let o = self.outage.lock().expect("outage lock");
+        o.until
+            .map(|u| u.saturating_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+
+    fn note_outage(&self, e: &GodataError) {
+        let mut o = self.outage.lock().expect("outage lock");
+        let now = Instant::now();
+        if o.until.is_some_and(|u| u > now) {
+            return;
+        }
+        let wait = backoff(o.attempts, self.config.delivery.max_backoff_secs);
+        o.attempts += 1;
+        o.until = Some(now + wait);
+        tracing::warn!(error = %e, attempt = o.attempts, wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "go.data failing; delivery pauses");
+    }
+
+    fn note_success(&self) {
+        let mut o = self.outage.lock().expect("outage lock");
+        if o.attempts > 0 {
+            tracing::info!(
+                after = o.attempts,
+                "go.data answers again; delivery resumes"
+            );
+        }
+        *o = Outage::default();
     }
 
     /// Re-reads what may change while the bridge runs: the tracked tables'
@@ -413,12 +461,10 @@ impl Deliverer {
         for change in batch {
             let k = (change.table.clone(), change.key.to_string());
             let linked = links.get(&k).cloned();
-            let row = match (&change.op, &change.image) {
-                (Op::Delete, _) => Read::Absent,
-                (Op::Upsert, Image::Row(r)) => Read::Row(r.clone()),
-                (Op::Upsert, Image::Read) => reads.get(&k).cloned().unwrap_or(Read::Absent),
+            let fetched = match (&change.op, &change.image) {
+                (Op::Upsert, Image::Read) => Some(reads.get(&k).cloned().unwrap_or(Read::Absent)),
                 (Op::Upsert, Image::Partial { row, missing }) => {
-                    match reads.get(&k).cloned().unwrap_or(Read::Absent) {
+                    Some(match reads.get(&k).cloned().unwrap_or(Read::Absent) {
                         Read::Row(current) => {
                             let mut full = row.clone();
                             for col in missing {
@@ -427,15 +473,21 @@ impl Deliverer {
                                     current.get(col).cloned().unwrap_or(Value::Null),
                                 );
                             }
-                            Read::Row(full)
+                            Read::Row(Value::Object(full))
                         }
                         other => other,
-                    }
+                    })
                 }
+                _ => None,
             };
+            let id = linked
+                .as_ref()
+                .map(|(g, _)| *g)
+                .unwrap_or_else(|| self.derived_id(&change.table, &change.key));
             let p = Prepared {
                 linked,
-                row,
+                id,
+                fetched,
                 change,
             };
             let phase = usize::from(self.resource_of(&p.change.table) == Some(Resource::Contact));
@@ -546,7 +598,7 @@ impl Deliverer {
         pg: &PgClient,
         table: &str,
         keys: &[&Value],
-    ) -> Result<(Option<Snapshot>, Vec<(Value, Map<String, Value>)>), tokio_postgres::Error> {
+    ) -> Result<(Option<Snapshot>, Vec<(Value, Value)>), tokio_postgres::Error> {
         const READ: &str = "SELECT s::text, f.row_key, f.row_image
                               FROM pg_current_snapshot() AS s
                               LEFT JOIN LATERAL godata_bridge.fetch_rows($1::text::regclass, $2) AS f ON true";
@@ -573,7 +625,7 @@ impl Deliverer {
                 let key: Option<Value> = r.get(1);
                 let image: Option<Value> = r.get(2);
                 match (key, image) {
-                    (Some(k), Some(Value::Object(m))) => Some((k, m)),
+                    (Some(k), Some(m @ Value::Object(_))) => Some((k, m)),
                     _ => None,
                 }
             })
@@ -590,12 +642,7 @@ impl Deliverer {
     }
 
     fn lane_of<T>(&self, p: &Prepared<T>, lanes: usize) -> usize {
-        let id = p
-            .linked
-            .as_ref()
-            .map(|(g, _)| *g)
-            .unwrap_or_else(|| self.derived_id(&p.change.table, &p.change.key));
-        usize::try_from(id.as_u128() % lanes as u128).expect("less than lanes")
+        usize::try_from(p.id.as_u128() % lanes as u128).expect("less than lanes")
     }
 
     fn derived_id(&self, table: &str, key: &Value) -> Uuid {
@@ -621,6 +668,7 @@ impl Deliverer {
             };
             let outcome = match self.deliver_one(&p).await {
                 Ok(acked) => {
+                    self.note_success();
                     metrics::inc(
                         metrics::CHANGES_DELIVERED,
                         &[("resource", resource), ("op", p.change.op.label())],
@@ -653,7 +701,6 @@ impl Deliverer {
                 }
                 Err(Failure::Transient(e)) => {
                     let delay = backoff(p.change.attempts, self.config.delivery.max_backoff_secs);
-                    tracing::warn!(table = %p.change.table, key = %p.change.key, attempt = p.change.attempts + 1, error = %e, "delivery deferred");
                     metrics::inc(
                         metrics::CHANGES_DEFERRED,
                         &[("resource", resource), ("error_class", e.class())],
@@ -661,8 +708,10 @@ impl Deliverer {
                     );
                     let error = e.to_string();
                     // Go.Data itself is down or overloaded: the rest of the
-                    // lane waits too, without a request each.
+                    // lane waits too, without a request each, and delivery
+                    // pauses (see `outage`).
                     if matches!(e.class(), "connection" | "5xx" | "429") {
+                        self.note_outage(&e);
                         for q in rest.by_ref() {
                             let delay =
                                 backoff(q.change.attempts, self.config.delivery.max_backoff_secs);
@@ -674,6 +723,8 @@ impl Deliverer {
                                 },
                             ));
                         }
+                    } else {
+                        tracing::warn!(table = %p.change.table, key = %p.change.key, attempt = p.change.attempts + 1, error = %e, "delivery deferred");
                     }
                     Outcome::Deferred { delay, error }
                 }
@@ -733,33 +784,49 @@ impl Deliverer {
                 c.table
             )));
         };
-        let (id, last_hash) = match &p.linked {
-            Some((g, h)) => (*g, h.clone()),
-            None => (self.derived_id(&c.table, &c.key), None),
-        };
+        let id = p.id;
+        let last_hash = p.linked.as_ref().and_then(|(_, h)| h.as_deref());
         let collection = match push.resource {
             Resource::Case => "cases",
             Resource::Contact => "contacts",
         };
         if c.op == Op::Delete {
             self.client.delete(collection, id).await?;
+            // The link is not crash-safe (see `record`): without it, a case
+            // adopted by its EXTERNAL_ID document is found that way.
+            if p.linked.is_none()
+                && self.config.delivery.adopt_by_external_id
+                && push.resource == Resource::Case
+            {
+                let found = self
+                    .client
+                    .find_case_by_external_id(&external_id(&c.key))
+                    .await?;
+                let other = found
+                    .as_ref()
+                    .and_then(|f| f["id"].as_str())
+                    .and_then(|s| s.parse::<Uuid>().ok())
+                    .filter(|o| *o != id);
+                if let Some(other) = other {
+                    self.client.delete(collection, other).await?;
+                }
+            }
             return Ok(Acked::Deleted);
         }
-        let image = match &p.row {
-            Read::Row(r) => r,
-            Read::NotVisible => return Err(Failure::NotVisible),
+        let image = match (&p.fetched, &c.image) {
+            (None, Image::Row(r)) => r,
+            (Some(Read::Row(r)), _) => r,
+            (Some(Read::NotVisible), _) => return Err(Failure::NotVisible),
             // The row's stream image lacked TOAST columns and the row is
             // gone by now: a later committed change (a delete or a key
             // change) removed it, and it reaches us after this one.
-            Read::Absent if matches!(c.image, Image::Partial { .. }) => {
-                return Ok(Acked::Unchanged)
-            }
+            (Some(Read::Absent), Image::Partial { .. }) => return Ok(Acked::Unchanged),
             // Read by key and gone since this change. Its delete is usually
             // further on in the queue, but not always: a backfill or slot
             // replay can enqueue an upsert after the delete, and coalescing
             // then keeps the upsert. The row's current state is "absent"
             // either way (the read saw every transaction it had to).
-            Read::Absent => {
+            (Some(Read::Absent), _) | (None, _) => {
                 if p.linked.is_some() {
                     self.client.delete(collection, id).await?;
                     return Ok(Acked::Deleted);
@@ -767,7 +834,6 @@ impl Deliverer {
                 return Ok(Acked::Unchanged);
             }
         };
-        let image = Value::Object(image.clone());
         // Fields Go.Data owns after creation are sent only to create.
         let linked = p.linked.is_some();
         let rules: Vec<&crate::mapping::Rule> = push
@@ -775,7 +841,7 @@ impl Deliverer {
             .iter()
             .filter(|r| !(linked && r.create_only))
             .collect();
-        let mut doc = self.map(&rules, &image).await?;
+        let mut doc = self.map(&rules, image).await?;
         let ext = external_id(&c.key);
         if let Some(Value::Array(d)) = doc
             .as_object_mut()
@@ -784,7 +850,7 @@ impl Deliverer {
             d.push(json!({ "type": EXTERNAL_ID_DOCUMENT, "number": ext }));
         }
         let hash = content_hash(&doc);
-        if last_hash.as_deref() == Some(hash.as_str()) {
+        if last_hash == Some(hash.as_str()) {
             return Ok(Acked::Unchanged);
         }
         let (id, stored) = match push.resource {
@@ -802,7 +868,7 @@ impl Deliverer {
                     .as_object_mut()
                     .and_then(|o| o.remove("relationship"))
                     .unwrap_or(json!({}));
-                let case_id = self.case_of_contact(push, &image)?;
+                let case_id = self.case_of_contact(push, image)?;
                 (
                     id,
                     self.client

@@ -4,7 +4,6 @@
 //! histograms live in one process-wide registry; gauges that describe the
 //! database (outbox depth, dead letters, cursor age) are read at scrape time.
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Mutex, OnceLock};
 
@@ -121,10 +120,39 @@ struct Histogram {
     count: u64,
 }
 
+/// Series are few (bounded labels): a scan finds one without building a
+/// key, so recording allocates only for a new series.
 #[derive(Default)]
 struct Registry {
-    counters: BTreeMap<(&'static str, Labels), f64>,
-    histograms: BTreeMap<(&'static str, Labels), Histogram>,
+    counters: Vec<((&'static str, Labels), f64)>,
+    histograms: Vec<((&'static str, Labels), Histogram)>,
+}
+
+fn same(have: &Labels, want: &[(&str, &str)]) -> bool {
+    have.len() == want.len()
+        && have
+            .iter()
+            .zip(want)
+            .all(|((k, v), (wk, wv))| k == wk && v == wv)
+}
+
+/// The series `name{l}` of `series`, added if new.
+fn series<'a, T: Default>(
+    series: &'a mut Vec<((&'static str, Labels), T)>,
+    name: &'static str,
+    l: &[(&str, &str)],
+) -> &'a mut T {
+    let at = match series
+        .iter()
+        .position(|((n, have), _)| *n == name && same(have, l))
+    {
+        Some(i) => i,
+        None => {
+            series.push(((name, labels(l)), T::default()));
+            series.len() - 1
+        }
+    };
+    &mut series[at].1
 }
 
 fn registry() -> &'static Mutex<Registry> {
@@ -141,13 +169,13 @@ fn labels(l: &[(&str, &str)]) -> Labels {
 /// Adds `by` to a counter.
 pub fn inc(name: &'static str, l: &[(&str, &str)], by: f64) {
     let mut r = registry().lock().expect("metrics lock");
-    *r.counters.entry((name, labels(l))).or_default() += by;
+    *series(&mut r.counters, name, l) += by;
 }
 
 /// Records one observation in a histogram.
 pub fn observe(name: &'static str, l: &[(&str, &str)], value: f64) {
     let mut r = registry().lock().expect("metrics lock");
-    let h = r.histograms.entry((name, labels(l))).or_default();
+    let h = series(&mut r.histograms, name, l);
     if h.counts.is_empty() {
         h.counts = vec![0; BUCKETS.len()];
     }
@@ -178,16 +206,20 @@ fn fmt_labels(l: &Labels, extra: Option<(&str, String)>) -> String {
 /// The Prometheus text exposition, with `gauges` read by the caller.
 pub fn render(gauges: &[(&'static str, f64)]) -> String {
     let r = registry().lock().expect("metrics lock");
+    let mut counters: Vec<_> = r.counters.iter().collect();
+    counters.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut histograms: Vec<_> = r.histograms.iter().collect();
+    histograms.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = String::new();
     for (name, kind, help) in CATALOG {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
-        for ((n, l), v) in &r.counters {
+        for ((n, l), v) in &counters {
             if n == name {
                 let _ = writeln!(out, "{name}{} {v}", fmt_labels(l, None));
             }
         }
-        for ((n, l), h) in &r.histograms {
+        for ((n, l), h) in &histograms {
             if n == name {
                 for (i, b) in BUCKETS.iter().enumerate() {
                     let _ = writeln!(

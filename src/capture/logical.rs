@@ -176,6 +176,8 @@ struct Txn {
     echo: bool,
     /// It changed a tracked table.
     tracked: bool,
+    /// Changes captured, per (table, operation), counted at the commit.
+    counts: Vec<(String, &'static str, u64)>,
 }
 
 /// A tuple as JSON: the row image, its unchanged-TOAST columns, a size.
@@ -399,13 +401,18 @@ impl Consumer<'_> {
         Ok(Value::Object(m))
     }
 
-    fn add(&self, seq: u64, table: &str, key: Value, op: Op, c: Converted, what: &str) {
-        metrics::inc(
-            metrics::CHANGES_CAPTURED,
-            &[("table", table), ("op", what)],
-            1.0,
-        );
-        let bytes = c.bytes + key.to_string().len();
+    fn add(&mut self, seq: u64, table: &str, key: Value, op: Op, c: Converted, what: &'static str) {
+        if let Some(t) = self.txn.as_mut() {
+            match t
+                .counts
+                .iter_mut()
+                .find(|(tb, w, _)| tb == table && *w == what)
+            {
+                Some(n) => n.2 += 1,
+                None => t.counts.push((table.to_string(), what, 1)),
+            }
+        }
+        let bytes = c.bytes;
         self.shared.lock().window.add(
             seq,
             RowChange {
@@ -719,7 +726,7 @@ async fn stream(
                             let xid = widen(c.xid_ref, xid);
                             c.xid_ref = c.xid_ref.max(xid);
                             let seq = shared.lock().window.begin(xid, pg_time(commit_time));
-                            c.txn = Some(Txn { seq, xid, echo: false, tracked: false });
+                            c.txn = Some(Txn { seq, xid, echo: false, tracked: false, counts: vec![] });
                         }
                         Message::Origin { name, .. } => {
                             if let Some(t) = c.txn.as_mut() {
@@ -728,6 +735,9 @@ async fn stream(
                         }
                         Message::Commit { end_lsn, .. } => {
                             if let Some(t) = c.txn.take() {
+                                for (table, what, n) in &t.counts {
+                                    metrics::inc(metrics::CHANGES_CAPTURED, &[("table", table), ("op", what)], *n as f64);
+                                }
                                 let mut s = shared.lock();
                                 s.window.commit(t.seq, end_lsn);
                                 if t.tracked {
@@ -880,6 +890,10 @@ async fn round(
     let batch_size = usize::try_from(deliverer.config.delivery.batch_size).unwrap_or(1);
     let mut total = Drained::default();
     loop {
+        if let Some(wait) = deliverer.outage() {
+            total.next_due = Some(wait);
+            return Ok(total);
+        }
         let now = Instant::now();
         let (batch, mut must_see) = {
             let mut s = shared.lock();

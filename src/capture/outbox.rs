@@ -37,6 +37,10 @@ pub async fn drain(
     deliverer.refresh(pg).await?;
     let mut total = Drained::default();
     loop {
+        if let Some(wait) = deliverer.outage() {
+            total.next_due = Some(wait);
+            return Ok(total);
+        }
         let batch = read_due(pg, deliverer.config.delivery.batch_size).await?;
         let d = if batch.is_empty() {
             Drained::default()

@@ -17,7 +17,7 @@
 //! deletes it causes are delivered, and records are never coalesced across
 //! it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -101,20 +101,46 @@ pub struct Stats {
     pub bytes: usize,
 }
 
+/// A record's place in the window: (epoch, table, key text).
+type Key = (u64, String, String);
+
 #[derive(Debug)]
 pub struct Window {
     limits: Limits,
     generation: u64,
     next_seq: u64,
     txns: VecDeque<Txn>,
-    /// (epoch, table, key text) → pending entry.
-    records: HashMap<(u64, String, String), (Value, Entry)>,
+    records: HashMap<Key, (Value, Entry)>,
+    /// Pending records that may go now, in the order they go: epoch, then
+    /// oldest transaction first.
+    ready: BTreeSet<(u64, u64, Key)>,
+    /// Deferred records by due time.
+    waiting: BTreeSet<(Instant, Key)>,
+    /// Pending records per epoch.
+    per_epoch: BTreeMap<u64, usize>,
+    /// The oldest transaction of every unresolved record, pending or in
+    /// flight (a multiset): what [`Window::confirmable`] must not pass.
+    open: BTreeMap<u64, usize>,
     /// first_seq → (count, oldest capture) of taken records.
     in_flight: BTreeMap<u64, (usize, f64)>,
+    in_flight_n: usize,
     barriers: VecDeque<Barrier>,
     /// Epoch of changes being added: one more per barrier.
     epoch: u64,
     bytes: usize,
+}
+
+fn count_up(m: &mut BTreeMap<u64, usize>, k: u64) {
+    *m.entry(k).or_default() += 1;
+}
+
+fn count_down(m: &mut BTreeMap<u64, usize>, k: u64) {
+    if let Some(n) = m.get_mut(&k) {
+        *n -= 1;
+        if *n == 0 {
+            m.remove(&k);
+        }
+    }
 }
 
 impl Window {
@@ -125,7 +151,12 @@ impl Window {
             next_seq: 0,
             txns: VecDeque::new(),
             records: HashMap::new(),
+            ready: BTreeSet::new(),
+            waiting: BTreeSet::new(),
+            per_epoch: BTreeMap::new(),
+            open: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            in_flight_n: 0,
             barriers: VecDeque::new(),
             epoch: 0,
             bytes: 0,
@@ -144,13 +175,9 @@ impl Window {
 
     /// The consumer stops reading the stream while this holds.
     pub fn is_full(&self) -> bool {
-        self.records.len() + self.in_flight_count() >= self.limits.records
+        self.records.len() + self.in_flight_n >= self.limits.records
             || self.bytes >= self.limits.bytes
             || self.txns.len() >= self.limits.transactions
-    }
-
-    fn in_flight_count(&self) -> usize {
-        self.in_flight.values().map(|(n, _)| n).sum()
     }
 
     /// A transaction begins; returns its sequence number.
@@ -173,6 +200,35 @@ impl Window {
         }
     }
 
+    /// Files a pending entry in the indexes.
+    fn file(&mut self, k: Key, key: Value, e: Entry) {
+        match e.due {
+            Some(due) => {
+                self.waiting.insert((due, k.clone()));
+            }
+            None => {
+                self.ready.insert((k.0, e.first_seq, k.clone()));
+            }
+        }
+        count_up(&mut self.per_epoch, k.0);
+        self.records.insert(k, (key, e));
+    }
+
+    /// Takes a pending entry out of the indexes.
+    fn unfile(&mut self, k: &Key) -> Option<(Value, Entry)> {
+        let (key, e) = self.records.remove(k)?;
+        match e.due {
+            Some(due) => {
+                self.waiting.remove(&(due, k.clone()));
+            }
+            None => {
+                self.ready.remove(&(k.0, e.first_seq, k.clone()));
+            }
+        }
+        count_down(&mut self.per_epoch, k.0);
+        Some((key, e))
+    }
+
     /// Adds a change of transaction `seq`, coalescing it with the
     /// record's pending entry.
     pub fn add(&mut self, seq: u64, c: RowChange) {
@@ -181,7 +237,7 @@ impl Window {
         let k = (self.epoch, c.table, c.key.to_string());
         let image = match c.op {
             Op::Delete => Image::Read,
-            Op::Upsert if c.missing.is_empty() => Image::Row(c.row),
+            Op::Upsert if c.missing.is_empty() => Image::Row(Value::Object(c.row)),
             Op::Upsert => Image::Partial {
                 row: c.row,
                 missing: c.missing,
@@ -189,43 +245,8 @@ impl Window {
         };
         match self.records.get_mut(&k) {
             Some((_, e)) => {
-                let image = match (image, &e.image) {
-                    // Unchanged TOAST: the value from the earlier image.
-                    (Image::Partial { mut row, missing }, Image::Row(prev)) => {
-                        for col in &missing {
-                            row.insert(col.clone(), prev.get(col).cloned().unwrap_or(Value::Null));
-                        }
-                        Image::Row(row)
-                    }
-                    (
-                        Image::Partial { mut row, missing },
-                        Image::Partial {
-                            row: prev,
-                            missing: prev_missing,
-                        },
-                    ) => {
-                        let mut still = vec![];
-                        for col in missing {
-                            if prev_missing.contains(&col) {
-                                still.push(col);
-                            } else {
-                                row.insert(
-                                    col.clone(),
-                                    prev.get(&col).cloned().unwrap_or(Value::Null),
-                                );
-                            }
-                        }
-                        if still.is_empty() {
-                            Image::Row(row)
-                        } else {
-                            Image::Partial {
-                                row,
-                                missing: still,
-                            }
-                        }
-                    }
-                    (image, _) => image,
-                };
+                // Unchanged TOAST: the value from the earlier image.
+                let image = fill(image, &e.image);
                 self.bytes = self.bytes - e.bytes + c.bytes;
                 e.op = c.op;
                 e.image = image;
@@ -234,21 +255,20 @@ impl Window {
             }
             None => {
                 self.bytes += c.bytes;
-                self.records.insert(
+                count_up(&mut self.open, seq);
+                self.file(
                     k,
-                    (
-                        c.key,
-                        Entry {
-                            op: c.op,
-                            image,
-                            first_seq: seq,
-                            xid,
-                            captured: at,
-                            attempts: 0,
-                            due: None,
-                            bytes: c.bytes,
-                        },
-                    ),
+                    c.key,
+                    Entry {
+                        op: c.op,
+                        image,
+                        first_seq: seq,
+                        xid,
+                        captured: at,
+                        attempts: 0,
+                        due: None,
+                        bytes: c.bytes,
+                    },
                 );
             }
         }
@@ -261,6 +281,7 @@ impl Window {
             table,
             enqueued: false,
         });
+        count_up(&mut self.open, seq);
         self.epoch += 1;
     }
 
@@ -271,21 +292,29 @@ impl Window {
 
     /// Up to `max` due records, oldest first.
     pub fn take(&mut self, now: Instant, max: usize) -> Vec<Change<Taken>> {
+        while let Some((due, _)) = self.waiting.first() {
+            if *due > now {
+                break;
+            }
+            let (_, k) = self.waiting.pop_first().expect("first");
+            if let Some((_, e)) = self.records.get_mut(&k) {
+                e.due = None;
+                self.ready.insert((k.0, e.first_seq, k));
+            }
+        }
         let open = self.open_epoch();
-        let mut due: Vec<(u64, (u64, String, String))> = self
-            .records
-            .iter()
-            .filter(|(k, (_, e))| k.0 == open && e.due.is_none_or(|d| d <= now))
-            .map(|(k, (_, e))| (e.first_seq, k.clone()))
-            .collect();
-        due.sort_unstable_by_key(|(seq, _)| *seq);
-        due.truncate(max);
-        let mut out = Vec::with_capacity(due.len());
-        for (_, k) in due {
-            let (key, e) = self.records.remove(&k).expect("listed");
+        let mut out = vec![];
+        while out.len() < max {
+            match self.ready.first() {
+                Some((epoch, _, _)) if *epoch == open => {}
+                _ => break,
+            }
+            let (_, _, k) = self.ready.first().cloned().expect("first");
+            let (key, e) = self.unfile(&k).expect("filed");
             let slot = self.in_flight.entry(e.first_seq).or_insert((0, f64::MAX));
             slot.0 += 1;
             slot.1 = slot.1.min(e.captured);
+            self.in_flight_n += 1;
             out.push(Change {
                 table: k.1,
                 key,
@@ -331,51 +360,50 @@ impl Window {
                 if slot.0 == 0 {
                     self.in_flight.remove(&c.tag.first_seq);
                 }
+                self.in_flight_n -= 1;
             }
             let Some(delay) = again else {
                 self.bytes -= c.tag.bytes;
+                count_down(&mut self.open, c.tag.first_seq);
                 continue;
             };
             let attempts = c.attempts + i32::from(delay.is_some());
             let due = delay.map(|d| now + d);
             let k = (c.tag.epoch, c.table, c.key.to_string());
-            match self.records.get_mut(&k) {
-                Some((_, newer)) => {
-                    // The newer change replaces this one's content.
+            match self.unfile(&k) {
+                Some((key, mut newer)) => {
+                    // The newer change replaces this one's content; the two
+                    // become one unresolved record covering both.
                     self.bytes -= c.tag.bytes;
-                    newer.first_seq = newer.first_seq.min(c.tag.first_seq);
+                    count_down(&mut self.open, c.tag.first_seq);
+                    if c.tag.first_seq < newer.first_seq {
+                        count_down(&mut self.open, newer.first_seq);
+                        count_up(&mut self.open, c.tag.first_seq);
+                        newer.first_seq = c.tag.first_seq;
+                    }
                     newer.captured = newer.captured.min(c.captured);
                     newer.attempts = newer.attempts.max(attempts);
                     newer.due = match (newer.due, due) {
                         (Some(a), Some(b)) => Some(a.max(b)),
                         (a, b) => a.or(b),
                     };
-                    if let (Image::Partial { row, missing }, Image::Row(prev)) =
-                        (&mut newer.image, &c.image)
-                    {
-                        for col in missing.drain(..) {
-                            let v = prev.get(&col).cloned().unwrap_or(Value::Null);
-                            row.insert(col, v);
-                        }
-                        newer.image = Image::Row(std::mem::take(row));
-                    }
+                    newer.image = fill(newer.image, &c.image);
+                    self.file(k, key, newer);
                 }
                 None => {
-                    self.records.insert(
+                    self.file(
                         k,
-                        (
-                            c.key,
-                            Entry {
-                                op: c.op,
-                                image: c.image,
-                                first_seq: c.tag.first_seq,
-                                xid: c.tag.xid,
-                                captured: c.captured,
-                                attempts,
-                                due,
-                                bytes: c.tag.bytes,
-                            },
-                        ),
+                        c.key,
+                        Entry {
+                            op: c.op,
+                            image: c.image,
+                            first_seq: c.tag.first_seq,
+                            xid: c.tag.xid,
+                            captured: c.captured,
+                            attempts,
+                            due,
+                            bytes: c.tag.bytes,
+                        },
                     );
                 }
             }
@@ -385,8 +413,7 @@ impl Window {
     /// The oldest barrier, when everything before it is resolved.
     pub fn barrier_ready(&self) -> Option<&Barrier> {
         let b = self.barriers.front()?;
-        let open = self.open_epoch();
-        let before = self.records.keys().any(|k| k.0 == open) || !self.in_flight.is_empty();
+        let before = self.per_epoch.contains_key(&self.open_epoch()) || self.in_flight_n > 0;
         (!before).then_some(b)
     }
 
@@ -399,31 +426,22 @@ impl Window {
 
     /// The oldest barrier's deletes are delivered: lift it.
     pub fn lift_barrier(&mut self) {
-        self.barriers.pop_front();
+        if let Some(b) = self.barriers.pop_front() {
+            count_down(&mut self.open, b.seq);
+        }
     }
 
     /// When the earliest deferred record comes due.
     pub fn next_due(&self, now: Instant) -> Option<Duration> {
-        let open = self.open_epoch();
-        self.records
-            .iter()
-            .filter(|(k, _)| k.0 == open)
-            .filter_map(|(_, (_, e))| e.due)
-            .min()
-            .map(|d| d.saturating_duration_since(now))
+        self.waiting
+            .first()
+            .map(|(d, _)| d.saturating_duration_since(now))
     }
 
     /// Pops every transaction that is resolved and ended; returns the end
     /// LSN of the last one popped.
     pub fn confirmable(&mut self) -> Option<Lsn> {
-        let oldest_open = self
-            .records
-            .values()
-            .map(|(_, e)| e.first_seq)
-            .chain(self.in_flight.keys().copied())
-            .chain(self.barriers.iter().map(|b| b.seq))
-            .min()
-            .unwrap_or(u64::MAX);
+        let oldest_open = self.open.keys().next().copied().unwrap_or(u64::MAX);
         let mut end = None;
         while let Some(t) = self.txns.front() {
             match t.end {
@@ -439,7 +457,7 @@ impl Window {
 
     /// Nothing received is unconfirmed.
     pub fn is_idle(&self) -> bool {
-        self.txns.is_empty() && self.records.is_empty() && self.in_flight.is_empty()
+        self.txns.is_empty() && self.records.is_empty() && self.in_flight_n == 0
     }
 
     pub fn stats(&self) -> Stats {
@@ -451,12 +469,8 @@ impl Window {
             .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.min(c))));
         Stats {
             pending: self.records.len(),
-            in_flight: self.in_flight_count(),
-            deferred: self
-                .records
-                .values()
-                .filter(|(_, e)| e.due.is_some())
-                .count(),
+            in_flight: self.in_flight_n,
+            deferred: self.waiting.len(),
             oldest,
             bytes: self.bytes,
         }
@@ -470,6 +484,36 @@ impl Window {
             .filter(|(k, _)| k.1 == table)
             .map(|(_, (key, _))| key.clone())
             .collect()
+    }
+}
+
+/// `image` with its unchanged-TOAST columns taken from `earlier`, an
+/// older image of the same record, where that one has them.
+fn fill(image: Image, earlier: &Image) -> Image {
+    let Image::Partial { mut row, missing } = image else {
+        return image;
+    };
+    let (prev, prev_missing): (&Map<String, Value>, &[String]) = match earlier {
+        Image::Row(Value::Object(prev)) => (prev, &[]),
+        Image::Partial { row, missing } => (row, missing),
+        Image::Row(_) | Image::Read => return Image::Partial { row, missing },
+    };
+    let mut still = vec![];
+    for col in missing {
+        if prev_missing.contains(&col) {
+            still.push(col);
+        } else {
+            let v = prev.get(&col).cloned().unwrap_or(Value::Null);
+            row.insert(col, v);
+        }
+    }
+    if still.is_empty() {
+        Image::Row(Value::Object(row))
+    } else {
+        Image::Partial {
+            row,
+            missing: still,
+        }
     }
 }
 
@@ -565,7 +609,7 @@ mod tests {
         assert_eq!(taken.len(), 1);
         assert_eq!(
             taken[0].image,
-            Image::Row(json!({"n": 2, "big": "x"}).as_object().unwrap().clone()),
+            Image::Row(json!({"n": 2, "big": "x"})),
             "the unchanged TOAST value comes from the earlier image"
         );
         assert_eq!(taken[0].tag.xid, 11);
@@ -604,10 +648,7 @@ mod tests {
         assert!(w.next_due(now).is_some_and(|d| d > Duration::from_secs(4)));
         let later = w.take(now + Duration::from_secs(6), 10);
         assert_eq!(later.len(), 1);
-        assert_eq!(
-            later[0].image,
-            Image::Row(json!({"n": 2}).as_object().unwrap().clone())
-        );
+        assert_eq!(later[0].image, Image::Row(json!({"n": 2})));
         assert_eq!(later[0].attempts, 1);
         assert_eq!(w.confirmable(), None, "still covers transaction 10");
         w.finish(
@@ -666,7 +707,7 @@ mod tests {
         assert_eq!(t.len(), 1, "only the record before the barrier");
         assert_eq!(
             t[0].image,
-            Image::Row(json!({"n": 1}).as_object().unwrap().clone()),
+            Image::Row(json!({"n": 1})),
             "not coalesced across"
         );
         w.finish(now, t.into_iter().map(|c| (c, acked())).collect(), vec![]);

@@ -33,12 +33,24 @@ pub fn external_id(key: &Value) -> String {
 /// to tell whether Go.Data already holds exactly this content. Not a
 /// security hash: it only decides whether to skip a request.
 pub fn content_hash(doc: &Value) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in doc.to_string().bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    /// FNV-1a over the bytes written to it: the JSON text is hashed as it
+    /// is serialized, never held.
+    struct Fnv(u64);
+    impl std::io::Write for Fnv {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            for b in buf {
+                self.0 ^= u64::from(*b);
+                self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    format!("{h:016x}")
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    serde_json::to_writer(&mut h, doc).expect("a Value always serializes");
+    format!("{:016x}", h.0)
 }
 
 #[cfg(test)]
@@ -55,5 +67,13 @@ mod tests {
         assert_ne!(a, godata_id(ns, "hmis.contacts", &json!({"case_id": "A"})));
         assert_ne!(a, godata_id(ns, "hmis.cases", &json!({"case_id": "B"})));
         assert_eq!(external_id(&json!({"case_id": "KEN-1"})), "KEN-1");
+        // The hash of the JSON text, as links already stored it.
+        let doc = json!({"firstName": "A", "documents": [{"number": "K-1"}]});
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in doc.to_string().bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        assert_eq!(content_hash(&doc), format!("{h:016x}"));
     }
 }
