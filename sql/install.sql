@@ -377,6 +377,8 @@ DECLARE
 BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA godata_bridge TO %I', r);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA godata_bridge TO %I', r);
+    -- Logical mode numbers its dead letters from the outbox's sequence.
+    EXECUTE format('GRANT USAGE ON ALL SEQUENCES IN SCHEMA godata_bridge TO %I', r);
     FOR t IN SELECT table_name FROM godata_bridge.tracked LOOP
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', (parse_ident(t))[1], r);
         EXECUTE format('GRANT SELECT ON %s TO %I', t, r);

@@ -944,6 +944,26 @@ async fn the_bridge_runs_both_flows_as_its_least_privilege_role(mode: Mode) {
         },
     )
     .await;
+    // A change Go.Data cannot take (an unknown district) becomes a dead
+    // letter, written as the role too.
+    c.batch_execute("INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification) VALUES ('LPR-2', 'B', 'SL-NEW', now(), 'suspected')")
+        .await
+        .unwrap();
+    wait_for(
+        "the dead letter as the role",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            async move {
+                c.query_one("SELECT count(*) FROM godata_bridge.dead_letter", &[])
+                    .await
+                    .unwrap()
+                    .get::<_, i64>(0)
+                    == 1
+            }
+        },
+    )
+    .await;
     // And nothing more than that: the role cannot touch other HMIS columns.
     let mut cfg = db.config.clone();
     cfg.user(&role);
