@@ -351,18 +351,56 @@ async fn capture_overhead(quick: bool) -> anyhow::Result<Vec<Row>> {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         format!("http://{}", l.local_addr()?)
     };
-    for (godata, what, target) in [
-        (closed.as_str(), "capture only (Go.Data unreachable)", 0.9),
-        (sim_url.as_str(), "delivering to the emulator", 0.75),
+    // Trigger mode delivering too, for comparison (the bridge running,
+    // not only its lock held).
+    for (mode, godata, what, target) in [
+        (
+            Mode::Logical,
+            closed.as_str(),
+            "capture only (Go.Data unreachable)",
+            0.9,
+        ),
+        (
+            Mode::Logical,
+            sim_url.as_str(),
+            "delivering to the emulator",
+            0.75,
+        ),
+        (
+            Mode::Trigger,
+            sim_url.as_str(),
+            "delivering to the emulator",
+            0.75,
+        ),
     ] {
+        let name = if mode == Mode::Logical {
+            "logical"
+        } else {
+            "trigger"
+        };
+        let env = if mode == Mode::Logical {
+            LOGICAL_ENV
+        } else {
+            &[]
+        };
         for clients in [4usize, 16] {
             // Interleaved with its own baseline, median of the rounds.
             let (mut base, mut with) = (vec![], vec![]);
             for _ in 0..rounds {
                 base.push(insert_tps(&cluster, "bench_none", clients, round_secs).await?);
-                fresh_hmis_in(&cluster, "bench_logical", Mode::Logical).await?;
-                let bridge = spawn_bridge_with(dir.path(), &url, godata, LOGICAL_ENV).await?;
-                wait_streaming(&cluster).await?;
+                fresh_hmis_in(&cluster, "bench_logical", mode).await?;
+                let bridge = spawn_bridge_with(dir.path(), &url, godata, env).await?;
+                if mode == Mode::Logical {
+                    wait_streaming(&cluster).await?;
+                } else {
+                    // Up: one change delivered.
+                    insert_n(&cluster, "bench_logical", 1, 1).await?;
+                    wait_drained(
+                        &connect(&cluster, "bench_logical").await?,
+                        Duration::from_secs(60),
+                    )
+                    .await?;
+                }
                 with.push(insert_tps(&cluster, "bench_logical", clients, round_secs).await?);
                 drop(bridge);
             }
@@ -370,7 +408,7 @@ async fn capture_overhead(quick: bool) -> anyhow::Result<Vec<Row>> {
             out.push(against(
                 row(
                     s,
-                    &format!("1-row tx/s, {clients} writers, logical, {what}"),
+                    &format!("1-row tx/s, {clients} writers, {name}, {what}"),
                     Some(tps),
                     "tx/s",
                     &format!("{}", Percent(target)),
@@ -378,6 +416,9 @@ async fn capture_overhead(quick: bool) -> anyhow::Result<Vec<Row>> {
                 base,
                 tps >= target * base,
             ));
+        }
+        if mode == Mode::Trigger {
+            continue;
         }
         fresh_hmis_in(&cluster, "bench_logical", Mode::Logical).await?;
         let bridge = spawn_bridge_with(dir.path(), &url, godata, LOGICAL_ENV).await?;
