@@ -33,6 +33,10 @@ pub struct LoggedRequest {
     pub method: String,
     pub path: String,
     pub status: u16,
+    /// The top-level field names of a JSON object body (never values).
+    pub fields: Vec<String>,
+    /// The request body's size.
+    pub body_bytes: usize,
 }
 
 /// Everything the connection tasks share.
@@ -111,6 +115,7 @@ struct Req {
     query: Vec<(String, String)>,
     headers: HeaderMap,
     body: Value,
+    body_bytes: usize,
 }
 
 impl Req {
@@ -201,6 +206,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
     } else {
         Fate::Handle
     };
+    let mut fields = vec![];
+    let mut body_bytes = 0;
     let resp = match fate {
         Fate::DropBefore => return Err(DroppedOnPurpose),
         Fate::Error(status) => {
@@ -224,10 +231,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         Fate::Handle | Fate::DropAfter => match parse(req).await {
             Err(e) => error_response(&e),
             Ok(r) if !is_api => control(&shared, &r),
-            Ok(r) => match route(&shared, &r) {
-                Ok(resp) => resp,
-                Err(e) => error_response(&e),
-            },
+            Ok(r) => {
+                if let Value::Object(m) = &r.body {
+                    fields = m.keys().cloned().collect();
+                }
+                body_bytes = r.body_bytes;
+                match route(&shared, &r) {
+                    Ok(resp) => resp,
+                    Err(e) => error_response(&e),
+                }
+            }
         },
     };
     if is_api {
@@ -237,6 +250,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
                 method: method.to_string(),
                 path,
                 status: resp.status().as_u16(),
+                fields,
+                body_bytes,
             });
         }
     }
@@ -294,6 +309,7 @@ async fn parse(req: Request<Incoming>) -> Result<Req, ApiError> {
         query,
         headers: parts.headers,
         body,
+        body_bytes: bytes.len(),
     })
 }
 
