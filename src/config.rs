@@ -398,11 +398,7 @@ impl Push {
     }
 }
 
-/// `schema.table` → (schema, table); both parts non-empty.
-pub fn split_table(t: &str) -> Option<(&str, &str)> {
-    let (s, n) = t.split_once('.')?;
-    (!s.is_empty() && !n.is_empty()).then_some((s, n))
-}
+pub use crate::names::split_table;
 
 /// A bad config: where (file and field) and what.
 #[derive(Debug, thiserror::Error)]

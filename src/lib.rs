@@ -19,6 +19,7 @@ pub mod ha;
 pub mod http;
 pub mod mapping;
 pub mod metrics;
+pub mod names;
 pub mod ops;
 pub mod pg_cluster;
 pub mod pg_tls;

@@ -56,6 +56,10 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
     })
 }
 
+/// The `godata_bridge.state` row where logical mode's running bridge
+/// reports its window.
+pub const LOGICAL_WINDOW_STATE: &str = "logical_window";
+
 /// Logical mode: the running bridge's in-memory window, as it last
 /// reported it (every `capture.status_interval_secs` when it changed).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -78,7 +82,7 @@ pub async fn logical_window(
                     extract(epoch FROM now())::float8 - (value->>'oldest_commit')::float8,
                     extract(epoch FROM now() - updated_at)::float8
                FROM godata_bridge.state WHERE name = $1",
-            &[&crate::capture::logical::STATE_NAME],
+            &[&LOGICAL_WINDOW_STATE],
         )
         .await?
         .map(|r| LogicalWindow {

@@ -56,45 +56,7 @@ use crate::metrics;
 use crate::pg_tls::Db;
 use crate::retry::backoff;
 
-/// What stops the consumer until an operator acts.
-#[derive(Debug, thiserror::Error)]
-pub enum LogicalError {
-    #[error("replication slot {0} does not exist: run `godata-bridge install` with capture.mode = \"logical\" (it creates the slot), then `godata-bridge backfill` for the rows that existed before")]
-    SlotMissing(String),
-    #[error("replication slot {slot} is invalidated (wal_status {status}): the server removed WAL it still needed, so changes were lost. Drop it (`godata-bridge uninstall` or SELECT pg_drop_replication_slot('{slot}')), run `godata-bridge install` again, then `godata-bridge backfill` to resend every row")]
-    SlotLost { slot: String, status: String },
-    #[error("replication slot {slot} uses plugin {plugin}, not pgoutput: drop it and run `godata-bridge install`")]
-    WrongPlugin { slot: String, plugin: String },
-    #[error("table {table}: the stream carries no value for key column {column} ({what}); give the table REPLICA IDENTITY FULL or an identity index covering the key columns")]
-    KeyNotInStream {
-        table: String,
-        column: String,
-        what: &'static str,
-    },
-    #[error(transparent)]
-    Repl(#[from] ReplError),
-    #[error("HMIS database: {}", crate::ops::describe_pg_error(.0))]
-    Db(#[from] tokio_postgres::Error),
-    #[error(transparent)]
-    Decode(#[from] pgoutput::DecodeError),
-    #[error(
-        "delivery lost its database session; the stream restarts at the slot's confirmed position"
-    )]
-    Restart,
-}
-
-impl LogicalError {
-    /// Errors an operator must fix (logged as errors, retried slowly).
-    pub fn needs_operator(&self) -> bool {
-        matches!(
-            self,
-            LogicalError::SlotMissing(_)
-                | LogicalError::SlotLost { .. }
-                | LogicalError::WrongPlugin { .. }
-                | LogicalError::KeyNotInStream { .. }
-        ) || matches!(self, LogicalError::Repl(ReplError::Auth(_)))
-    }
-}
+pub use crate::capture::slot::LogicalError;
 
 /// What the consumer and delivery share.
 pub struct Shared {
@@ -155,9 +117,6 @@ static LIVE: Mutex<Option<Live>> = Mutex::new(None);
 pub fn live() -> Option<Live> {
     *LIVE.lock().expect("live lock")
 }
-
-/// The `godata_bridge.state` row `status` reads in logical mode.
-pub const STATE_NAME: &str = "logical_window";
 
 /// A relation of the stream, resolved against `godata_bridge.tracked`.
 struct Rel {
@@ -561,7 +520,7 @@ impl Consumer<'_> {
             .execute(
                 "INSERT INTO godata_bridge.state (name, value) VALUES ($1, $2)
                  ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-                &[&STATE_NAME, &value],
+                &[&crate::ops::LOGICAL_WINDOW_STATE, &value],
             )
             .await?;
         self.published = Some(live);

@@ -2,9 +2,49 @@
 //! inspecting and dropping them, and what `check` reports about the
 //! server's settings, the tables' replica identity and the slot.
 
-use crate::capture::logical::LogicalError;
-use crate::capture::replication::ReplConn;
+use crate::capture::pgoutput;
+use crate::capture::replication::{ReplConn, ReplError};
 use crate::pg_tls::Db;
+
+/// What stops the consumer until an operator acts.
+#[derive(Debug, thiserror::Error)]
+pub enum LogicalError {
+    #[error("replication slot {0} does not exist: run `godata-bridge install` with capture.mode = \"logical\" (it creates the slot), then `godata-bridge backfill` for the rows that existed before")]
+    SlotMissing(String),
+    #[error("replication slot {slot} is invalidated (wal_status {status}): the server removed WAL it still needed, so changes were lost. Drop it (`godata-bridge uninstall` or SELECT pg_drop_replication_slot('{slot}')), run `godata-bridge install` again, then `godata-bridge backfill` to resend every row")]
+    SlotLost { slot: String, status: String },
+    #[error("replication slot {slot} uses plugin {plugin}, not pgoutput: drop it and run `godata-bridge install`")]
+    WrongPlugin { slot: String, plugin: String },
+    #[error("table {table}: the stream carries no value for key column {column} ({what}); give the table REPLICA IDENTITY FULL or an identity index covering the key columns")]
+    KeyNotInStream {
+        table: String,
+        column: String,
+        what: &'static str,
+    },
+    #[error(transparent)]
+    Repl(#[from] ReplError),
+    #[error("HMIS database: {}", crate::ops::describe_pg_error(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Decode(#[from] pgoutput::DecodeError),
+    #[error(
+        "delivery lost its database session; the stream restarts at the slot's confirmed position"
+    )]
+    Restart,
+}
+
+impl LogicalError {
+    /// Errors an operator must fix (logged as errors, retried slowly).
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            LogicalError::SlotMissing(_)
+                | LogicalError::SlotLost { .. }
+                | LogicalError::WrongPlugin { .. }
+                | LogicalError::KeyNotInStream { .. }
+        ) || matches!(self, LogicalError::Repl(ReplError::Auth(_)))
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct SlotInfo {

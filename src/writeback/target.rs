@@ -141,7 +141,7 @@ impl Column {
 impl Target {
     pub fn problems(&self) -> Vec<String> {
         let mut out = vec![];
-        if crate::config::split_table(&self.table).is_none() {
+        if crate::names::split_table(&self.table).is_none() {
             out.push(format!("table: `{}` is not `schema.table`", self.table));
         }
         if !self.columns.iter().any(|c| c.column == self.key) {
@@ -289,7 +289,7 @@ fn qi(s: &str) -> String {
 }
 
 fn qtable(t: &str) -> String {
-    let (s, n) = crate::config::split_table(t).expect("validated");
+    let (s, n) = crate::names::split_table(t).expect("validated");
     format!("{}.{}", qi(s), qi(n))
 }
 
