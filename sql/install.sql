@@ -1,4 +1,4 @@
--- godata-bridge capture schema, version 1.
+-- godata-bridge capture schema, version 2.
 --
 -- Idempotent: running it twice changes nothing. A later release migrates
 -- from `godata_bridge.schema_version`.
@@ -8,7 +8,9 @@
 --                 only after Go.Data acknowledged it or after moving it to
 --                 dead_letter. The outbox is the truth; NOTIFY only wakes.
 --   dead_letter   changes Go.Data refused for good, with the reason
---   link          HMIS row <-> Go.Data record (ids, content hash, timestamps)
+--   link          HMIS row <-> Go.Data record (ids, content hash, timestamps,
+--                 the row's pushed columns at the last sync)
+--   conflict      fields both sides changed since the last sync, and who won
 --   tracked       which tables are captured, by which key columns
 --   state         small named values (cursors, leader info)
 --   track(table, key_columns) / untrack(table)
@@ -32,6 +34,8 @@ CREATE TABLE IF NOT EXISTS godata_bridge.schema_version (
     installed_at timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO godata_bridge.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
+-- Version 2: link.synced (per-field push) and the conflict log.
+INSERT INTO godata_bridge.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS godata_bridge.outbox (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -79,11 +83,31 @@ CREATE UNLOGGED TABLE IF NOT EXISTS godata_bridge.link (
     PRIMARY KEY (table_name, row_key)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS link_godata_id_idx ON godata_bridge.link (godata_id);
+-- The HMIS row's pushed columns (as to_jsonb gives them) when Go.Data last
+-- agreed with them: a push sends only the fields mapped from columns that
+-- changed since; the write-back sees which of its columns have an HMIS
+-- change not yet pushed. NULL for links made before version 2.
+ALTER TABLE godata_bridge.link ADD COLUMN IF NOT EXISTS synced jsonb;
 DO $$ BEGIN
     IF (SELECT relpersistence FROM pg_class WHERE oid = 'godata_bridge.link'::regclass) = 'p' THEN
         ALTER TABLE godata_bridge.link SET UNLOGGED;
     END IF;
 END $$;
+
+-- One row per field that the HMIS and Go.Data both changed since the last
+-- sync: ids, the Go.Data field's name, both change times and the side whose
+-- value now stands (the field's system of record decided). Never values.
+CREATE TABLE IF NOT EXISTS godata_bridge.conflict (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    logged_at         timestamptz NOT NULL DEFAULT now(),
+    table_name        text NOT NULL,
+    row_key           jsonb NOT NULL,
+    godata_id         uuid NOT NULL,
+    field             text NOT NULL,
+    hmis_changed_at   timestamptz,
+    godata_updated_at timestamptz,
+    winner            text NOT NULL CHECK (winner IN ('hmis', 'godata'))
+);
 
 CREATE TABLE IF NOT EXISTS godata_bridge.tracked (
     table_name   text PRIMARY KEY,

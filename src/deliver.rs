@@ -36,6 +36,7 @@ use crate::godata::ids::{content_hash, external_id, godata_id};
 use crate::mapping::{map_row, Locations, MapError};
 use crate::metrics;
 use crate::retry::backoff;
+use crate::writeback::target::Owner;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -130,6 +131,8 @@ pub struct Change<T> {
     pub attempts: i32,
     /// When the oldest coalesced change was captured (epoch seconds).
     pub captured: f64,
+    /// When the latest one was (the HMIS's change time, for `newest`).
+    pub changed: f64,
     /// The source's handle on its queue entry.
     pub tag: T,
 }
@@ -137,17 +140,75 @@ pub struct Change<T> {
 /// What Go.Data now holds for a record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Acked {
+    /// Go.Data holds the record's current content (sent now, or already
+    /// there field by field, or kept by Go.Data where it won a conflict).
     Upserted {
         id: Uuid,
         hash: String,
         resource: Resource,
+        /// Go.Data's `updatedAt` when known from this exchange.
         updated_at: Option<String>,
+        /// The HMIS row's pushed columns now: the next push sends only
+        /// what changes against them.
+        synced: Value,
+        /// Fields both sides changed since the last sync.
+        conflicts: Vec<Conflict>,
     },
     Deleted,
     /// Nothing to send: Go.Data holds this content already, or the row is
     /// gone and Go.Data never had it, or a later committed change of the
     /// record replaces this one.
     Unchanged,
+}
+
+/// A field both the HMIS and Go.Data changed since the last sync, and who
+/// won by its system of record (ids, field name, times: never values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    /// The Go.Data field (a top-level name).
+    pub field: String,
+    /// When the HMIS change was captured (epoch seconds).
+    pub hmis_changed_at: f64,
+    pub godata_updated_at: Option<String>,
+    /// `hmis` or `godata`.
+    pub winner: &'static str,
+}
+
+/// What a push sends.
+enum Plan {
+    /// The whole mapped record (a create, a restore, a record never pushed).
+    Full,
+    /// Only these fields (top-level names); none: nothing to send.
+    Fields(Vec<String>),
+}
+
+/// Whether `mine` is contained in `theirs`: equal scalars, and every key
+/// (object) or element (array, by position) of `mine` in `theirs` — Go.Data
+/// adds fields of its own to what it stores.
+fn contains(theirs: Option<&Value>, mine: &Value) -> bool {
+    match (theirs, mine) {
+        (None | Some(Value::Null), Value::Null) => true,
+        (Some(Value::Object(t)), Value::Object(m)) => m.iter().all(|(k, v)| contains(t.get(k), v)),
+        (Some(Value::Array(t)), Value::Array(m)) => {
+            t.len() >= m.len() && m.iter().zip(t).all(|(v, tv)| contains(Some(tv), v))
+        }
+        (Some(t), m) => t == m,
+        (None, _) => false,
+    }
+}
+
+/// The top-level Go.Data field a mapping path writes (`addresses[0].city`
+/// → `addresses`).
+fn top_field(path: &str) -> &str {
+    let end = path.find(['.', '[']).unwrap_or(path.len());
+    &path[..end]
+}
+
+/// Epoch seconds of an RFC 3339 time.
+fn epoch(t: &str) -> Option<f64> {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|d| d.timestamp_micros() as f64 / 1e6)
 }
 
 /// The fate of one change.
@@ -330,6 +391,9 @@ impl From<GodataError> for Failure {
     }
 }
 
+/// A link row: (Go.Data id, content hash) and the synced columns.
+type Link = ((Uuid, Option<String>), Option<Value>);
+
 /// Go.Data's own failures in a row, and until when delivery waits.
 #[derive(Debug, Default)]
 struct Outage {
@@ -348,6 +412,9 @@ struct Prepared<T> {
     /// For `Read` and `Partial` upserts: what the read found (a partial
     /// image is completed here).
     fetched: Option<Read>,
+    /// The HMIS row's pushed columns at the last sync (none for a record
+    /// linked before this was kept, or after the link table was emptied).
+    synced: Option<Value>,
 }
 
 /// The delivery side of the pipeline.
@@ -358,6 +425,10 @@ pub struct Deliverer {
     locations: RwLock<(Locations, Option<Instant>)>,
     /// Key columns of tracked tables (`godata_bridge.tracked`).
     keys: HashMap<String, Vec<String>>,
+    /// Per push table, the owner of each Go.Data field its rules write:
+    /// the system of record of the `[[pull.target]]` column of the same
+    /// table that the rule reads; the HMIS's where there is none.
+    owners: HashMap<String, HashMap<String, Owner>>,
     /// The last `dead-letter retry` seen; a new one drops cached locations.
     retry_mark: Option<Value>,
     /// Go.Data itself failing (unreachable, 5xx, 429): no delivery until
@@ -372,7 +443,9 @@ pub struct Deliverer {
 
 impl Deliverer {
     pub fn new(config: Config, client: impl Into<std::sync::Arc<Client>>) -> Deliverer {
+        let owners = field_owners(&config);
         Deliverer {
+            owners,
             config,
             client: client.into(),
             locations: RwLock::new((Locations::new(), None)),
@@ -460,7 +533,10 @@ impl Deliverer {
         ];
         for change in batch {
             let k = (change.table.clone(), change.key.to_string());
-            let linked = links.get(&k).cloned();
+            let (linked, synced) = match links.get(&k).cloned() {
+                Some((l, s)) => (Some(l), s),
+                None => (None, None),
+            };
             let fetched = match (&change.op, &change.image) {
                 (Op::Upsert, Image::Read) => Some(reads.get(&k).cloned().unwrap_or(Read::Absent)),
                 (Op::Upsert, Image::Partial { row, missing }) => {
@@ -488,6 +564,7 @@ impl Deliverer {
                 linked,
                 id,
                 fetched,
+                synced,
                 change,
             };
             let phase = usize::from(self.resource_of(&p.change.table) == Some(Resource::Contact));
@@ -524,12 +601,12 @@ impl Deliverer {
         &self,
         pg: &PgClient,
         batch: &[Change<T>],
-    ) -> Result<HashMap<(String, String), (Uuid, Option<String>)>, tokio_postgres::Error> {
+    ) -> Result<HashMap<(String, String), Link>, tokio_postgres::Error> {
         let tables: Vec<&str> = batch.iter().map(|c| c.table.as_str()).collect();
         let keys: Vec<&Value> = batch.iter().map(|c| &c.key).collect();
         let rows = pg
             .query(
-                "SELECT l.table_name, l.row_key, l.godata_id, l.content_hash
+                "SELECT l.table_name, l.row_key, l.godata_id, l.content_hash, l.synced
                    FROM unnest($1::text[], $2::jsonb[]) AS w(t, k)
                    JOIN godata_bridge.link l ON l.table_name = w.t AND l.row_key = w.k",
                 &[&tables, &keys],
@@ -540,7 +617,7 @@ impl Deliverer {
             .map(|r| {
                 (
                     (r.get::<_, String>(0), r.get::<_, Value>(1).to_string()),
-                    (r.get(2), r.get(3)),
+                    ((r.get(2), r.get(3)), r.get(4)),
                 )
             })
             .collect())
@@ -853,36 +930,228 @@ impl Deliverer {
         if last_hash == Some(hash.as_str()) {
             return Ok(Acked::Unchanged);
         }
-        let (id, stored) = match push.resource {
-            Resource::Case => {
-                // First push of this row: optionally adopt a case entered by
-                // hand that carries the row's key as EXTERNAL_ID document.
-                let adopt = (p.linked.is_none() && self.config.delivery.adopt_by_external_id)
-                    .then_some(ext.as_str());
-                self.client
-                    .upsert_case_adopting(id, adopt, &doc, p.linked.is_some())
-                    .await?
-            }
-            Resource::Contact => {
-                let rel = doc
-                    .as_object_mut()
-                    .and_then(|o| o.remove("relationship"))
-                    .unwrap_or(json!({}));
-                let case_id = self.case_of_contact(push, image)?;
-                (
-                    id,
-                    self.client
-                        .upsert_contact(id, case_id, &doc, &rel, p.linked.is_some())
-                        .await?,
-                )
-            }
+        // The relationship goes only with a new contact.
+        let rel = match push.resource {
+            Resource::Contact => doc
+                .as_object_mut()
+                .and_then(|o| o.remove("relationship"))
+                .unwrap_or(json!({})),
+            Resource::Case => Value::Null,
         };
+        let synced = synced_columns(push, image);
+        let mut conflicts = vec![];
+        let plan = if linked {
+            self.plan(p, &rules, &doc, collection, &mut conflicts)
+                .await?
+        } else {
+            Plan::Full
+        };
+        let sent = self.send(p, push, image, &doc, &rel, &ext, plan).await;
+        let (id, stored) = match sent {
+            // A record not linked, yet already in Go.Data (the link was
+            // lost): read it, and send only what the HMIS must win.
+            Err(Failure::Transient(GodataError::Exists)) => {
+                let plan = self.plan_unknown_base(p, &doc, collection).await?;
+                let plan = match plan {
+                    Plan::Full => Plan::Fields(
+                        doc.as_object()
+                            .map(|o| o.keys().cloned().collect())
+                            .unwrap_or_default(),
+                    ),
+                    other => other,
+                };
+                self.send(p, push, image, &doc, &rel, &ext, plan).await?
+            }
+            other => other?,
+        };
+        for c in &conflicts {
+            tracing::info!(table = %p.change.table, key = %p.change.key, godata_id = %id, field = %c.field, winner = c.winner, "both sides changed a field; its system of record decided");
+        }
         Ok(Acked::Upserted {
             id,
             hash,
             resource: push.resource,
-            updated_at: stored["updatedAt"].as_str().map(String::from),
+            updated_at: stored
+                .as_ref()
+                .and_then(|s| s["updatedAt"].as_str())
+                .map(String::from),
+            synced,
+            conflicts,
         })
+    }
+
+    /// Sends `plan` of the mapped record `doc`: the whole record (create,
+    /// restore, adopt), the listed fields, or nothing. Returns the id
+    /// written and what Go.Data stored, if a request was made.
+    #[allow(clippy::too_many_arguments)]
+    async fn send<T>(
+        &self,
+        p: &Prepared<T>,
+        push: &crate::config::Push,
+        image: &Value,
+        doc: &Value,
+        rel: &Value,
+        ext: &str,
+        plan: Plan,
+    ) -> Result<(Uuid, Option<Value>), Failure> {
+        let known = matches!(plan, Plan::Fields(_));
+        let delta = match &plan {
+            Plan::Full => None,
+            Plan::Fields(keys) if keys.is_empty() => return Ok((p.id, None)),
+            Plan::Fields(keys) => Some(Value::Object(
+                keys.iter()
+                    .filter_map(|k| doc.get(k).map(|v| (k.clone(), v.clone())))
+                    .collect(),
+            )),
+        };
+        let known = known || p.linked.is_some();
+        match push.resource {
+            Resource::Case => {
+                // First push of this row: optionally adopt a case entered by
+                // hand that carries the row's key as EXTERNAL_ID document.
+                let adopt = (!known && self.config.delivery.adopt_by_external_id).then_some(ext);
+                let (id, stored) = self
+                    .client
+                    .upsert_case_adopting(p.id, adopt, doc, delta.as_ref(), known)
+                    .await?;
+                Ok((id, Some(stored)))
+            }
+            Resource::Contact => {
+                let case_id = self.case_of_contact(push, image)?;
+                let stored = self
+                    .client
+                    .upsert_contact(p.id, case_id, doc, delta.as_ref(), rel, known)
+                    .await?;
+                Ok((p.id, Some(stored)))
+            }
+        }
+    }
+
+    /// What a push of a linked record sends: the fields whose mapped value
+    /// changed since the last sync. A changed field that Go.Data owns or
+    /// shares (`godata`, `newest`) is checked against Go.Data's current
+    /// record (one GET): already equal, it is not sent; changed in Go.Data
+    /// too, its system of record decides and the conflict is recorded.
+    async fn plan<T>(
+        &self,
+        p: &Prepared<T>,
+        rules: &[&crate::mapping::Rule],
+        doc: &Value,
+        collection: &str,
+        conflicts: &mut Vec<Conflict>,
+    ) -> Result<Plan, Failure> {
+        let base = match &p.synced {
+            Some(row) => match self.map(rules, row).await {
+                Ok(mut b) => {
+                    if let Some(o) = b.as_object_mut() {
+                        o.remove("relationship");
+                        // The EXTERNAL_ID document was sent with `documents`.
+                        if let Some(Value::Array(d)) = o.get_mut("documents") {
+                            d.push(json!({ "type": EXTERNAL_ID_DOCUMENT, "number": external_id(&p.change.key) }));
+                        }
+                    }
+                    b
+                }
+                // The stored columns no longer map (a location removed
+                // meanwhile): as if there were none.
+                Err(_) => return self.plan_unknown_base(p, doc, collection).await,
+            },
+            None => return self.plan_unknown_base(p, doc, collection).await,
+        };
+        let changed: Vec<String> = doc
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| base.get(k.as_str()) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let owner = |k: &str| self.owner(&p.change.table, k);
+        if changed.iter().all(|k| owner(k) == Owner::Hmis) {
+            return Ok(Plan::Fields(changed));
+        }
+        let Some(godata) = self.client.get_person(collection, p.id).await? else {
+            // Gone from Go.Data (deleted there): it is created or restored
+            // whole.
+            return Ok(Plan::Full);
+        };
+        let godata_at = godata["updatedAt"].as_str().map(String::from);
+        let mut keep = vec![];
+        for k in changed {
+            let mine = &doc[&k];
+            let theirs = godata.get(&k);
+            if contains(theirs, mine) {
+                continue;
+            }
+            let o = owner(&k);
+            let untouched = match base.get(&k) {
+                Some(b) => contains(theirs, b),
+                None => theirs.is_none_or(Value::is_null),
+            };
+            if o == Owner::Hmis || untouched {
+                keep.push(k);
+                continue;
+            }
+            let hmis_wins = o == Owner::Newest
+                && godata_at
+                    .as_deref()
+                    .and_then(epoch)
+                    .is_none_or(|g| p.change.changed > g);
+            conflicts.push(Conflict {
+                field: k.clone(),
+                hmis_changed_at: p.change.changed,
+                godata_updated_at: godata_at.clone(),
+                winner: if hmis_wins { "hmis" } else { "godata" },
+            });
+            if hmis_wins {
+                keep.push(k);
+            }
+        }
+        Ok(Plan::Fields(keep))
+    }
+
+    /// The push of a record Go.Data has but whose last synced state is not
+    /// known (linked before this was kept, or the link table was emptied by
+    /// a crash): read it once, and send the fields that differ —
+    /// - all of them when the bridge's own account wrote the record last
+    ///   (`updatedBy`): nobody else changed it since, so every difference
+    ///   is an HMIS change (a crash between Go.Data's answer and the link's
+    ///   write leaves exactly this);
+    /// - otherwise only those the HMIS owns: who changed a field Go.Data
+    ///   owns or shares is not known, and an unsent HMIS edit is safer than
+    ///   an overwritten Go.Data one (the next HMIS change of the field is
+    ///   sent as usual: the synced state starts now).
+    async fn plan_unknown_base<T>(
+        &self,
+        p: &Prepared<T>,
+        doc: &Value,
+        collection: &str,
+    ) -> Result<Plan, Failure> {
+        let Some(godata) = self.client.get_person(collection, p.id).await? else {
+            return Ok(Plan::Full);
+        };
+        let ours = self
+            .client
+            .user_id()
+            .is_some_and(|me| godata["updatedBy"] == me.as_str());
+        let keep = doc
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| {
+                !contains(godata.get(k.as_str()), v)
+                    && (ours || self.owner(&p.change.table, k) == Owner::Hmis)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        Ok(Plan::Fields(keep))
+    }
+
+    fn owner(&self, table: &str, field: &str) -> Owner {
+        self.owners
+            .get(table)
+            .and_then(|o| o.get(field))
+            .copied()
+            .unwrap_or(Owner::Hmis)
     }
 
     fn case_of_contact(&self, push: &crate::config::Push, image: &Value) -> Result<Uuid, Failure> {
@@ -898,6 +1167,42 @@ impl Deliverer {
     }
 }
 
+/// Who owns each Go.Data field, per push table (see `Deliverer::owners`).
+fn field_owners(config: &Config) -> HashMap<String, HashMap<String, Owner>> {
+    let mut out: HashMap<String, HashMap<String, Owner>> = HashMap::new();
+    for push in &config.push {
+        let fields = out.entry(push.table.clone()).or_default();
+        for rule in &push.map {
+            let owner = config
+                .pull
+                .target
+                .iter()
+                .filter(|t| t.table == push.table)
+                .flat_map(|t| t.columns.iter().map(move |c| (t, c)))
+                .find(|(_, c)| rule.from.as_deref() == Some(c.column.as_str()))
+                .map(|(t, c)| c.owner(t));
+            if let Some(o) = owner {
+                // A field written from several columns: the strictest owner.
+                let f = fields.entry(top_field(&rule.to).to_string()).or_insert(o);
+                if o != Owner::Hmis {
+                    *f = o;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The pushed columns of a row image: what a push maps from.
+fn synced_columns(push: &crate::config::Push, image: &Value) -> Value {
+    let mut m = Map::new();
+    for col in push.map.iter().flat_map(|r| r.columns()) {
+        m.entry(col.to_string())
+            .or_insert_with(|| image.get(col).cloned().unwrap_or(Value::Null));
+    }
+    Value::Object(m)
+}
+
 /// Records what Go.Data acknowledged — link, content hash, Go.Data's
 /// `updatedAt`; a deleted record's link goes — and removes `outbox_ids`
 /// (trigger mode: the acknowledged changes' outbox rows), in one
@@ -910,25 +1215,43 @@ pub async fn record<'a, T: 'a>(
 ) -> Result<(), tokio_postgres::Error> {
     let (mut tables, mut keys, mut kinds) = (vec![], vec![], vec![]);
     let (mut resources, mut gids, mut hashes, mut updated) = (vec![], vec![], vec![], vec![]);
+    let mut synced = vec![];
+    let (mut c_tables, mut c_keys, mut c_ids, mut c_fields) = (vec![], vec![], vec![], vec![]);
+    let (mut c_hmis, mut c_godata, mut c_winners) = (vec![], vec![], vec![]);
     for (c, a) in acked {
-        let (kind, res, gid, hash, upd) = match a {
+        let (kind, res, gid, hash, upd, syn) = match a {
             Acked::Unchanged => continue,
-            Acked::Deleted => ("d", None, None, None, None),
+            Acked::Deleted => ("d", None, None, None, None, None),
             Acked::Upserted {
                 id,
                 hash,
                 resource,
                 updated_at,
-            } => (
-                "u",
-                Some(match resource {
-                    Resource::Case => "case",
-                    Resource::Contact => "contact",
-                }),
-                Some(*id),
-                Some(hash.as_str()),
-                updated_at.as_deref(),
-            ),
+                synced,
+                conflicts,
+            } => {
+                for k in conflicts {
+                    c_tables.push(c.table.as_str());
+                    c_keys.push(&c.key);
+                    c_ids.push(*id);
+                    c_fields.push(k.field.as_str());
+                    c_hmis.push(k.hmis_changed_at);
+                    c_godata.push(k.godata_updated_at.as_deref());
+                    c_winners.push(k.winner);
+                    metrics::inc(metrics::CONFLICTS, &[("winner", k.winner)], 1.0);
+                }
+                (
+                    "u",
+                    Some(match resource {
+                        Resource::Case => "case",
+                        Resource::Contact => "contact",
+                    }),
+                    Some(*id),
+                    Some(hash.as_str()),
+                    updated_at.as_deref(),
+                    Some(synced),
+                )
+            }
         };
         tables.push(c.table.as_str());
         keys.push(&c.key);
@@ -937,24 +1260,35 @@ pub async fn record<'a, T: 'a>(
         gids.push(gid);
         hashes.push(hash);
         updated.push(upd);
+        synced.push(syn);
     }
-    if tables.is_empty() && outbox_ids.is_empty() {
-        return Ok(());
+    if !tables.is_empty() || !outbox_ids.is_empty() {
+        pg.execute(
+            "WITH s AS (SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[], $9::jsonb[])
+                          AS s(t, k, kind, res, gid, hash, upd, syn)),
+                  gone AS (DELETE FROM godata_bridge.outbox WHERE id = ANY($8)),
+                  unlinked AS (DELETE FROM godata_bridge.link l USING s
+                                WHERE s.kind = 'd' AND l.table_name = s.t AND l.row_key = s.k)
+             INSERT INTO godata_bridge.link AS l (table_name, row_key, resource, godata_id, content_hash, godata_updated_at, pushed_at, synced)
+             SELECT t, k, res, gid, hash, upd::timestamptz, now(), syn FROM s WHERE kind = 'u'
+             ON CONFLICT (table_name, row_key) DO UPDATE
+                SET godata_id = EXCLUDED.godata_id, content_hash = EXCLUDED.content_hash,
+                    godata_updated_at = coalesce(EXCLUDED.godata_updated_at, l.godata_updated_at),
+                    pushed_at = EXCLUDED.pushed_at, synced = EXCLUDED.synced",
+            &[&tables, &keys, &kinds, &resources, &gids, &hashes, &updated, &outbox_ids, &synced],
+        )
+        .await?;
     }
-    pg.execute(
-        "WITH s AS (SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[])
-                      AS s(t, k, kind, res, gid, hash, upd)),
-              gone AS (DELETE FROM godata_bridge.outbox WHERE id = ANY($8)),
-              unlinked AS (DELETE FROM godata_bridge.link l USING s
-                            WHERE s.kind = 'd' AND l.table_name = s.t AND l.row_key = s.k)
-         INSERT INTO godata_bridge.link (table_name, row_key, resource, godata_id, content_hash, godata_updated_at, pushed_at)
-         SELECT t, k, res, gid, hash, upd::timestamptz, now() FROM s WHERE kind = 'u'
-         ON CONFLICT (table_name, row_key) DO UPDATE
-            SET godata_id = EXCLUDED.godata_id, content_hash = EXCLUDED.content_hash,
-                godata_updated_at = EXCLUDED.godata_updated_at, pushed_at = EXCLUDED.pushed_at",
-        &[&tables, &keys, &kinds, &resources, &gids, &hashes, &updated, &outbox_ids],
-    )
-    .await?;
+    if !c_fields.is_empty() {
+        pg.execute(
+            "INSERT INTO godata_bridge.conflict (table_name, row_key, godata_id, field, hmis_changed_at, godata_updated_at, winner)
+             SELECT t, k, g, f, to_timestamp(h), u::timestamptz, w
+               FROM unnest($1::text[], $2::jsonb[], $3::uuid[], $4::text[], $5::float8[], $6::text[], $7::text[])
+                    AS c(t, k, g, f, h, u, w)",
+            &[&c_tables, &c_keys, &c_ids, &c_fields, &c_hmis, &c_godata, &c_winners],
+        )
+        .await?;
+    }
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub const CHANGES_CAPTURED: &str = "godata_bridge_changes_captured_total";
 pub const CHANGES_DELIVERED: &str = "godata_bridge_changes_delivered_total";
 pub const CHANGES_DEAD_LETTERED: &str = "godata_bridge_changes_dead_lettered_total";
 pub const CHANGES_DEFERRED: &str = "godata_bridge_changes_deferred_total";
+pub const CONFLICTS: &str = "godata_bridge_conflicts_total";
 pub const DELIVERY_LATENCY: &str = "godata_bridge_delivery_latency_seconds";
 pub const GODATA_REQUESTS: &str = "godata_bridge_godata_requests_total";
 pub const GODATA_REQUEST_DURATION: &str = "godata_bridge_godata_request_duration_seconds";
@@ -46,6 +47,11 @@ pub const CATALOG: &[(&str, &str, &str)] = &[
         CHANGES_DEFERRED,
         "counter",
         "Delivery attempts deferred after a transient failure, by resource and error class.",
+    ),
+    (
+        CONFLICTS,
+        "counter",
+        "Fields both the HMIS and Go.Data changed since the last sync, by the side that won (the losing value is in neither log nor metric).",
     ),
     (
         DELIVERY_LATENCY,

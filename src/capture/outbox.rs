@@ -117,12 +117,14 @@ async fn read_due(pg: &PgClient, limit: i64) -> Result<Vec<Change<Ids>>, tokio_p
                 image: Image::Read,
                 attempts: 0,
                 captured: f64::MAX,
+                changed: 0.0,
                 tag: Ids::default(),
             });
         c.op = op;
         c.tag.0.push(id);
         c.attempts = c.attempts.max(r.get(4));
         c.captured = c.captured.min(r.get(5));
+        c.changed = c.changed.max(r.get(5));
     }
     Ok(records.into_values().collect())
 }

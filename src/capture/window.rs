@@ -54,6 +54,8 @@ struct Entry {
     first_seq: u64,
     xid: u64,
     captured: f64,
+    /// Commit time of the latest change coalesced into it.
+    changed: f64,
     attempts: i32,
     due: Option<Instant>,
     bytes: usize,
@@ -251,6 +253,7 @@ impl Window {
                 e.op = c.op;
                 e.image = image;
                 e.xid = xid;
+                e.changed = e.changed.max(at);
                 e.bytes = c.bytes;
             }
             None => {
@@ -265,6 +268,7 @@ impl Window {
                         first_seq: seq,
                         xid,
                         captured: at,
+                        changed: at,
                         attempts: 0,
                         due: None,
                         bytes: c.bytes,
@@ -322,6 +326,7 @@ impl Window {
                 image: e.image,
                 attempts: e.attempts,
                 captured: e.captured,
+                changed: e.changed,
                 tag: Taken {
                     generation: self.generation,
                     epoch: k.0,
@@ -382,6 +387,7 @@ impl Window {
                         newer.first_seq = c.tag.first_seq;
                     }
                     newer.captured = newer.captured.min(c.captured);
+                    newer.changed = newer.changed.max(c.changed);
                     newer.attempts = newer.attempts.max(attempts);
                     newer.due = match (newer.due, due) {
                         (Some(a), Some(b)) => Some(a.max(b)),
@@ -400,6 +406,7 @@ impl Window {
                             first_seq: c.tag.first_seq,
                             xid: c.tag.xid,
                             captured: c.captured,
+                            changed: c.changed,
                             attempts,
                             due,
                             bytes: c.tag.bytes,

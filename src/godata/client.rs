@@ -62,6 +62,11 @@ pub enum GodataError {
     BadBody { status: u16 },
     #[error("the case of this contact is not in Go.Data yet")]
     CaseMissing,
+    /// A create found the id taken by a live record the bridge did not
+    /// know it had (its link was lost): the caller reads it and sends only
+    /// what must change, never the whole row over it.
+    #[error("Go.Data already holds this record")]
+    Exists,
 }
 
 impl GodataError {
@@ -70,6 +75,7 @@ impl GodataError {
         match self {
             GodataError::Transport { .. }
             | GodataError::CaseMissing
+            | GodataError::Exists
             | GodataError::BadBody { .. } => Disposition::Retry,
             GodataError::Status { status, code, .. } => match (*status, code.as_deref()) {
                 (408 | 429, _) | (500..=599, _) => Disposition::Retry,
@@ -306,35 +312,40 @@ impl Client {
     /// 404 `POST` with the id; a soft-deleted record with that id is
     /// restored first. Returns the stored case.
     pub async fn upsert_case(&self, id: Uuid, doc: &Value) -> Result<Value, GodataError> {
-        self.upsert_person("cases", id, doc, None, None, true)
+        self.upsert_person("cases", id, doc, None, None, None, true)
             .await
             .map(|(_, v)| v)
     }
 
     /// Like [`Client::upsert_case`], but when `id` is unknown to Go.Data and
     /// a live case carries `external_id` as EXTERNAL_ID document (entered by
-    /// hand before the bridge), that case is adopted and updated instead.
-    /// Returns the id actually written. `known`: the bridge pushed this
-    /// record before, so the update is tried first.
+    /// hand before the bridge), that case is adopted and updated instead
+    /// (with the whole `doc`). Returns the id actually written. `known`:
+    /// the bridge pushed this record before, so the update is tried first,
+    /// with `delta` (the changed fields) when given; a record that must be
+    /// created or restored gets the whole `doc`. Not known and already
+    /// there: [`GodataError::Exists`].
     pub async fn upsert_case_adopting(
         &self,
         id: Uuid,
         external_id: Option<&str>,
         doc: &Value,
+        delta: Option<&Value>,
         known: bool,
     ) -> Result<(Uuid, Value), GodataError> {
-        self.upsert_person("cases", id, doc, None, external_id, known)
+        self.upsert_person("cases", id, doc, delta, None, external_id, known)
             .await
     }
 
     /// Upserts a contact (`known`: the bridge pushed it before, so try the
-    /// update first); a new one is created through its case
-    /// (`POST /cases/{caseId}/contacts`) with `relationship`.
+    /// update first, with `delta` when given); a new one is created through
+    /// its case (`POST /cases/{caseId}/contacts`) with `relationship`.
     pub async fn upsert_contact(
         &self,
         id: Uuid,
         case_id: Uuid,
         doc: &Value,
+        delta: Option<&Value>,
         relationship: &Value,
         known: bool,
     ) -> Result<Value, GodataError> {
@@ -342,6 +353,7 @@ impl Client {
             "contacts",
             id,
             doc,
+            delta,
             Some((case_id, relationship)),
             None,
             known,
@@ -350,11 +362,13 @@ impl Client {
         .map(|(_, v)| v)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn upsert_person(
         &self,
         collection: &str,
         id: Uuid,
         doc: &Value,
+        delta: Option<&Value>,
         parent: Option<(Uuid, &Value)>,
         adopt: Option<&str>,
         known: bool,
@@ -363,9 +377,13 @@ impl Client {
         // A record the bridge never pushed is most likely new: create first
         // (one request); if it exists after all, the create says so.
         let mut put_first = known || adopt.is_some();
-        for _ in 0..3 {
+        // The first update of a known record sends only what changed; after
+        // a restore or a create race, the record needs everything.
+        let mut body_now = delta.filter(|_| known).unwrap_or(doc);
+        for round in 0..3 {
             if put_first {
-                let (status, body) = self.call(Method::PUT, &one, Some(doc)).await?;
+                let (status, body) = self.call(Method::PUT, &one, Some(body_now)).await?;
+                body_now = doc;
                 if status == 200 {
                     return Ok((id, body));
                 }
@@ -434,6 +452,11 @@ impl Client {
                         return Err(status_error(s, &b));
                     }
                 }
+                // Not ours as far as we knew: the caller decides what to
+                // send over it.
+                (422, _) if is_id_uniqueness(&body) && round == 0 && !known && adopt.is_none() => {
+                    return Err(GodataError::Exists)
+                }
                 // Someone created it between our PUT and POST: update it.
                 (422, _) if is_id_uniqueness(&body) => {}
                 _ => return Err(status_error(status, &body)),
@@ -444,6 +467,28 @@ impl Client {
             code: Some("MODEL_CONFLICT".into()),
             message: "upsert did not settle".into(),
         })
+    }
+
+    /// The bridge's own Go.Data user id (known after the first login): what
+    /// Go.Data writes as `updatedBy` on the bridge's writes.
+    pub fn user_id(&self) -> Option<String> {
+        self.user_id.lock().expect("user id lock").clone()
+    }
+
+    /// A live case or contact, or None (absent or soft-deleted).
+    pub async fn get_person(
+        &self,
+        collection: &str,
+        id: Uuid,
+    ) -> Result<Option<Value>, GodataError> {
+        let (status, body) = self
+            .call(Method::GET, &self.ob(&format!("{collection}/{id}")), None)
+            .await?;
+        match status {
+            200 => Ok(Some(body)),
+            404 => Ok(None),
+            _ => Err(status_error(status, &body)),
+        }
     }
 
     /// Soft-deletes a case or contact; already gone is success.
@@ -608,6 +653,7 @@ impl GodataError {
         match self {
             GodataError::Transport { .. } => "connection",
             GodataError::CaseMissing => "case_missing",
+            GodataError::Exists => "exists",
             GodataError::BadBody { .. } => "bad_body",
             GodataError::Status { status, .. } => match status {
                 429 => "429",

@@ -120,6 +120,7 @@ async fn contacts_wait_for_their_case_and_are_created_through_it() {
             contact_id,
             case_id,
             &json!({"firstName": "Sahr"}),
+            None,
             &rel,
             false,
         )
@@ -135,6 +136,7 @@ async fn contacts_wait_for_their_case_and_are_created_through_it() {
             contact_id,
             case_id,
             &json!({"firstName": "Sahr"}),
+            None,
             &rel,
             false,
         )
@@ -146,6 +148,7 @@ async fn contacts_wait_for_their_case_and_are_created_through_it() {
             contact_id,
             case_id,
             &json!({"lastName": "Kamara"}),
+            None,
             &rel,
             true,
         )
@@ -270,6 +273,7 @@ async fn a_hand_entered_case_is_adopted_by_its_external_id() {
             derived,
             Some("KEN-9"),
             &json!({"lastName": "Bridge", "documents": doc["documents"]}),
+            None,
             false,
         )
         .await
@@ -319,7 +323,7 @@ async fn a_record_never_pushed_is_created_in_one_request() {
     let sim = start_sim().await;
     let c = client(&sim);
     let id = Uuid::new_v4();
-    c.upsert_case_adopting(id, None, &json!({"firstName": "A"}), false)
+    c.upsert_case_adopting(id, None, &json!({"firstName": "A"}), None, false)
         .await
         .unwrap();
     let calls = |sim: &Sim| -> Vec<(String, u16)> {
@@ -331,15 +335,35 @@ async fn a_record_never_pushed_is_created_in_one_request() {
     };
     assert_eq!(calls(&sim), [("POST".into(), 200)]);
     // Believed new but already there (say, the link was lost in a crash):
-    // the create is refused and the update follows.
+    // the create is refused and the caller is told, never the whole row
+    // written over it.
+    let e = c
+        .upsert_case_adopting(id, None, &json!({"firstName": "B"}), None, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, GodataError::Exists), "{e}");
+    assert_eq!(calls(&sim)[1..], [("POST".into(), 422)]);
+    // A known record's update sends the delta; the whole record only when
+    // it must be created again.
     let (_, stored) = c
-        .upsert_case_adopting(id, None, &json!({"firstName": "B"}), false)
+        .upsert_case_adopting(
+            id,
+            None,
+            &json!({"firstName": "C", "lastName": "Full"}),
+            Some(&json!({"firstName": "C"})),
+            true,
+        )
         .await
         .unwrap();
-    assert_eq!(stored["firstName"], "B");
     assert_eq!(
-        calls(&sim)[1..],
-        [("POST".into(), 422), ("PUT".into(), 200)]
+        (stored["firstName"].as_str(), stored["lastName"].as_str()),
+        (Some("C"), None),
+        "only the delta was sent"
+    );
+    let put = sim.requests().into_iter().last().unwrap();
+    assert_eq!(
+        (put.method.as_str(), put.fields.clone()),
+        ("PUT", vec!["firstName".to_string()])
     );
     assert_eq!(sim.state()["cases"].as_array().unwrap().len(), 1);
 }
