@@ -108,6 +108,10 @@ CREATE TABLE IF NOT EXISTS godata_bridge.conflict (
     godata_updated_at timestamptz,
     winner            text NOT NULL CHECK (winner IN ('hmis', 'godata'))
 );
+-- One entry per HMIS change of a field: the push and the write-back may
+-- both meet the same conflict, whichever settles it first records it.
+CREATE UNIQUE INDEX IF NOT EXISTS conflict_change_idx
+    ON godata_bridge.conflict (table_name, row_key, field, coalesce(hmis_changed_at, '-infinity'::timestamptz));
 
 CREATE TABLE IF NOT EXISTS godata_bridge.tracked (
     table_name   text PRIMARY KEY,

@@ -33,7 +33,7 @@ use uuid::Uuid;
 use crate::config::{Config, Resource};
 use crate::godata::client::{Client, Disposition, GodataError, EXTERNAL_ID_DOCUMENT};
 use crate::godata::ids::{content_hash, external_id, godata_id};
-use crate::mapping::{map_row, Locations, MapError};
+use crate::mapping::{map_row, top_field, Locations, MapError};
 use crate::metrics;
 use crate::retry::backoff;
 use crate::writeback::target::Owner;
@@ -138,6 +138,9 @@ pub struct Change<T> {
 }
 
 /// What Go.Data now holds for a record.
+// A batch holds a few hundred of these for the time of one round trip;
+// boxing the large variant would only add an allocation per record.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Acked {
     /// Go.Data holds the record's current content (sent now, or already
@@ -151,6 +154,10 @@ pub enum Acked {
         /// The HMIS row's pushed columns now: the next push sends only
         /// what changes against them.
         synced: Value,
+        /// The synced columns this push started from (None: none stored).
+        /// Written back column by column, only where the write-back has not
+        /// changed them meanwhile.
+        prev: Option<Value>,
         /// Fields both sides changed since the last sync.
         conflicts: Vec<Conflict>,
     },
@@ -167,11 +174,16 @@ pub enum Acked {
 pub struct Conflict {
     /// The Go.Data field (a top-level name).
     pub field: String,
-    /// When the HMIS change was captured (epoch seconds).
-    pub hmis_changed_at: f64,
+    /// When the HMIS changed the field (RFC 3339): the row's own
+    /// last-change column where the write-back reads one, else when the
+    /// change was captured.
+    pub hmis_changed_at: String,
     pub godata_updated_at: Option<String>,
     /// `hmis` or `godata`.
     pub winner: &'static str,
+    /// The HMIS columns the field is mapped from: the conflict stands only
+    /// if the write-back did not settle them meanwhile.
+    pub columns: Vec<String>,
 }
 
 /// What a push sends.
@@ -197,11 +209,13 @@ fn contains(theirs: Option<&Value>, mine: &Value) -> bool {
     }
 }
 
-/// The top-level Go.Data field a mapping path writes (`addresses[0].city`
-/// → `addresses`).
-fn top_field(path: &str) -> &str {
-    let end = path.find(['.', '[']).unwrap_or(path.len());
-    &path[..end]
+/// An epoch-seconds time (a commit's) as RFC 3339 with microseconds.
+// A commit time in seconds is far inside i64 microseconds.
+#[allow(clippy::cast_possible_truncation)]
+fn rfc3339(secs: f64) -> String {
+    chrono::DateTime::from_timestamp_micros((secs * 1e6).round() as i64)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// Epoch seconds of an RFC 3339 time.
@@ -429,6 +443,8 @@ pub struct Deliverer {
     /// the system of record of the `[[pull.target]]` column of the same
     /// table that the rule reads; the HMIS's where there is none.
     owners: HashMap<String, HashMap<String, Owner>>,
+    /// Per push table, the `hmis_updated_column` of its write-back target.
+    hmis_updated: HashMap<String, String>,
     /// The last `dead-letter retry` seen; a new one drops cached locations.
     retry_mark: Option<Value>,
     /// Go.Data itself failing (unreachable, 5xx, 429): no delivery until
@@ -444,8 +460,15 @@ pub struct Deliverer {
 impl Deliverer {
     pub fn new(config: Config, client: impl Into<std::sync::Arc<Client>>) -> Deliverer {
         let owners = field_owners(&config);
+        let hmis_updated = config
+            .pull
+            .target
+            .iter()
+            .filter_map(|t| Some((t.table.clone(), t.hmis_updated_column.clone()?)))
+            .collect();
         Deliverer {
             owners,
+            hmis_updated,
             config,
             client: client.into(),
             locations: RwLock::new((Locations::new(), None)),
@@ -525,7 +548,7 @@ impl Deliverer {
         must_see: &mut MustSee,
     ) -> Result<Delivered<T>, DeliverError> {
         let links = self.links(pg, &batch).await?;
-        let reads = self.read_rows(pg, &batch, must_see).await?;
+        let reads = self.read_rows(pg, &batch, &links, must_see).await?;
         let lanes = self.config.delivery.lanes.max(1);
         let mut phases: [Vec<Vec<Prepared<T>>>; 2] = [
             (0..lanes).map(|_| vec![]).collect(),
@@ -539,6 +562,10 @@ impl Deliverer {
             };
             let fetched = match (&change.op, &change.image) {
                 (Op::Upsert, Image::Read) => Some(reads.get(&k).cloned().unwrap_or(Read::Absent)),
+                // A two-way record's stream image may predate a write-back
+                // of its Go.Data-owned columns: its current row was read,
+                // after its synced state (the two are written together).
+                (Op::Upsert, Image::Row(_)) if reads.contains_key(&k) => reads.get(&k).cloned(),
                 (Op::Upsert, Image::Partial { row, missing }) => {
                     Some(match reads.get(&k).cloned().unwrap_or(Read::Absent) {
                         Read::Row(current) => {
@@ -631,11 +658,19 @@ impl Deliverer {
         &self,
         pg: &PgClient,
         batch: &[Change<T>],
+        links: &HashMap<(String, String), Link>,
         must_see: &mut MustSee,
     ) -> Result<HashMap<(String, String), Read>, tokio_postgres::Error> {
         let mut by_table: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
         for c in batch {
-            if c.op == Op::Upsert && matches!(c.image, Image::Read | Image::Partial { .. }) {
+            let stale_maybe = matches!(c.image, Image::Row(_))
+                && self.two_way(&c.table)
+                && links
+                    .get(&(c.table.clone(), c.key.to_string()))
+                    .is_some_and(|(_, synced)| synced.is_some());
+            if c.op == Op::Upsert
+                && (matches!(c.image, Image::Read | Image::Partial { .. }) || stale_maybe)
+            {
                 by_table.entry(&c.table).or_default().push(&c.key);
             }
         }
@@ -894,10 +929,13 @@ impl Deliverer {
             (None, Image::Row(r)) => r,
             (Some(Read::Row(r)), _) => r,
             (Some(Read::NotVisible), _) => return Err(Failure::NotVisible),
-            // The row's stream image lacked TOAST columns and the row is
-            // gone by now: a later committed change (a delete or a key
-            // change) removed it, and it reaches us after this one.
-            (Some(Read::Absent), Image::Partial { .. }) => return Ok(Acked::Unchanged),
+            // The row's stream image lacked TOAST columns (or was re-read)
+            // and the row is gone by now: a later committed change (a
+            // delete or a key change) removed it, and it reaches us after
+            // this one.
+            (Some(Read::Absent), Image::Partial { .. } | Image::Row(_)) => {
+                return Ok(Acked::Unchanged)
+            }
             // Read by key and gone since this change. Its delete is usually
             // further on in the queue, but not always: a backfill or slot
             // replay can enqueue an upsert after the delete, and coalescing
@@ -941,7 +979,7 @@ impl Deliverer {
         let synced = synced_columns(push, image);
         let mut conflicts = vec![];
         let plan = if linked {
-            self.plan(p, &rules, &doc, collection, &mut conflicts)
+            self.plan(p, &rules, &doc, image, collection, &mut conflicts)
                 .await?
         } else {
             Plan::Full
@@ -976,6 +1014,7 @@ impl Deliverer {
                 .and_then(|s| s["updatedAt"].as_str())
                 .map(String::from),
             synced,
+            prev: p.synced.clone(),
             conflicts,
         })
     }
@@ -1028,15 +1067,17 @@ impl Deliverer {
     }
 
     /// What a push of a linked record sends: the fields whose mapped value
-    /// changed since the last sync. A changed field that Go.Data owns or
-    /// shares (`godata`, `newest`) is checked against Go.Data's current
-    /// record (one GET): already equal, it is not sent; changed in Go.Data
-    /// too, its system of record decides and the conflict is recorded.
+    /// changed since the last sync. On a table the write-back also writes,
+    /// those are checked against Go.Data's current record (one GET): a
+    /// field already equal is not sent; one changed in Go.Data too is a
+    /// conflict — its system of record decides (`hmis`, `godata`, `newest`:
+    /// the later change) and the conflict is recorded.
     async fn plan<T>(
         &self,
         p: &Prepared<T>,
         rules: &[&crate::mapping::Rule],
         doc: &Value,
+        image: &Value,
         collection: &str,
         conflicts: &mut Vec<Conflict>,
     ) -> Result<Plan, Failure> {
@@ -1066,7 +1107,10 @@ impl Deliverer {
             .map(|(k, _)| k.clone())
             .collect();
         let owner = |k: &str| self.owner(&p.change.table, k);
-        if changed.iter().all(|k| owner(k) == Owner::Hmis) {
+        // Only a table the write-back also writes has Go.Data edits to
+        // weigh; on it, any field the HMIS changed may have changed in
+        // Go.Data too.
+        if changed.is_empty() || !self.two_way(&p.change.table) {
             return Ok(Plan::Fields(changed));
         }
         let Some(godata) = self.client.get_person(collection, p.id).await? else {
@@ -1075,6 +1119,18 @@ impl Deliverer {
             return Ok(Plan::Full);
         };
         let godata_at = godata["updatedAt"].as_str().map(String::from);
+        // The HMIS's change time: the row's own last-change column where
+        // the write-back reads one (so both directions judge alike), else
+        // when the change was captured.
+        let hmis_at_text = self
+            .hmis_updated
+            .get(&p.change.table)
+            .and_then(|col| image.get(col))
+            .and_then(Value::as_str)
+            .filter(|t| epoch(t).is_some())
+            .map(String::from)
+            .unwrap_or_else(|| rfc3339(p.change.changed));
+        let hmis_at = epoch(&hmis_at_text).unwrap_or(p.change.changed);
         let mut keep = vec![];
         for k in changed {
             let mine = &doc[&k];
@@ -1087,20 +1143,28 @@ impl Deliverer {
                 Some(b) => contains(theirs, b),
                 None => theirs.is_none_or(Value::is_null),
             };
-            if o == Owner::Hmis || untouched {
+            if untouched {
                 keep.push(k);
                 continue;
             }
-            let hmis_wins = o == Owner::Newest
-                && godata_at
+            let hmis_wins = match o {
+                Owner::Hmis => true,
+                Owner::Godata => false,
+                Owner::Newest => godata_at
                     .as_deref()
                     .and_then(epoch)
-                    .is_none_or(|g| p.change.changed > g);
+                    .is_none_or(|g| hmis_at > g),
+            };
             conflicts.push(Conflict {
                 field: k.clone(),
-                hmis_changed_at: p.change.changed,
+                hmis_changed_at: hmis_at_text.clone(),
                 godata_updated_at: godata_at.clone(),
                 winner: if hmis_wins { "hmis" } else { "godata" },
+                columns: rules
+                    .iter()
+                    .filter(|r| top_field(&r.to) == k)
+                    .flat_map(|r| r.columns().map(String::from))
+                    .collect(),
             });
             if hmis_wins {
                 keep.push(k);
@@ -1144,6 +1208,13 @@ impl Deliverer {
             .map(|(k, _)| k.clone())
             .collect();
         Ok(Plan::Fields(keep))
+    }
+
+    /// A table whose Go.Data-owned or shared columns the write-back writes.
+    fn two_way(&self, table: &str) -> bool {
+        self.owners
+            .get(table)
+            .is_some_and(|o| o.values().any(|w| *w != Owner::Hmis))
     }
 
     fn owner(&self, table: &str, field: &str) -> Owner {
@@ -1215,19 +1286,21 @@ pub async fn record<'a, T: 'a>(
 ) -> Result<(), tokio_postgres::Error> {
     let (mut tables, mut keys, mut kinds) = (vec![], vec![], vec![]);
     let (mut resources, mut gids, mut hashes, mut updated) = (vec![], vec![], vec![], vec![]);
-    let mut synced = vec![];
+    let (mut synced, mut prevs) = (vec![], vec![]);
     let (mut c_tables, mut c_keys, mut c_ids, mut c_fields) = (vec![], vec![], vec![], vec![]);
     let (mut c_hmis, mut c_godata, mut c_winners) = (vec![], vec![], vec![]);
+    let (mut c_prev, mut c_cols) = (vec![], vec![]);
     for (c, a) in acked {
-        let (kind, res, gid, hash, upd, syn) = match a {
+        let (kind, res, gid, hash, upd, syn, prev) = match a {
             Acked::Unchanged => continue,
-            Acked::Deleted => ("d", None, None, None, None, None),
+            Acked::Deleted => ("d", None, None, None, None, None, None),
             Acked::Upserted {
                 id,
                 hash,
                 resource,
                 updated_at,
                 synced,
+                prev,
                 conflicts,
             } => {
                 for k in conflicts {
@@ -1235,10 +1308,11 @@ pub async fn record<'a, T: 'a>(
                     c_keys.push(&c.key);
                     c_ids.push(*id);
                     c_fields.push(k.field.as_str());
-                    c_hmis.push(k.hmis_changed_at);
+                    c_hmis.push(k.hmis_changed_at.as_str());
                     c_godata.push(k.godata_updated_at.as_deref());
                     c_winners.push(k.winner);
-                    metrics::inc(metrics::CONFLICTS, &[("winner", k.winner)], 1.0);
+                    c_prev.push(prev.as_ref());
+                    c_cols.push(json!(k.columns));
                 }
                 (
                     "u",
@@ -1250,6 +1324,7 @@ pub async fn record<'a, T: 'a>(
                     Some(hash.as_str()),
                     updated_at.as_deref(),
                     Some(synced),
+                    prev.as_ref(),
                 )
             }
         };
@@ -1261,33 +1336,64 @@ pub async fn record<'a, T: 'a>(
         hashes.push(hash);
         updated.push(upd);
         synced.push(syn);
+        prevs.push(prev);
     }
-    if !tables.is_empty() || !outbox_ids.is_empty() {
-        pg.execute(
-            "WITH s AS (SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[], $9::jsonb[])
-                          AS s(t, k, kind, res, gid, hash, upd, syn)),
+    if tables.is_empty() && outbox_ids.is_empty() {
+        return Ok(());
+    }
+    // The synced columns go back column by column where the write-back
+    // did not change them since this push read them (it may have written
+    // Go.Data's value meanwhile: that one stands). A conflict stands only
+    // where its columns are untouched likewise; the write-back logs the
+    // conflicts it settles itself. Every part sees the links as they were
+    // before the statement.
+    let logged = pg
+        .query(
+            "WITH s AS (SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $6::text[],
+                                             $7::text[], $9::jsonb[], $10::jsonb[])
+                          AS s(t, k, kind, res, gid, hash, upd, syn, prev)),
                   gone AS (DELETE FROM godata_bridge.outbox WHERE id = ANY($8)),
                   unlinked AS (DELETE FROM godata_bridge.link l USING s
-                                WHERE s.kind = 'd' AND l.table_name = s.t AND l.row_key = s.k)
-             INSERT INTO godata_bridge.link AS l (table_name, row_key, resource, godata_id, content_hash, godata_updated_at, pushed_at, synced)
-             SELECT t, k, res, gid, hash, upd::timestamptz, now(), syn FROM s WHERE kind = 'u'
-             ON CONFLICT (table_name, row_key) DO UPDATE
-                SET godata_id = EXCLUDED.godata_id, content_hash = EXCLUDED.content_hash,
-                    godata_updated_at = coalesce(EXCLUDED.godata_updated_at, l.godata_updated_at),
-                    pushed_at = EXCLUDED.pushed_at, synced = EXCLUDED.synced",
-            &[&tables, &keys, &kinds, &resources, &gids, &hashes, &updated, &outbox_ids, &synced],
+                                WHERE s.kind = 'd' AND l.table_name = s.t AND l.row_key = s.k),
+                  conf AS (INSERT INTO godata_bridge.conflict
+                                  (table_name, row_key, godata_id, field, hmis_changed_at, godata_updated_at, winner)
+                           SELECT c.t, c.k, c.g, c.f, c.h::timestamptz, c.u::timestamptz, c.w
+                             FROM unnest($11::text[], $12::jsonb[], $13::uuid[], $14::text[], $15::text[],
+                                         $16::text[], $17::text[], $18::jsonb[], $19::jsonb[])
+                                  AS c(t, k, g, f, h, u, w, prev, cols)
+                             LEFT JOIN godata_bridge.link l ON l.table_name = c.t AND l.row_key = c.k
+                            WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(c.cols) AS col
+                                               WHERE l.synced->col IS DISTINCT FROM c.prev->col)
+                           ON CONFLICT DO NOTHING
+                           RETURNING winner),
+                  upd AS (UPDATE godata_bridge.link l
+                             SET godata_id = s.gid, content_hash = s.hash,
+                                 godata_updated_at = coalesce(s.upd::timestamptz, l.godata_updated_at),
+                                 pushed_at = now(),
+                                 synced = CASE WHEN l.synced IS NULL OR s.prev IS NULL THEN s.syn
+                                               ELSE (SELECT jsonb_object_agg(n.key,
+                                                              CASE WHEN l.synced->n.key IS NOT DISTINCT FROM s.prev->n.key
+                                                                   THEN n.value ELSE l.synced->n.key END)
+                                                       FROM jsonb_each(s.syn) AS n) END
+                            FROM s WHERE s.kind = 'u' AND l.table_name = s.t AND l.row_key = s.k
+                           RETURNING l.table_name, l.row_key),
+                  ins AS (INSERT INTO godata_bridge.link
+                                 (table_name, row_key, resource, godata_id, content_hash, godata_updated_at, pushed_at, synced)
+                          SELECT t, k, res, gid, hash, upd::timestamptz, now(), syn FROM s
+                           WHERE kind = 'u'
+                             AND NOT EXISTS (SELECT 1 FROM upd WHERE upd.table_name = s.t AND upd.row_key = s.k)
+                          ON CONFLICT (table_name, row_key) DO NOTHING)
+             SELECT winner FROM conf",
+            &[
+                &tables, &keys, &kinds, &resources, &gids, &hashes, &updated, &outbox_ids, &synced,
+                &prevs, &c_tables, &c_keys, &c_ids, &c_fields, &c_hmis, &c_godata, &c_winners,
+                &c_prev, &c_cols,
+            ],
         )
         .await?;
-    }
-    if !c_fields.is_empty() {
-        pg.execute(
-            "INSERT INTO godata_bridge.conflict (table_name, row_key, godata_id, field, hmis_changed_at, godata_updated_at, winner)
-             SELECT t, k, g, f, to_timestamp(h), u::timestamptz, w
-               FROM unnest($1::text[], $2::jsonb[], $3::uuid[], $4::text[], $5::float8[], $6::text[], $7::text[])
-                    AS c(t, k, g, f, h, u, w)",
-            &[&c_tables, &c_keys, &c_ids, &c_fields, &c_hmis, &c_godata, &c_winners],
-        )
-        .await?;
+    for r in logged {
+        let winner: String = r.get(0);
+        metrics::inc(metrics::CONFLICTS, &[("winner", &winner)], 1.0);
     }
     Ok(())
 }

@@ -175,6 +175,13 @@ impl Rule {
     }
 }
 
+/// The top-level Go.Data field a mapping path writes (`addresses[0].city`
+/// → `addresses`): what a partial update (`PUT`) replaces as a whole.
+pub fn top_field(path: &str) -> &str {
+    let end = path.find(['.', '[']).unwrap_or(path.len());
+    &path[..end]
+}
+
 /// Go.Data location ids by admin-area code (`identifiers[].code`).
 pub type Locations = HashMap<String, String>;
 

@@ -163,6 +163,10 @@ async fn pull_resource(
         .iter()
         .filter(|t| t.resource == resource)
         .collect();
+    let mut two_ways = vec![];
+    for t in &targets {
+        two_ways.push(two_way(pg, config, t).await?);
+    }
     let mut total = 0;
     // Each poll starts `overlap_ms` before the stored cursor: Go.Data's
     // stamps have ms resolution, and a record stamped in the cursor's
@@ -208,7 +212,7 @@ async fn pull_resource(
         tx.batch_execute("SET LOCAL godata_bridge.origin = 'godata'")
             .await?;
         let mut written = vec![];
-        for t in &targets {
+        for (t, two_way) in targets.iter().zip(&two_ways) {
             let mut rows = vec![];
             let mut deleted = vec![];
             let key_at = t
@@ -239,7 +243,7 @@ async fn pull_resource(
                 }
                 rows.push(row);
             }
-            let n = target::write(&tx, t, &rows, &deleted).await?;
+            let n = target::write(&tx, t, &rows, &deleted, two_way.as_ref()).await?;
             written.push((t.table.as_str(), n));
         }
         let moved = tx
@@ -279,6 +283,43 @@ async fn pull_resource(
             return Ok(total);
         }
     }
+}
+
+/// Whether flow 1 also pushes the target's table by the same one-column
+/// key: then the write-back decides column by column (see
+/// [`target::TwoWay`]).
+async fn two_way(
+    pg: &tokio_postgres::Client,
+    config: &Config,
+    t: &target::Target,
+) -> Result<Option<target::TwoWay>, tokio_postgres::Error> {
+    let Some(push) = config.push.iter().find(|p| p.table == t.table) else {
+        return Ok(None);
+    };
+    let r = pg
+        .query_opt(
+            "SELECT tr.table_name, tr.key_columns FROM godata_bridge.tracked tr
+              WHERE tr.table_name = godata_bridge.qualified(to_regclass($1))",
+            &[&t.table],
+        )
+        .await?;
+    let Some(r) = r else { return Ok(None) };
+    let keys: Vec<String> = r.get(1);
+    if keys != [t.key.clone()] {
+        return Ok(None);
+    }
+    let fields = push
+        .map
+        .iter()
+        .filter_map(|rule| {
+            let col = rule.from.as_ref()?;
+            Some((col.clone(), crate::mapping::top_field(&rule.to).to_string()))
+        })
+        .collect();
+    Ok(Some(target::TwoWay {
+        link_name: r.get(0),
+        fields,
+    }))
 }
 
 /// Polls every `pull.interval_secs` until `shutdown` flips.

@@ -322,13 +322,35 @@ const WRITE_CHUNK: usize = 500;
 /// The staged column carrying each record's Go.Data `updatedAt`.
 const STAGED_UPDATED: &str = "godata_bridge_updated";
 
+/// A target table that flow 1 also pushes (by the same one-column key):
+/// its link rows keep the row's pushed columns as they were at the last
+/// sync (`link.synced`), so the write-back can tell, column by column,
+/// whether the HMIS changed a value since.
+#[derive(Debug, Clone)]
+pub struct TwoWay {
+    /// The table as `godata_bridge.link` names it.
+    pub link_name: String,
+    /// Columns that push rules read → the Go.Data field they write.
+    pub fields: BTreeMap<String, String>,
+}
+
 /// Writes `rows` (from [`row`]; and deletes `deleted_keys`) into the
 /// target, inside `tx`. Returns how many rows changed.
+///
+/// On a [`TwoWay`] table, a column owned by `newest` or `godata` that the
+/// push also carries is decided per column on rows with a synced state:
+/// changed only in Go.Data (the HMIS value is the synced one): Go.Data's
+/// value; changed only in the HMIS: the HMIS's (its push sends it); changed
+/// on both sides: the owner decides (`newest`: the later of the row's
+/// `hmis_updated_column` and Go.Data's `updatedAt`), and when Go.Data wins
+/// the conflict is logged. Where the HMIS now holds Go.Data's value, the
+/// synced state takes it. Rows without a synced state keep the row rule.
 pub async fn write(
     tx: &tokio_postgres::Transaction<'_>,
     target: &Target,
     rows: &[Vec<Option<String>>],
     deleted_keys: &[String],
+    two_way: Option<&TwoWay>,
 ) -> Result<u64, tokio_postgres::Error> {
     let table = qtable(&target.table);
     let cols: Vec<String> = target.columns.iter().map(|c| qi(&c.column)).collect();
@@ -402,22 +424,77 @@ pub async fn write(
         (_, Some(u)) => format!("{src}.{}", qi(u)),
         (_, None) => "NULL::timestamptz".to_string(),
     };
-    let assign = |src: &str| -> Vec<String> {
+    // Columns decided per column from the synced state (see above), and
+    // the synced state of the row (`alias` is the target row's alias).
+    let per_field: Vec<&Column> = match two_way {
+        Some(tw) => target
+            .columns
+            .iter()
+            .filter(|c| {
+                c.column != target.key
+                    && c.owner(target) != Owner::Hmis
+                    && tw.fields.contains_key(&c.column)
+            })
+            .collect(),
+        None => vec![],
+    };
+    let link_name = two_way.map(|tw| tw.link_name.replace('\'', "''"));
+    let key_lit = target.key.replace('\'', "''");
+    let synced_of = |alias: &str| {
+        format!(
+            "(SELECT l.synced FROM godata_bridge.link l WHERE l.table_name = '{}' AND l.row_key = jsonb_build_object('{key_lit}', {alias}.{key}))",
+            link_name.as_deref().unwrap_or_default()
+        )
+    };
+    // The HMIS's (`t`) or Go.Data's (`src`) value of column `c` equals the
+    // synced one.
+    let same = |alias: &str, c: &Column, syn: &str| {
+        format!(
+            "coalesce(to_jsonb({alias}.{}), 'null') = coalesce({syn}->'{}', 'null')",
+            qi(&c.column),
+            c.column.replace('\'', "''")
+        )
+    };
+    let godata_newer = |src: &str| {
+        format!(
+            "(t.{hu} IS NULL OR {gu} IS NULL OR t.{hu} < {gu})",
+            hu = hmis_updated.as_deref().expect("validated: newest needs it"),
+            gu = staged_updated(src),
+        )
+    };
+    let assign = |src: &str, syn: &str| -> Vec<String> {
         target
             .columns
             .iter()
             .filter(|c| c.column != target.key)
             .map(|c| {
                 let col = qi(&c.column);
-                match c.owner(target) {
-                    Owner::Godata => format!("{col} = {src}.{col}"),
-                    Owner::Hmis => format!("{col} = t.{col}"),
+                let row_rule = match c.owner(target) {
+                    Owner::Godata => format!("{src}.{col}"),
+                    Owner::Hmis => format!("t.{col}"),
                     Owner::Newest => format!(
-                        "{col} = CASE WHEN t.{hu} IS NULL OR {gu} IS NULL OR t.{hu} < {gu} THEN {src}.{col} ELSE t.{col} END",
-                        hu = hmis_updated.as_deref().expect("validated"),
-                        gu = staged_updated(src),
+                        "CASE WHEN {} THEN {src}.{col} ELSE t.{col} END",
+                        godata_newer(src)
                     ),
+                };
+                if !per_field.iter().any(|p| p.column == c.column) {
+                    return format!("{col} = {row_rule}");
                 }
+                let both = match c.owner(target) {
+                    Owner::Newest => format!(
+                        "CASE WHEN {} THEN {src}.{col} ELSE t.{col} END",
+                        godata_newer(src)
+                    ),
+                    _ => format!("{src}.{col}"),
+                };
+                format!(
+                    "{col} = CASE WHEN {syn} IS NULL THEN {row_rule}
+                                  WHEN {} THEN {src}.{col}
+                                  WHEN {} THEN t.{col}
+                                  ELSE {both} END",
+                    same("t", c, syn),
+                    same(src, c, syn),
+                )
             })
             .collect()
     };
@@ -486,16 +563,31 @@ pub async fn write(
     };
     let sql = match target.mode {
         Mode::UpdateOnly => {
+            let syn = "ls.synced";
             let mut guard = newer("s");
             if let Some(pending) = &pending {
+                // Rows with a synced state are decided per column instead.
+                let skip_synced = if per_field.is_empty() {
+                    String::new()
+                } else {
+                    format!("{syn} IS NOT NULL OR ")
+                };
                 guard.push_str(&format!(
-                    " AND NOT EXISTS (SELECT 1 FROM godata_bridge.outbox o WHERE {})",
+                    " AND ({skip_synced}NOT EXISTS (SELECT 1 FROM godata_bridge.outbox o WHERE {}))",
                     pending("t")
                 ));
             }
+            let link_join = if per_field.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " LEFT JOIN godata_bridge.link ls ON ls.table_name = '{}' AND ls.row_key = jsonb_build_object('{key_lit}', s.{key})",
+                    link_name.as_deref().unwrap_or_default()
+                )
+            };
             format!(
-                "UPDATE {table} AS t SET {} FROM {stage} WHERE t.{key} = s.{key} AND {}{guard}",
-                assign("s").join(", "),
+                "UPDATE {table} AS t SET {} FROM {stage}{link_join} WHERE t.{key} = s.{key} AND {}{guard}",
+                assign("s", syn).join(", "),
                 differs("s")
             )
         }
@@ -509,18 +601,91 @@ pub async fn write(
             let skip = match &pending {
                 Some(pending) => format!(
                     " WHERE NOT EXISTS (SELECT 1 FROM {table} AS p JOIN godata_bridge.outbox o ON {}
-                                         WHERE p.{key} = s.{key})",
-                    pending("p")
+                                         WHERE p.{key} = s.{key}{})",
+                    pending("p"),
+                    if per_field.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" AND {} IS NULL", synced_of("p"))
+                    }
                 ),
                 None => String::new(),
             };
             format!(
                 "INSERT INTO {table} AS t ({col_list}) SELECT {col_list} FROM {stage}{skip}
                  ON CONFLICT ({key}) DO UPDATE SET {} WHERE {}{guard}",
-                assign("EXCLUDED").join(", "),
+                assign("EXCLUDED", &synced_of("t")).join(", "),
                 differs("EXCLUDED")
             )
         }
+    };
+    // Per-column decisions also log the conflicts Go.Data won and move the
+    // synced state to the values both sides now hold, in the same
+    // statement (its parts all see the rows as they were before it).
+    let sql = if per_field.is_empty() {
+        sql
+    } else {
+        let tw = two_way.expect("per-field columns come from it");
+        let name = link_name.as_deref().unwrap_or_default();
+        let hmis_time = match &hmis_updated {
+            Some(hu) => format!("t.{hu}"),
+            None => "NULL::timestamptz".into(),
+        };
+        let conflicts = per_field
+            .iter()
+            .map(|c| {
+                let won = match c.owner(target) {
+                    Owner::Newest => godata_newer("s"),
+                    _ => "true".into(),
+                };
+                format!(
+                    "('{}', NOT {} AND NOT {} AND {won})",
+                    tw.fields[&c.column].replace('\'', "''"),
+                    same("t", c, "l.synced"),
+                    same("s", c, "l.synced"),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let returned = per_field
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!(", t.{} AS v{i}", qi(&c.column)))
+            .collect::<String>();
+        let agreed = per_field
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "('{}', w.v{i} IS NOT DISTINCT FROM s.{}, to_jsonb(w.v{i}))",
+                    c.column.replace('\'', "''"),
+                    qi(&c.column)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "WITH c AS (
+                INSERT INTO godata_bridge.conflict (table_name, row_key, godata_id, field, hmis_changed_at, godata_updated_at, winner)
+                SELECT l.table_name, l.row_key, l.godata_id, x.f, {hmis_time}, s.{STAGED_UPDATED}, 'godata'
+                  FROM {stage} JOIN {table} AS t ON t.{key} = s.{key}
+                  JOIN godata_bridge.link l ON l.table_name = '{name}' AND l.row_key = jsonb_build_object('{key_lit}', t.{key})
+                  CROSS JOIN LATERAL (VALUES {conflicts}) AS x(f, hit)
+                 WHERE l.synced IS NOT NULL AND x.hit
+                ON CONFLICT DO NOTHING
+                RETURNING 1
+             ),
+             w AS ({sql} RETURNING t.{key} AS k{returned}),
+             y AS (
+                UPDATE godata_bridge.link l
+                   SET synced = l.synced || (SELECT coalesce(jsonb_object_agg(z.n, z.v), '{{}}'::jsonb)
+                                               FROM (VALUES {agreed}) AS z(n, ok, v) WHERE z.ok)
+                  FROM w JOIN {stage} ON s.{key} = w.k
+                 WHERE l.table_name = '{name}' AND l.row_key = jsonb_build_object('{key_lit}', w.k)
+                   AND l.synced IS NOT NULL
+             )
+             SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM c)"
+        )
     };
     // The page goes in chunks, pipelined on the connection: the server
     // writes one chunk while the next is encoded and sent, and no array
@@ -546,7 +711,23 @@ pub async fn write(
             .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
         let statement = &statement;
-        async move { tx.execute(statement, &params).await }
+        let counted = !per_field.is_empty();
+        async move {
+            if counted {
+                let r = tx.query_one(statement, &params).await?;
+                let (n, conflicts): (i64, i64) = (r.get(0), r.get(1));
+                if conflicts > 0 {
+                    crate::metrics::inc(
+                        crate::metrics::CONFLICTS,
+                        &[("winner", "godata")],
+                        conflicts as f64,
+                    );
+                }
+                Ok(u64::try_from(n).unwrap_or(0))
+            } else {
+                tx.execute(statement, &params).await
+            }
+        }
     });
     for n in futures_util::future::try_join_all(writes).await? {
         changed += n;

@@ -18,4 +18,5 @@ mod sim_contacts;
 mod sim_faults;
 mod sim_filter;
 mod tls;
+mod two_way;
 mod writeback_e2e;

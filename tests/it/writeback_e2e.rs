@@ -16,9 +16,9 @@ use crate::support::{
     both_modes, fresh_db, ob, settled, start_sim_with, wait_for, wal_mark, Api, Mode,
 };
 
-const TRACER: &str = "tracer@godata.example";
+pub(crate) const TRACER: &str = "tracer@godata.example";
 
-async fn sim_with_tracer() -> Sim {
+pub(crate) async fn sim_with_tracer() -> Sim {
     start_sim_with(SimConfig {
         users: vec![
             (sim::DEFAULT_USER.into(), sim::DEFAULT_PASSWORD.into()),
@@ -29,24 +29,24 @@ async fn sim_with_tracer() -> Sim {
     .await
 }
 
-async fn tracer(sim: &Sim) -> Api {
+pub(crate) async fn tracer(sim: &Sim) -> Api {
     let mut api = Api::for_sim(sim);
     api.login_as(TRACER, "tracer-password").await;
     api
 }
 
-struct Setup {
-    c: tokio_postgres::Client,
-    config: Config,
-    client: Arc<Client>,
-    db: crate::support::TestDb,
+pub(crate) struct Setup {
+    pub c: tokio_postgres::Client,
+    pub config: Config,
+    pub client: Arc<Client>,
+    pub db: crate::support::TestDb,
 }
 
 async fn setup(sim: &Sim) -> Setup {
     setup_in(sim, Mode::Trigger).await
 }
 
-async fn setup_in(sim: &Sim, mode: Mode) -> Setup {
+pub(crate) async fn setup_in(sim: &Sim, mode: Mode) -> Setup {
     let db = fresh_db().await;
     let mut c = db.client().await;
     c.batch_execute(include_str!("../../examples/hmis.sql"))
@@ -633,6 +633,7 @@ async fn a_page_with_a_key_twice_is_written_and_the_last_record_wins() {
         &t,
         &[row("1990-04-12", "open"), row("1991-05-13", "closed")],
         &[],
+        None,
     )
     .await
     .expect("a page with a key twice is written");
@@ -659,7 +660,7 @@ async fn a_page_with_a_key_twice_is_written_and_the_last_record_wins() {
         })
         .collect();
     let tx = c.transaction().await.unwrap();
-    let changed = target::write(&tx, &t, &page, &[]).await.unwrap();
+    let changed = target::write(&tx, &t, &page, &[], None).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(changed, 1203);
     let n: i64 = c
@@ -674,7 +675,7 @@ async fn a_page_with_a_key_twice_is_written_and_the_last_record_wins() {
     let mut bad = row("Aminata-1990", "open");
     bad[0] = Some("BAD-1".into());
     let tx = c.transaction().await.unwrap();
-    let e = target::write(&tx, &t, &[bad], &[]).await.unwrap_err();
+    let e = target::write(&tx, &t, &[bad], &[], None).await.unwrap_err();
     let shown = godata_bridge::writeback::pull::PullError::from(e).to_string();
     assert!(shown.contains("SQLSTATE 22007"), "{shown}");
     assert!(!shown.contains("Aminata"), "{shown}");
@@ -732,7 +733,7 @@ async fn upsert_with_newest_columns_skips_rows_with_a_pending_hmis_change() {
         ]
     };
     let tx = c.transaction().await.unwrap();
-    let changed = target::write(&tx, &t, &[row("A"), row("B"), row("C")], &[])
+    let changed = target::write(&tx, &t, &[row("A"), row("B"), row("C")], &[], None)
         .await
         .unwrap();
     tx.commit().await.unwrap();
