@@ -406,6 +406,10 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         s.last_delivery.as_deref().unwrap_or("-")
     );
     println!("linked records      {}", s.linked_records);
+    println!(
+        "conflicts           {} (fields both systems changed; SELECT * FROM godata_bridge.conflict)",
+        s.conflicts
+    );
     println!("tracked tables      {}", s.tracked_tables.join(", "));
     match (&s.pull_cursor, s.pull_cursor_age_secs) {
         (Some(c), Some(age)) => println!(

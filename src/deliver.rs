@@ -989,6 +989,7 @@ impl Deliverer {
             // A record not linked, yet already in Go.Data (the link was
             // lost): read it, and send only what the HMIS must win.
             Err(Failure::Transient(GodataError::Exists)) => {
+                tracing::info!(table = %p.change.table, key = %p.change.key, godata_id = %p.id, "go.data already has this record though the bridge has no link to it; sending only what must change");
                 let plan = self.plan_unknown_base(p, &doc, collection).await?;
                 let plan = match plan {
                     Plan::Full => Plan::Fields(

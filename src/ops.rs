@@ -21,6 +21,9 @@ pub struct Status {
     /// When Go.Data last acknowledged a change (RFC 3339).
     pub last_delivery: Option<String>,
     pub linked_records: i64,
+    /// Fields both systems changed since their last sync (the conflict
+    /// log, `godata_bridge.conflict`).
+    pub conflicts: i64,
     pub tracked_tables: Vec<String>,
     /// Go.Data → HMIS: the pull cursor (`dbUpdatedAt`, `id`) and how long
     /// ago it last moved.
@@ -39,7 +42,8 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
                     (SELECT count(*) FROM godata_bridge.link),
                     (SELECT coalesce(array_agg(table_name ORDER BY table_name), '{}') FROM godata_bridge.tracked),
                     (SELECT value FROM godata_bridge.state WHERE name = 'pull_cursor:case'),
-                    (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = 'pull_cursor:case')",
+                    (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = 'pull_cursor:case'),
+                    (SELECT count(*) FROM godata_bridge.conflict)",
             &[],
         )
         .await?;
@@ -53,6 +57,7 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
         tracked_tables: r.get(6),
         pull_cursor: r.get(7),
         pull_cursor_age_secs: r.get(8),
+        conflicts: r.get(9),
     })
 }
 

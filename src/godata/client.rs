@@ -399,7 +399,7 @@ impl Client {
                         let path = self.ob(&format!("{collection}/{other}"));
                         let (s, b) = self.call(Method::PUT, &path, Some(doc)).await?;
                         if s == 200 {
-                            tracing::info!(godata_id = %other, "adopted an existing go.data case");
+                            tracing::info!(godata_id = %other, "adopted an existing go.data case; sent the whole record");
                             return Ok((other, b));
                         }
                         return Err(status_error(s, &b));
@@ -445,6 +445,7 @@ impl Client {
                 (200, _) => return Ok((id, body)),
                 // A soft-deleted record owns the id: bring it back, then update.
                 (409, Some("MODEL_CONFLICT")) => {
+                    tracing::info!(godata_id = %id, "restoring a soft-deleted go.data record; the whole record follows");
                     let (s, b) = self
                         .call(Method::POST, &format!("{one}/restore"), Some(&json!({})))
                         .await?;
