@@ -1082,8 +1082,14 @@ impl Deliverer {
         collection: &str,
         conflicts: &mut Vec<Conflict>,
     ) -> Result<Plan, Failure> {
-        let base = match &p.synced {
-            Some(row) => match self.map(rules, row).await {
+        let push = self
+            .config
+            .push
+            .iter()
+            .find(|x| x.table == p.change.table)
+            .expect("delivered tables are pushed");
+        let base = match p.synced.as_ref().map(|s| with_nulls(push, s)) {
+            Some(row) => match self.map(rules, &row).await {
                 Ok(mut b) => {
                     if let Some(o) = b.as_object_mut() {
                         o.remove("relationship");
@@ -1265,14 +1271,31 @@ fn field_owners(config: &Config) -> HashMap<String, HashMap<String, Owner>> {
     out
 }
 
-/// The pushed columns of a row image: what a push maps from.
+/// The pushed columns of a row image: what a push maps from. Null
+/// columns are left out (about half of a typical row; the write-back reads
+/// an absent column as null, and [`with_nulls`] puts them back).
 fn synced_columns(push: &crate::config::Push, image: &Value) -> Value {
     let mut m = Map::new();
     for col in push.map.iter().flat_map(|r| r.columns()) {
-        m.entry(col.to_string())
-            .or_insert_with(|| image.get(col).cloned().unwrap_or(Value::Null));
+        if let Some(v) = image.get(col).filter(|v| !v.is_null()) {
+            if !m.contains_key(col) {
+                m.insert(col.to_string(), v.clone());
+            }
+        }
     }
     Value::Object(m)
+}
+
+/// A synced state as a row image the rules can map: the pushed columns
+/// left out as null, back as null.
+fn with_nulls(push: &crate::config::Push, synced: &Value) -> Value {
+    let mut row = synced.as_object().cloned().unwrap_or_default();
+    for col in push.map.iter().flat_map(|r| r.columns()) {
+        if !row.contains_key(col) {
+            row.insert(col.to_string(), Value::Null);
+        }
+    }
+    Value::Object(row)
 }
 
 /// Records what Go.Data acknowledged — link, content hash, Go.Data's
@@ -1372,10 +1395,13 @@ pub async fn record<'a, T: 'a>(
                                  godata_updated_at = coalesce(s.upd::timestamptz, l.godata_updated_at),
                                  pushed_at = now(),
                                  synced = CASE WHEN l.synced IS NULL OR s.prev IS NULL THEN s.syn
-                                               ELSE (SELECT jsonb_object_agg(n.key,
-                                                              CASE WHEN l.synced->n.key IS NOT DISTINCT FROM s.prev->n.key
-                                                                   THEN n.value ELSE l.synced->n.key END)
-                                                       FROM jsonb_each(s.syn) AS n) END
+                                               ELSE (SELECT coalesce(jsonb_object_agg(x.k, x.v), '{}')
+                                                       FROM (SELECT ks.k, CASE WHEN l.synced->ks.k IS NOT DISTINCT FROM s.prev->ks.k
+                                                                               THEN s.syn->ks.k ELSE l.synced->ks.k END AS v
+                                                               FROM (SELECT jsonb_object_keys(s.syn)
+                                                                     UNION SELECT jsonb_object_keys(s.prev)
+                                                                     UNION SELECT jsonb_object_keys(l.synced)) AS ks(k)) AS x
+                                                      WHERE x.v IS NOT NULL) END
                             FROM s WHERE s.kind = 'u' AND l.table_name = s.t AND l.row_key = s.k
                            RETURNING l.table_name, l.row_key),
                   ins AS (INSERT INTO godata_bridge.link
