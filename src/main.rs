@@ -92,9 +92,9 @@ enum Command {
         /// The Go.Data case id.
         case_id: String,
     },
-    /// Measure latency, throughput, capture overhead, write-back and backlog (see docs/benchmarks.md).
+    /// Measure latency, throughput, capture overhead, capture WAL, update size, write-back and backlog (see docs/benchmarks.md).
     Bench {
-        /// One scenario, or all.
+        /// One scenario (latency, throughput, capture-overhead, capture-wal, update-size, writeback, backlog), or all.
         #[arg(long, default_value = "all")]
         scenario: String,
         /// A short smoke run.
