@@ -202,6 +202,20 @@ struct SimArgs {
     drop_rate: f64,
 }
 
+/// The process environment, with placeholders for the secrets a command
+/// that connects to nothing does not use.
+struct SecretsNotNeeded;
+
+impl godata_bridge::config::Env for SecretsNotNeeded {
+    fn var(&self, name: &str) -> Option<String> {
+        ProcessEnv.var(name).or_else(|| match name {
+            "GODATA_BRIDGE_DATABASE_URL" => Some("postgres://unused@localhost/unused".into()),
+            "GODATA_BRIDGE_GODATA_PASSWORD" => Some("unused".into()),
+            _ => None,
+        })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format.unwrap_or_else(LogFormat::auto));
@@ -214,8 +228,7 @@ fn main() -> ExitCode {
     };
     // Config is loaded and validated before anything runs; a bad one exits 2.
     let config_arg = match &cli.command {
-        Command::Install(InstallArgs { print: true, .. })
-        | Command::Sim(_)
+        Command::Sim(_)
         | Command::Demo { .. }
         | Command::Completions { .. }
         | Command::Bench { .. } => None,
@@ -228,9 +241,19 @@ fn main() -> ExitCode {
         | Command::Backfill { config, .. }
         | Command::Fhir { config, .. } => Some(config.config.clone()),
     };
+    // `install --print` connects to nothing: its secrets may be unset.
+    let printing = matches!(
+        &cli.command,
+        Command::Install(InstallArgs { print: true, .. })
+    );
+    let env: &dyn godata_bridge::config::Env = if printing {
+        &SecretsNotNeeded
+    } else {
+        &ProcessEnv
+    };
     let config = match &config_arg {
         None => None,
-        Some(path) => match Config::load(path, &ProcessEnv) {
+        Some(path) => match Config::load(path, env) {
             Ok(mut c) => {
                 c.godata.insecure_skip_verify = cli.insecure_skip_verify;
                 Some(c)
@@ -248,8 +271,14 @@ fn main() -> ExitCode {
         let cfg = || config.as_ref().expect("loaded above");
         match cli.command {
             Command::Sim(args) => run_sim(args).await,
-            Command::Install(InstallArgs { print: true, .. }) => {
-                print!("{}", godata_bridge::capture::install::INSTALL_SQL);
+            Command::Install(InstallArgs {
+                print: true, role, ..
+            }) => {
+                let config = config.expect("install names a config");
+                print!(
+                    "{}",
+                    godata_bridge::commands::install_script(&config, role.as_deref())
+                );
                 Ok(())
             }
             Command::Install(InstallArgs { role, .. }) => {

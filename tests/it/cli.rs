@@ -981,7 +981,72 @@ async fn the_bridge_runs_both_flows_as_its_least_privilege_role(mode: Mode) {
     );
 }
 
+/// What a DBA runs: `install --print` (no secrets needed), applied with
+/// psql to the reference HMIS, then the bridge: changes flow.
+async fn install_print_applied_with_psql_gives_working_capture(mode: Mode) {
+    use tokio::io::AsyncWriteExt;
+    let sim = start_sim().await;
+    let (db, _c, env) = reference_hmis_in(&sim, mode).await;
+    let no_secrets: Vec<(&str, String)> = env
+        .iter()
+        .filter(|(k, _)| *k != "GODATA_BRIDGE_DATABASE_URL" && !k.contains("PASSWORD"))
+        .cloned()
+        .collect();
+    let (code, sql, err) =
+        bridge_cmd(&["install", "--print", "--config", EXAMPLE], &no_secrets).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        sql.contains("godata_bridge.track"),
+        "the tables are tracked too"
+    );
+    let psql = godata_bridge::pg_cluster::find_bindir()
+        .unwrap()
+        .join("psql");
+    let mut child = Command::new(psql)
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &db.url,
+            "-f",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = db.client().await;
+    let _bridge = spawn_run(EXAMPLE, &env);
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('PSQL-1', 'A', now(), 'suspected')",
+    )
+    .await
+    .unwrap();
+    wait_for("the case in Go.Data", Duration::from_secs(30), || {
+        let n = sim.with_store(|s| s.persons.len());
+        async move { n == 1 }
+    })
+    .await;
+}
+
 both_modes!(
+    install_print_applied_with_psql_gives_working_capture,
     install_then_run_delivers_and_stops_on_sigterm,
     kill_9_mid_burst_loses_and_duplicates_nothing,
     dead_letter_retry_after_the_fix_delivers_and_status_tells,
