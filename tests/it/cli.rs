@@ -1045,6 +1045,82 @@ async fn install_print_applied_with_psql_gives_working_capture(mode: Mode) {
     .await;
 }
 
+/// At `RUST_LOG=debug`, a whole two-way run (a case and its contact
+/// pushed, an edit in Go.Data written back) logs none of the rows' values.
+#[tokio::test]
+async fn debug_logs_carry_no_row_values() {
+    let sim = start_sim().await;
+    let (_db, c, mut env) = reference_hmis(&sim).await;
+    let (code, _, err) = bridge_cmd(&["install", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    env.push(("RUST_LOG", "debug".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("bridge.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut bridge = spawn_run_with(EXAMPLE, &env, "127.0.0.1:0", Stdio::from(log));
+    let values = [
+        "Zainab",
+        "Quarshie-Tamba",
+        "+23279441122",
+        "7 Blama Road",
+        "Nyandeyama",
+    ];
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, last_name, phone, address_line, city, district_code, reported_at, classification)
+         VALUES ('LOG-1', 'Zainab', 'Quarshie-Tamba', '+23279441122', '7 Blama Road', 'Nyandeyama', 'SL-KE', now(), 'suspected');
+         INSERT INTO hmis.contacts (contact_id, case_id, first_name, last_name, exposure_date, relation, certainty)
+         VALUES ('LOGC-1', 'LOG-1', 'Zainab', 'Quarshie-Tamba', '2024-05-02', 'family', 'high');",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "case and contact in Go.Data",
+        Duration::from_secs(30),
+        || {
+            let n = sim.with_store(|s| s.persons.len());
+            async move { n == 2 }
+        },
+    )
+    .await;
+    let gid = godata_bridge::godata::ids::godata_id(
+        godata_bridge::config::DEFAULT_ID_NAMESPACE,
+        "hmis.cases",
+        &serde_json::json!({"case_id": "LOG-1"}),
+    );
+    let mut api = crate::support::Api::for_sim(&sim);
+    api.login().await;
+    api.put(
+        &crate::support::ob(&format!("cases/{gid}")),
+        serde_json::json!({"outcomeId": "LNG_REFERENCE_DATA_CATEGORY_OUTCOME_RECOVERED"}),
+    )
+    .await;
+    wait_for("the edit written back", Duration::from_secs(30), || {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT outcome FROM hmis.cases WHERE case_id = 'LOG-1'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<String>>(0)
+            .as_deref()
+                == Some("recovered")
+        }
+    })
+    .await;
+    bridge.kill().await.unwrap();
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        text.lines().count() > 20 && text.contains("DEBUG"),
+        "debug logging was on ({} lines)",
+        text.lines().count()
+    );
+    for v in values {
+        assert!(!text.contains(v), "the log carries a row value: {v}");
+    }
+}
+
 both_modes!(
     install_print_applied_with_psql_gives_working_capture,
     install_then_run_delivers_and_stops_on_sigterm,
