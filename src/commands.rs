@@ -9,7 +9,7 @@ use anyhow::Context;
 use crate::capture::install as capture;
 use crate::config::{split_table, CaptureMode, Config};
 use crate::deliver::Deliverer;
-use crate::godata::client::{AccessProblem, Client, Disposition};
+use crate::godata::client::{AccessProblem, Client, Disposition, GodataError};
 use crate::ops;
 
 /// A config that does not fit the database: exit code 2, like a bad file.
@@ -323,6 +323,15 @@ pub async fn uninstall(config: &Config, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Go.Data refused the bridge's login at start: an operator must fix the
+/// credentials (exit 2; the shipped units do not restart on it).
+#[derive(Debug, thiserror::Error)]
+#[error("Go.Data refused the login of {user}{}: check godata.user and the password (GODATA_BRIDGE_GODATA_PASSWORD or godata.password_file). The bridge stops instead of retrying: every refused login counts toward Go.Data's lockout of the account (10 within 30 minutes)", if *.blocked { " (the account is blocked after too many failed logins; it unblocks 30 minutes after the last one)" } else { "" })]
+pub struct CredentialsRefused {
+    pub user: String,
+    pub blocked: bool,
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -331,6 +340,7 @@ pub async fn run(
     config: Config,
     file: &str,
     http_listen: std::net::SocketAddr,
+    keep_running_on_refused_login: bool,
 ) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let db = pg_config(&config)?;
@@ -387,6 +397,24 @@ pub async fn run(
                 }
                 Err(AccessProblem::Godata(e)) if e.disposition() == Disposition::Retry => {
                     tracing::warn!(error = %e, "go.data not reachable yet; changes wait in the outbox")
+                }
+                // Exit, and not again: a supervisor's restarts would each
+                // be one more refused login toward the account's lockout.
+                Err(AccessProblem::Godata(
+                    GodataError::Status {
+                        status: 401 | 422, ..
+                    }
+                    | GodataError::LoginPaused { .. },
+                )) => {
+                    let (state, _) = client.login_state();
+                    let refused = CredentialsRefused {
+                        user: config.godata.user.clone().unwrap_or_default(),
+                        blocked: state == crate::godata::client::LoginState::Locked,
+                    };
+                    if !keep_running_on_refused_login {
+                        return Err(refused.into());
+                    }
+                    tracing::error!(error = %refused, "keeping on (--keep-running-on-refused-login): not ready; logging in again only as the login backoff allows");
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -44,6 +44,18 @@ async fn gauges(probe: &Probe) -> Vec<(&'static str, f64)> {
         metrics::LEADER,
         if crate::ha::is_leader() { 1.0 } else { 0.0 },
     )];
+    let (login, _) = probe.client.login_state();
+    out.push((
+        metrics::GODATA_LOGIN_BLOCKED,
+        if matches!(
+            login,
+            crate::godata::client::LoginState::Refused | crate::godata::client::LoginState::Locked
+        ) {
+            1.0
+        } else {
+            0.0
+        },
+    ));
     let Some(c) = pg(probe).await else { return out };
     let q = c
         .query_one(
@@ -103,13 +115,29 @@ async fn ready(probe: &Probe) -> (bool, serde_json::Value) {
         });
         return (db_ok, body);
     }
-    let godata_ok = matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, probe.client.check_outbreak_access()).await,
-        Ok(Ok(()))
+    // Never a login (each refused one counts toward Go.Data's lockout of
+    // the account): whether Go.Data answers, and the last login's outcome.
+    use crate::godata::client::LoginState;
+    let reachable = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe.client.reachable()).await,
+        Ok(true)
     );
+    let (login, failures) = probe.client.login_state();
+    let (godata_ok, godata) = match (reachable, login) {
+        (false, _) => (false, "unreachable".to_string()),
+        (true, LoginState::Refused) => (
+            false,
+            format!("login refused ({failures} in a row): check godata.user and the password"),
+        ),
+        (true, LoginState::Locked) => (
+            false,
+            "account blocked by Go.Data after failed logins; no login is tried before the block ends".to_string(),
+        ),
+        (true, LoginState::Ok | LoginState::Unknown) => (true, "ok".to_string()),
+    };
     let body = json!({
         "postgres": if db_ok { "ok" } else { "unreachable" },
-        "godata": if godata_ok { "ok" } else { "unreachable" },
+        "godata": godata,
         "role": "leader",
     });
     (db_ok && godata_ok, body)

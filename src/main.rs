@@ -56,6 +56,13 @@ enum Command {
             env = "GODATA_BRIDGE_HTTP_LISTEN"
         )]
         http_listen: SocketAddr,
+        /// When Go.Data refuses the login at start, keep running (not
+        /// ready, logging in again only as the login backoff allows)
+        /// instead of exiting 2: for supervisors that restart whatever the
+        /// exit code (Kubernetes), where each restart would be one more
+        /// refused login toward the account's lockout.
+        #[arg(long, env = "GODATA_BRIDGE_KEEP_RUNNING_ON_REFUSED_LOGIN")]
+        keep_running_on_refused_login: bool,
     },
     /// Outbox depth, oldest pending change, dead letters, last delivery.
     Status {
@@ -285,8 +292,18 @@ fn main() -> ExitCode {
                 commands::install(cfg(), &file, role.as_deref()).await
             }
             Command::Uninstall { force, .. } => commands::uninstall(cfg(), force).await,
-            Command::Run { http_listen, .. } => {
-                commands::run(config.clone().expect("loaded above"), &file, http_listen).await
+            Command::Run {
+                http_listen,
+                keep_running_on_refused_login,
+                ..
+            } => {
+                commands::run(
+                    config.clone().expect("loaded above"),
+                    &file,
+                    http_listen,
+                    keep_running_on_refused_login,
+                )
+                .await
             }
             Command::Status { json, .. } => commands::status(cfg(), json).await,
             Command::DeadLetter { action, .. } => {
@@ -337,7 +354,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<commands::CatalogMismatch>() => {
+        Err(e) if e.is::<commands::CatalogMismatch>() || e.is::<commands::CredentialsRefused>() => {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }

@@ -12,6 +12,8 @@ pub const CHANGES_DELIVERED: &str = "godata_bridge_changes_delivered_total";
 pub const CHANGES_DEAD_LETTERED: &str = "godata_bridge_changes_dead_lettered_total";
 pub const CHANGES_DEFERRED: &str = "godata_bridge_changes_deferred_total";
 pub const CONFLICTS: &str = "godata_bridge_conflicts_total";
+pub const GODATA_LOGIN_REFUSED: &str = "godata_bridge_godata_login_refused_total";
+pub const GODATA_LOGIN_BLOCKED: &str = "godata_bridge_godata_login_blocked";
 pub const DELIVERY_LATENCY: &str = "godata_bridge_delivery_latency_seconds";
 pub const GODATA_REQUESTS: &str = "godata_bridge_godata_requests_total";
 pub const GODATA_REQUEST_DURATION: &str = "godata_bridge_godata_request_duration_seconds";
@@ -52,6 +54,16 @@ pub const CATALOG: &[(&str, &str, &str)] = &[
         CONFLICTS,
         "counter",
         "Fields both the HMIS and Go.Data changed since the last sync, by the side that won (the losing value is in neither log nor metric).",
+    ),
+    (
+        GODATA_LOGIN_REFUSED,
+        "counter",
+        "Logins Go.Data refused (wrong credentials, or the account blocked: locked=\"true\").",
+    ),
+    (
+        GODATA_LOGIN_BLOCKED,
+        "gauge",
+        "1 while Go.Data refuses the bridge's login (credentials or a blocked account): no login is tried before the wait ends.",
     ),
     (
         DELIVERY_LATENCY,

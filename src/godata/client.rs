@@ -62,6 +62,9 @@ pub enum GodataError {
     BadBody { status: u16 },
     #[error("the case of this contact is not in Go.Data yet")]
     CaseMissing,
+    /// A refused login waits before the next one (see [`LoginGate`]).
+    #[error("Go.Data refused the bridge's login; next try in {wait_secs} s (godata.user and the password; each refused login counts toward Go.Data's lockout)")]
+    LoginPaused { wait_secs: u64 },
     /// A create found the id taken by a live record the bridge did not
     /// know it had (its link was lost): the caller reads it and sends only
     /// what must change, never the whole row over it.
@@ -77,6 +80,7 @@ impl GodataError {
             | GodataError::CaseMissing
             | GodataError::Exists
             | GodataError::BadBody { .. } => Disposition::Retry,
+            GodataError::LoginPaused { .. } => Disposition::Operator,
             GodataError::Status { status, code, .. } => match (*status, code.as_deref()) {
                 (408 | 429, _) | (500..=599, _) => Disposition::Retry,
                 (401, _) | (403, _) => Disposition::Operator,
@@ -112,6 +116,81 @@ fn transport(source: reqwest::Error) -> GodataError {
     GodataError::Transport { kind, source }
 }
 
+/// Where the bridge's own Go.Data login stands (`/readyz`, metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoginState {
+    /// No login tried yet.
+    #[default]
+    Unknown,
+    Ok,
+    /// Go.Data refused the credentials; the next try waits.
+    Refused,
+    /// Go.Data blocks logins for this account (too many failures).
+    Locked,
+}
+
+/// Go.Data blocks an account for 30 minutes after 10 failed logins, and
+/// the count only resets 30 minutes after the last failure (reference
+/// §1.2). A bridge whose password is wrong or changed must never get
+/// there: after a refused login the next one waits 30 s, doubling, at most
+/// [`LoginGate::MAX_WAIT`] (longer than Go.Data's reset, so the count
+/// starts again before it can reach 10: at most 6 tries in any 30
+/// minutes); a blocked account is not tried again before the block ends.
+/// Unreachable Go.Data does not count (it saw no login).
+#[derive(Debug, Default)]
+pub struct LoginGate {
+    failures: u32,
+    next: Option<std::time::Instant>,
+    state: LoginState,
+}
+
+impl LoginGate {
+    /// Longer than Go.Data's 30-minute reset.
+    pub const MAX_WAIT: Duration = Duration::from_secs(31 * 60);
+    const FIRST_WAIT: Duration = Duration::from_secs(30);
+
+    /// Ok to try now, or how long to wait.
+    pub fn may_try(&self, now: std::time::Instant) -> Result<(), Duration> {
+        match self.next {
+            Some(n) if n > now => Err(n - now),
+            _ => Ok(()),
+        }
+    }
+
+    /// A refused login (`locked`: Go.Data says the account is blocked).
+    pub fn refused(&mut self, now: std::time::Instant, locked: bool) {
+        self.failures += 1;
+        let exp = Self::FIRST_WAIT.saturating_mul(1 << (self.failures - 1).min(16));
+        let wait = if locked {
+            Self::MAX_WAIT
+        } else {
+            exp.min(Self::MAX_WAIT)
+        };
+        self.next = Some(now + wait);
+        self.state = if locked {
+            LoginState::Locked
+        } else {
+            LoginState::Refused
+        };
+    }
+
+    pub fn succeeded(&mut self) {
+        *self = LoginGate {
+            state: LoginState::Ok,
+            ..LoginGate::default()
+        };
+    }
+
+    pub fn state(&self) -> LoginState {
+        self.state
+    }
+
+    /// Refused logins in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
 /// A Go.Data API client for one account and one outbreak.
 #[derive(Debug)]
 pub struct Client {
@@ -122,6 +201,7 @@ pub struct Client {
     outbreak_id: String,
     token: Mutex<Option<String>>,
     user_id: std::sync::Mutex<Option<String>>,
+    gate: std::sync::Mutex<LoginGate>,
 }
 
 impl Client {
@@ -195,6 +275,7 @@ impl Client {
             outbreak_id: outbreak_id.to_string(),
             token: Mutex::new(None),
             user_id: std::sync::Mutex::new(None),
+            gate: Default::default(),
         })
     }
 
@@ -202,8 +283,66 @@ impl Client {
         &self.outbreak_id
     }
 
-    /// `POST /users/login` (it also names the user, for the outbreak check).
+    /// Whether Go.Data answers at all, without credentials (so a probe is
+    /// never a login): `GET /system-settings/version`, which Go.Data
+    /// answers with or without an API key (reference §8).
+    pub async fn reachable(&self) -> bool {
+        self.http
+            .get(format!("{}/system-settings/version", self.api))
+            .send()
+            .await
+            .is_ok()
+    }
+
+    /// Where the bridge's login stands, and refused logins in a row.
+    pub fn login_state(&self) -> (LoginState, u32) {
+        let g = self.gate.lock().expect("gate lock");
+        (g.state(), g.failures())
+    }
+
+    /// `POST /users/login` (it also names the user, for the outbreak
+    /// check), through the [`LoginGate`].
     async fn login(&self) -> Result<String, GodataError> {
+        if let Err(wait) = self
+            .gate
+            .lock()
+            .expect("gate lock")
+            .may_try(std::time::Instant::now())
+        {
+            return Err(GodataError::LoginPaused {
+                wait_secs: wait.as_secs(),
+            });
+        }
+        let result = self.login_now().await;
+        let mut gate = self.gate.lock().expect("gate lock");
+        match &result {
+            Ok(_) => gate.succeeded(),
+            Err(
+                e @ GodataError::Status {
+                    status: 401 | 403 | 422,
+                    code,
+                    ..
+                },
+            ) => {
+                let locked = code.as_deref() == Some("ACTION_TEMPORARILY_BLOCKED");
+                gate.refused(std::time::Instant::now(), locked);
+                let wait = gate
+                    .may_try(std::time::Instant::now())
+                    .err()
+                    .unwrap_or_default();
+                metrics::inc(
+                    metrics::GODATA_LOGIN_REFUSED,
+                    &[("locked", if locked { "true" } else { "false" })],
+                    1.0,
+                );
+                tracing::error!(error = %e, failures = gate.failures(), next_try_secs = wait.as_secs(), "go.data refused the bridge's login; not trying again before the wait (each refused login counts toward the account's lockout)");
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn login_now(&self) -> Result<String, GodataError> {
         let resp = self
             .http
             .post(format!("{}/users/login", self.api))
@@ -655,6 +794,7 @@ impl GodataError {
             GodataError::Transport { .. } => "connection",
             GodataError::CaseMissing => "case_missing",
             GodataError::Exists => "exists",
+            GodataError::LoginPaused { .. } => "auth",
             GodataError::BadBody { .. } => "bad_body",
             GodataError::Status { status, .. } => match status {
                 429 => "429",
@@ -702,6 +842,55 @@ fn status_error(status: u16, body: &Value) -> GodataError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrong_password_never_reaches_the_lockout() {
+        // Go.Data's rule: 10 failures within 30 minutes of each other
+        // block the account. Keep trying for five hours as the gate allows.
+        let start = std::time::Instant::now();
+        let mut gate = LoginGate::default();
+        let mut now = start;
+        let mut failures: Vec<std::time::Instant> = vec![];
+        while now - start < Duration::from_secs(5 * 3600) {
+            match gate.may_try(now) {
+                Ok(()) => {
+                    failures.push(now);
+                    gate.refused(now, false);
+                }
+                Err(wait) => now += wait,
+            }
+        }
+        // Go.Data's counter: reset when 30 minutes passed since the last failure.
+        let mut count = 0;
+        let mut worst = 0;
+        for w in failures.windows(2) {
+            count = if w[1] - w[0] > Duration::from_secs(30 * 60) {
+                1
+            } else {
+                count + 1
+            };
+            worst = worst.max(count);
+        }
+        assert!(
+            worst < 10,
+            "{worst} failures in a row within Go.Data's reset"
+        );
+        let first_5_min = failures
+            .iter()
+            .filter(|t| **t - start <= Duration::from_secs(300))
+            .count();
+        assert!(first_5_min < 10, "{first_5_min} tries in 5 minutes");
+        assert_eq!(gate.state(), LoginState::Refused);
+        gate.refused(now, true);
+        assert_eq!(
+            gate.may_try(now),
+            Err(LoginGate::MAX_WAIT),
+            "a block waits it out"
+        );
+        gate.succeeded();
+        assert_eq!((gate.state(), gate.failures()), (LoginState::Ok, 0));
+        assert!(gate.may_try(now).is_ok());
+    }
 
     fn st(status: u16, code: Option<&str>) -> GodataError {
         GodataError::Status {

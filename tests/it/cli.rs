@@ -1121,6 +1121,139 @@ async fn debug_logs_carry_no_row_values() {
     }
 }
 
+fn logins(sim: &godata_bridge::sim::Sim) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/users/login") || r.path.ends_with("/oauth/token"))
+        .count()
+}
+
+/// A wrong Go.Data password at start: exit 2, one login, a message that
+/// names the problem (and not the password).
+#[tokio::test]
+async fn a_wrong_password_at_start_exits_2_after_one_login() {
+    let sim = start_sim().await;
+    let (_db, _c, env) = reference_hmis(&sim).await;
+    let (code, _, err) = bridge_cmd(&["install", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    let wrong: Vec<(&str, String)> = env
+        .iter()
+        .map(|(k, v)| match *k {
+            "GODATA_BRIDGE_GODATA_PASSWORD" => (*k, "not-the-password".to_string()),
+            _ => (*k, v.clone()),
+        })
+        .collect();
+    let (code, _, err) = bridge_cmd(&["run", "--config", EXAMPLE], &wrong).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("refused the login") && err.contains("lockout"),
+        "{err}"
+    );
+    assert!(!err.contains("not-the-password"));
+    assert_eq!(logins(&sim), 1, "one login, no retry");
+    // Under a supervisor that restarts on any exit: stay up, not ready.
+    let mut keep = wrong.clone();
+    keep.push(("GODATA_BRIDGE_KEEP_RUNNING_ON_REFUSED_LOGIN", "true".into()));
+    let port = free_port();
+    let mut bridge = spawn_run_at(EXAMPLE, &keep, &format!("127.0.0.1:{port}"));
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    wait_for("not ready, saying why", Duration::from_secs(30), || {
+        let ready = &ready;
+        async move {
+            match reqwest::get(ready).await {
+                Ok(r) if r.status() == 503 => {
+                    r.text().await.is_ok_and(|b| b.contains("login refused"))
+                }
+                _ => false,
+            }
+        }
+    })
+    .await;
+    assert!(bridge.try_wait().unwrap().is_none(), "still running");
+    assert_eq!(logins(&sim), 2, "one more login, then the backoff");
+}
+
+/// The password changed while the bridge runs: refused logins back off
+/// (a handful in a minute, far from Go.Data's 10), `/readyz` reports it
+/// and never logs in itself, and the right password brings it back.
+#[tokio::test]
+async fn a_password_changed_while_running_backs_off_and_readyz_never_logs_in() {
+    let sim = start_sim().await;
+    let (_db, c, env) = reference_hmis(&sim).await;
+    let (code, _, err) = bridge_cmd(&["install", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    let port = free_port();
+    let _bridge = spawn_run_at(EXAMPLE, &env, &format!("127.0.0.1:{port}"));
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    let http = reqwest::Client::new();
+    wait_for("ready", Duration::from_secs(30), || {
+        let (http, ready) = (&http, &ready);
+        async move {
+            http.get(ready)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    // The password changes in Go.Data; the bridge's token goes too.
+    sim.with_store(|s| {
+        s.users
+            .iter_mut()
+            .find(|u| u.email == sim::DEFAULT_USER)
+            .unwrap()
+            .password = "changed".into()
+    });
+    sim.expire_tokens();
+    let before = logins(&sim);
+    for i in 0..20 {
+        c.execute(
+            "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ($1, 'A', now(), 'suspected')",
+            &[&format!("PW-{i}")],
+        )
+        .await
+        .unwrap();
+    }
+    wait_for("the refusal reported", Duration::from_secs(30), || {
+        let (http, ready) = (&http, &ready);
+        async move {
+            match http.get(ready).send().await {
+                Ok(r) if r.status() == 503 => {
+                    r.text().await.is_ok_and(|b| b.contains("login refused"))
+                }
+                _ => false,
+            }
+        }
+    })
+    .await;
+    // Probes and changes keep coming for a while: no more logins.
+    let refused = logins(&sim) - before;
+    for _ in 0..20 {
+        let _ = http.get(&ready).send().await;
+    }
+    let t0 = std::time::Instant::now();
+    wait_for("10 s of refusals", Duration::from_secs(20), || async {
+        t0.elapsed() > Duration::from_secs(10)
+    })
+    .await;
+    let after = logins(&sim) - before;
+    assert!(
+        refused >= 1 && after <= 2,
+        "{refused} then {after} logins in 10 s"
+    );
+    let failed = sim.with_store(|s| {
+        s.users
+            .iter()
+            .find(|u| u.email == sim::DEFAULT_USER)
+            .unwrap()
+            .failed_logins
+    });
+    assert!(
+        failed < 10,
+        "{failed} failed logins: never near the lockout"
+    );
+}
+
 both_modes!(
     install_print_applied_with_psql_gives_working_capture,
     install_then_run_delivers_and_stops_on_sigterm,
