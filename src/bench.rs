@@ -716,7 +716,7 @@ async fn writeback(quick: bool) -> anyhow::Result<Vec<Row>> {
         c.batch_execute("TRUNCATE hmis.tbl_cases").await?;
         let started = Instant::now();
         let tx = c.transaction().await?;
-        target::write(&tx, &t, &rows, &[], None).await?;
+        target::write(&tx, &t, &rows, &[], None, None).await?;
         tx.commit().await?;
         ours.push(n as f64 / started.elapsed().as_secs_f64());
         // Multi-row VALUES upsert (one statement per 1,000 rows, all columns).

@@ -20,13 +20,22 @@ pub struct CatalogMismatch {
     pub problems: Vec<String>,
 }
 
+/// A problem an operator must fix in the config or the credentials (exit
+/// 2, which the shipped systemd unit does not restart).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigProblem(pub String);
+
 fn pg_config(config: &Config) -> anyhow::Result<crate::pg_tls::Db> {
     // The URL may carry a password: the error names the problem, never it.
-    crate::pg_tls::Db::from_url(config.hmis.database_url.expose()).map_err(|e| match e {
-        crate::pg_tls::TlsConfigError::Url(_) => {
-            anyhow::anyhow!("the HMIS database URL is not a valid libpq URL")
-        }
-        other => anyhow::Error::from(other),
+    crate::pg_tls::Db::from_url(config.hmis.database_url.expose()).map_err(|e| {
+        ConfigProblem(match e {
+            crate::pg_tls::TlsConfigError::Url(_) => {
+                "hmis database URL (GODATA_BRIDGE_DATABASE_URL or hmis.database_url_file): not a valid libpq URL".into()
+            }
+            other => format!("hmis database URL: {other}"),
+        })
+        .into()
     })
 }
 
@@ -37,7 +46,7 @@ pub async fn connect_hmis(config: &Config) -> anyhow::Result<tokio_postgres::Cli
         .context("cannot connect to the HMIS database")?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "hmis connection ended");
+            tracing::warn!(error = %ops::describe_pg_error(&e), "hmis connection ended");
         }
     });
     Ok(client)
@@ -346,7 +355,10 @@ pub async fn run(
     let db = pg_config(&config)?;
     match connect_hmis(&config).await {
         Ok(pg) => check_catalog(&pg, &config, file).await?,
-        Err(e) => tracing::warn!(error = %e, "hmis database not reachable yet; will retry"),
+        Err(e) if e.is::<ConfigProblem>() => return Err(e),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "hmis database not reachable yet; will retry")
+        }
     }
     let client = std::sync::Arc::new(godata_client(&config)?);
     let http = crate::http::serve(
@@ -377,7 +389,7 @@ pub async fn run(
             Ok(l) => l,
             Err(e) => {
                 failures += 1;
-                tracing::warn!(error = %e, attempt = failures, "cannot take the leader lock; hmis database unreachable?");
+                tracing::warn!(error = %ops::describe_pg_error(&e), attempt = failures, "cannot take the leader lock; hmis database unreachable?");
                 tokio::select! {
                     _ = tokio::time::sleep(crate::retry::backoff(failures, 10)) => continue,
                     _ = tokio::signal::ctrl_c() => break,
@@ -420,19 +432,21 @@ pub async fn run(
             }
         }
         let (stop, rx) = tokio::sync::watch::channel(false);
+        let flow1 = crate::flow1::spawn(
+            Deliverer::new(config.clone(), client.clone()),
+            db.clone(),
+            rx.clone(),
+        );
         let pull = (!config.pull.target.is_empty()).then(|| {
             tokio::spawn(crate::writeback::pull::run(
                 config.clone(),
                 client.clone(),
                 db.clone(),
-                rx.clone(),
+                rx,
+                flow1.pending.clone(),
             ))
         });
-        let task = crate::flow1::spawn(
-            Deliverer::new(config.clone(), client.clone()),
-            db.clone(),
-            rx,
-        );
+        let task = flow1.task;
         let lost = tokio::select! {
             _ = tokio::signal::ctrl_c() => false,
             _ = term.recv() => false,
@@ -770,17 +784,19 @@ pub async fn demo(
     backfill(&config, None, 1000).await?;
     let (stop, rx) = tokio::sync::watch::channel(false);
     let client = std::sync::Arc::new(godata_client(&config)?);
-    let puller = tokio::spawn(crate::writeback::pull::run(
-        config.clone(),
-        client.clone(),
+    let flow1 = crate::flow1::spawn(
+        Deliverer::new(config.clone(), client.clone()),
         pg_config(&config)?,
         rx.clone(),
-    ));
-    let bridge = crate::flow1::spawn(
-        Deliverer::new(config.clone(), client),
+    );
+    let puller = tokio::spawn(crate::writeback::pull::run(
+        config.clone(),
+        client,
         pg_config(&config)?,
         rx,
-    );
+        flow1.pending,
+    ));
+    let bridge = flow1.task;
     let count =
         |sim: &Sim| sim.with_store(|s| s.persons.values().filter(|p| p["deleted"] != true).count());
     wait_until("the seed rows in Go.Data", || count(&sim) == 11).await?;

@@ -836,7 +836,9 @@ impl Deliverer {
                             ));
                         }
                     } else {
-                        tracing::warn!(table = %p.change.table, key = %p.change.key, attempt = p.change.attempts + 1, error = %e, "delivery deferred");
+                        // Counted in the drain's summary line; one line
+                        // per change per attempt would flood the log.
+                        tracing::debug!(table = %p.change.table, key = %p.change.key, attempt = p.change.attempts + 1, error = %e, "delivery deferred");
                     }
                     Outcome::Deferred { delay, error }
                 }

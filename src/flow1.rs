@@ -13,16 +13,24 @@ use crate::capture::{self, logical};
 use crate::config::CaptureMode;
 use crate::deliver::Deliverer;
 use crate::pg_tls::Db;
+use crate::writeback::pull::PendingHmis;
 
-/// Starts flow 1 in the config's capture mode until `shutdown` flips. The
-/// handle ends when everything it started has ended.
-pub fn spawn(
-    deliverer: Deliverer,
-    db: Db,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+/// Flow 1, running.
+pub struct Flow1 {
+    /// Ends when everything flow 1 started has ended.
+    pub task: tokio::task::JoinHandle<()>,
+    /// HMIS changes held in memory, not in the outbox (logical capture):
+    /// the write-back must leave those rows alone.
+    pub pending: Option<Arc<dyn PendingHmis>>,
+}
+
+/// Starts flow 1 in the config's capture mode until `shutdown` flips.
+pub fn spawn(deliverer: Deliverer, db: Db, shutdown: tokio::sync::watch::Receiver<bool>) -> Flow1 {
     match deliverer.config.capture.mode {
-        CaptureMode::Trigger => tokio::spawn(capture::trigger::run(deliverer, db, shutdown)),
+        CaptureMode::Trigger => Flow1 {
+            task: tokio::spawn(capture::trigger::run(deliverer, db, shutdown)),
+            pending: None,
+        },
         CaptureMode::Logical => {
             let shared = Arc::new(logical::Shared::new(&deliverer.config.capture));
             let consumer = tokio::spawn(logical::consume(
@@ -31,11 +39,14 @@ pub fn spawn(
                 shared.clone(),
                 shutdown.clone(),
             ));
-            let delivery = tokio::spawn(logical::deliver(deliverer, db, shared, shutdown));
-            tokio::spawn(async move {
-                let _ = consumer.await;
-                let _ = delivery.await;
-            })
+            let delivery = tokio::spawn(logical::deliver(deliverer, db, shared.clone(), shutdown));
+            Flow1 {
+                task: tokio::spawn(async move {
+                    let _ = consumer.await;
+                    let _ = delivery.await;
+                }),
+                pending: Some(shared),
+            }
         }
     }
 }

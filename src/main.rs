@@ -354,7 +354,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<commands::CatalogMismatch>() || e.is::<commands::CredentialsRefused>() => {
+        Err(e)
+            if e.is::<commands::CatalogMismatch>()
+                || e.is::<commands::CredentialsRefused>()
+                || e.is::<commands::ConfigProblem>() =>
+        {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }

@@ -320,8 +320,15 @@ pub async fn caught_up(pg: &impl GenericClient, mark: &str) -> Result<bool, toki
 /// code and the object are given.
 pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
     let Some(db) = e.as_db_error() else {
-        // Connection and protocol errors carry no row data.
-        return e.to_string();
+        // Connection and protocol errors carry no row data; their cause
+        // ("connection refused", a TLS failure) is what an operator needs.
+        let mut out = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            out.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        return out;
     };
     let code = db.code().code();
     let mut out = if code.starts_with("22") {

@@ -35,7 +35,7 @@
 //! cluster-wide, so two bridges on two databases of one cluster differ.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,9 @@ pub struct Shared {
     /// or a restart is asked for.
     progress: Notify,
     restart: AtomicBool,
+    /// WAL position up to which every committed transaction is in the
+    /// window (or was resolved): a commit's end, or an idle keepalive's.
+    streamed: AtomicU64,
 }
 
 struct State {
@@ -89,6 +92,7 @@ impl Shared {
             ready: Notify::new(),
             progress: Notify::new(),
             restart: AtomicBool::new(false),
+            streamed: AtomicU64::new(0),
         }
     }
 
@@ -99,6 +103,16 @@ impl Shared {
     /// Keys of `table` with a change in the window (not yet in Go.Data).
     pub fn pending_keys(&self, table: &str) -> Vec<Value> {
         self.lock().window.pending_keys(table)
+    }
+}
+
+impl crate::writeback::pull::PendingHmis for Shared {
+    fn keys(&self, table: &str) -> Vec<Value> {
+        self.pending_keys(table)
+    }
+
+    fn caught_up(&self, lsn: u64) -> bool {
+        self.streamed.load(Ordering::SeqCst) >= lsn
     }
 }
 
@@ -639,6 +653,7 @@ async fn stream(
     // A new session replays from the confirmed position: what the window
     // held is sent again.
     shared.lock().window.reset();
+    shared.streamed.store(start, Ordering::SeqCst);
     shared.restart.store(false, Ordering::SeqCst);
     tracing::info!(slot = %slot, from = %fmt_lsn(start), tls = repl.tls, "streaming from the replication slot");
     let mut c = Consumer {
@@ -704,6 +719,7 @@ async fn stream(
                                 }
                             }
                             c.received = c.received.max(end_lsn);
+                            shared.streamed.fetch_max(end_lsn, Ordering::SeqCst);
                             shared.ready.notify_one();
                             // A transaction of untracked tables only.
                             reply = c.confirm();
@@ -719,6 +735,9 @@ async fn stream(
                     c.received = c.received.max(wal_end);
                     if c.txn.is_none() {
                         c.idle_at = c.idle_at.max(wal_end);
+                        // Sent from the walsender's wait for more WAL: every
+                        // commit before it has been sent.
+                        shared.streamed.fetch_max(wal_end, Ordering::SeqCst);
                     }
                     // Idle: confirm the keepalive's position at once.
                     reply = c.confirm() || reply_requested;
@@ -765,7 +784,7 @@ pub async fn deliver(
             Ok(c) => c,
             Err(e) => {
                 failures += 1;
-                tracing::warn!(error = %e, attempt = failures, "cannot connect to the hmis database");
+                tracing::warn!(error = %crate::ops::describe_pg_error(&e), attempt = failures, "cannot connect to the hmis database");
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => return,

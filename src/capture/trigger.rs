@@ -98,7 +98,7 @@ pub async fn run(
             Ok(c) => c,
             Err(e) => {
                 failures += 1;
-                tracing::warn!(error = %e, attempt = failures, "cannot connect to the hmis database");
+                tracing::warn!(error = %crate::ops::describe_pg_error(&e), attempt = failures, "cannot connect to the hmis database");
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => return,
@@ -108,7 +108,7 @@ pub async fn run(
         };
         let (conn_task, mut wake) = listen_task(conn);
         if let Err(e) = pg.batch_execute("LISTEN godata_bridge").await {
-            tracing::warn!(error = %e, "listen failed");
+            tracing::warn!(error = %crate::ops::describe_pg_error(&e), "listen failed");
             conn_task.abort();
             continue;
         }
@@ -130,7 +130,7 @@ pub async fn run(
                     again = d.settled() > 0;
                 }
                 Err(DeliverError::Db(e)) => {
-                    tracing::warn!(error = %e, "hmis database error; reconnecting");
+                    tracing::warn!(error = %crate::ops::describe_pg_error(&e), "hmis database error; reconnecting");
                     break;
                 }
                 Err(DeliverError::Operator(e)) => {

@@ -126,6 +126,8 @@ pub struct Window {
     /// first_seq → (count, oldest capture) of taken records.
     in_flight: BTreeMap<u64, (usize, f64)>,
     in_flight_n: usize,
+    /// Keys of taken records (table, key text) → key, with a count.
+    in_flight_keys: HashMap<(String, String), (Value, usize)>,
     barriers: VecDeque<Barrier>,
     /// Epoch of changes being added: one more per barrier.
     epoch: u64,
@@ -159,6 +161,7 @@ impl Window {
             open: BTreeMap::new(),
             in_flight: BTreeMap::new(),
             in_flight_n: 0,
+            in_flight_keys: HashMap::new(),
             barriers: VecDeque::new(),
             epoch: 0,
             bytes: 0,
@@ -319,6 +322,10 @@ impl Window {
             slot.0 += 1;
             slot.1 = slot.1.min(e.captured);
             self.in_flight_n += 1;
+            self.in_flight_keys
+                .entry((k.1.clone(), k.2.clone()))
+                .or_insert((key.clone(), 0))
+                .1 += 1;
             out.push(Change {
                 table: k.1,
                 key,
@@ -366,6 +373,13 @@ impl Window {
                     self.in_flight.remove(&c.tag.first_seq);
                 }
                 self.in_flight_n -= 1;
+            }
+            let fk = (c.table.clone(), c.key.to_string());
+            if let Some(n) = self.in_flight_keys.get_mut(&fk) {
+                n.1 -= 1;
+                if n.1 == 0 {
+                    self.in_flight_keys.remove(&fk);
+                }
             }
             let Some(delay) = again else {
                 self.bytes -= c.tag.bytes;
@@ -483,13 +497,20 @@ impl Window {
         }
     }
 
-    /// Keys of `table` with a change not yet resolved (the write-back
-    /// must not overwrite them with older Go.Data state).
+    /// Keys of `table` with a change not yet resolved, pending or in
+    /// flight (the write-back must not overwrite them with older Go.Data
+    /// state).
     pub fn pending_keys(&self, table: &str) -> Vec<Value> {
         self.records
             .iter()
             .filter(|(k, _)| k.1 == table)
             .map(|(_, (key, _))| key.clone())
+            .chain(
+                self.in_flight_keys
+                    .iter()
+                    .filter(|(k, _)| k.0 == table)
+                    .map(|(_, (key, _))| key.clone()),
+            )
             .collect()
     }
 }
@@ -664,6 +685,25 @@ mod tests {
             vec![],
         );
         assert_eq!(w.confirmable(), Some(200));
+    }
+
+    #[test]
+    fn pending_keys_cover_records_in_flight() {
+        let mut w = Window::new(LIMITS);
+        let now = Instant::now();
+        txn(&mut w, 10, 100, vec![row("A", Op::Upsert, json!({}), &[])]);
+        txn(&mut w, 11, 200, vec![row("B", Op::Upsert, json!({}), &[])]);
+        let t = w.take(now, 1);
+        let mut keys: Vec<String> = w
+            .pending_keys("hmis.cases")
+            .iter()
+            .map(|k| k.to_string())
+            .collect();
+        keys.sort();
+        assert_eq!(keys, [r#"{"case_id":"A"}"#, r#"{"case_id":"B"}"#]);
+        w.finish(now, t.into_iter().map(|c| (c, acked())).collect(), vec![]);
+        assert_eq!(w.pending_keys("hmis.cases").len(), 1);
+        assert!(w.pending_keys("hmis.contacts").is_empty());
     }
 
     #[test]

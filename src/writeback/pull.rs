@@ -30,11 +30,17 @@ fn cursor_name(r: Resource) -> &'static str {
 pub enum PullError {
     #[error("HMIS database error: {}", crate::ops::describe_pg_error(.0))]
     Db(#[from] tokio_postgres::Error),
-    #[error("Go.Data error")]
+    #[error("Go.Data: {0}")]
     Godata(#[from] GodataError),
     #[error("the pull cursor moved under us (another bridge pulling?)")]
     CursorMoved,
 }
+
+pub use crate::writeback::target::PendingHmis;
+
+/// How long a poll waits for flow 1 to catch up with the HMIS's WAL
+/// before it writes anyway.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
 
 /// Options of the FHIR transform from the config.
 pub fn fhir_options(config: &Config) -> FhirOptions {
@@ -98,10 +104,36 @@ pub async fn pull_once(
     config: &Config,
     client: &Client,
 ) -> Result<usize, PullError> {
+    pull_once_with(pg, config, client, None).await
+}
+
+/// [`pull_once`], with the HMIS changes flow 1 holds in memory (logical
+/// capture): before writing, the poll lets flow 1 catch up with the WAL
+/// written so far (at most [`CATCH_UP_WAIT`]), and rows with such a change
+/// are left alone.
+pub async fn pull_once_with(
+    pg: &mut tokio_postgres::Client,
+    config: &Config,
+    client: &Client,
+    pending: Option<&dyn PendingHmis>,
+) -> Result<usize, PullError> {
+    if let Some(p) = pending {
+        // The insert position: an asynchronous commit is visible to the
+        // poll's reads before its WAL is written.
+        let lsn: i64 = pg
+            .query_one("SELECT (pg_current_wal_insert_lsn() - '0/0')::int8", &[])
+            .await?
+            .get(0);
+        let lsn = u64::try_from(lsn).unwrap_or(0);
+        let deadline = std::time::Instant::now() + CATCH_UP_WAIT;
+        while !p.caught_up(lsn) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let mut total = 0;
     for resource in [Resource::Case, Resource::Contact] {
         if config.pull.target.iter().any(|t| t.resource == resource) {
-            total += pull_resource(pg, config, client, resource).await?;
+            total += pull_resource(pg, config, client, resource, pending).await?;
         }
     }
     Ok(total)
@@ -150,6 +182,7 @@ async fn pull_resource(
     config: &Config,
     client: &Client,
     resource: Resource,
+    pending: Option<&dyn PendingHmis>,
 ) -> Result<usize, PullError> {
     let o = fhir_options(config);
     let name = cursor_name(resource);
@@ -243,7 +276,7 @@ async fn pull_resource(
                 }
                 rows.push(row);
             }
-            let n = target::write(&tx, t, &rows, &deleted, two_way.as_ref()).await?;
+            let n = target::write(&tx, t, &rows, &deleted, two_way.as_ref(), pending).await?;
             written.push((t.table.as_str(), n));
         }
         let moved = tx
@@ -328,6 +361,7 @@ pub async fn run(
     client: Arc<Client>,
     db: impl Into<crate::pg_tls::Db>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    pending: Option<Arc<dyn PendingHmis>>,
 ) {
     let db: crate::pg_tls::Db = db.into();
     let interval = Duration::from_secs(config.pull.interval_secs);
@@ -353,7 +387,7 @@ pub async fn run(
                         {
                             Ok(_) => Some(c),
                             Err(e) => {
-                                tracing::error!(error = %e, "pull: cannot mark the write-back with the replication origin (run `godata-bridge install`; the role needs EXECUTE on pg_replication_origin_session_setup); not writing, to avoid an echo");
+                                tracing::error!(error = %crate::ops::describe_pg_error(&e), "pull: cannot mark the write-back with the replication origin (run `godata-bridge install`; the role needs EXECUTE on pg_replication_origin_session_setup); not writing, to avoid an echo");
                                 None
                             }
                         },
@@ -361,14 +395,22 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "pull: cannot connect to the hmis database");
+                    tracing::warn!(error = %crate::ops::describe_pg_error(&e), "pull: cannot connect to the hmis database");
                     None
                 }
             };
         }
         if let Some(c) = pg.as_mut() {
-            if let Err(e) = pull_once(c, &config, &client).await {
-                tracing::warn!(error = %e, "pull failed; retrying at the next interval");
+            match pull_once_with(c, &config, &client, pending.as_deref()).await {
+                Ok(_) => {}
+                Err(PullError::Godata(g))
+                    if g.disposition() == crate::godata::client::Disposition::Operator =>
+                {
+                    tracing::error!(error = %g, status = g.status(), code = g.code(), "pull: go.data refuses the bridge; fix the account or outbreak");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pull failed; retrying at the next interval")
+                }
             }
         }
         tokio::select! {

@@ -337,6 +337,17 @@ pub struct TwoWay {
 /// Writes `rows` (from [`row`]; and deletes `deleted_keys`) into the
 /// target, inside `tx`. Returns how many rows changed.
 ///
+/// HMIS changes flow 1 holds but has not delivered yet, where the outbox
+/// does not show them (logical capture keeps them in memory): the
+/// write-back must not overwrite those rows with older Go.Data state.
+pub trait PendingHmis: Send + Sync {
+    /// Keys (`{"column": value}`) of `table` with an undelivered change.
+    fn keys(&self, table: &str) -> Vec<Value>;
+    /// Whether every HMIS change committed before WAL position `lsn` has
+    /// reached flow 1.
+    fn caught_up(&self, lsn: u64) -> bool;
+}
+
 /// On a [`TwoWay`] table, a column owned by `newest` or `godata` that the
 /// push also carries is decided per column on rows with a synced state:
 /// changed only in Go.Data (the HMIS value is the synced one): Go.Data's
@@ -351,6 +362,7 @@ pub async fn write(
     rows: &[Vec<Option<String>>],
     deleted_keys: &[String],
     two_way: Option<&TwoWay>,
+    held: Option<&dyn PendingHmis>,
 ) -> Result<u64, tokio_postgres::Error> {
     let table = qtable(&target.table);
     let cols: Vec<String> = target.columns.iter().map(|c| qi(&c.column)).collect();
@@ -540,6 +552,7 @@ pub async fn write(
     // outbox's name for the table is resolved once here: as a STABLE call
     // in the filter it ran once per outbox row (1.2 s for a 200k-row
     // backlog; a literal, ~30 ms).
+    let mut held_keys: Vec<Value> = Vec::new();
     let pending = if reads_outbox {
         let outbox_name: String = tx
             .query_one(
@@ -548,6 +561,9 @@ pub async fn write(
             )
             .await?
             .get(0);
+        if let Some(h) = held {
+            held_keys = h.keys(&outbox_name);
+        }
         let (name, k, col) = (
             outbox_name.replace('\'', "''"),
             target.key.replace('\'', "''"),
@@ -561,6 +577,15 @@ pub async fn write(
     } else {
         None
     };
+    // Logical capture holds undelivered HMIS changes in memory, not in
+    // the outbox: their keys come as the statement's last parameter.
+    let held_param = width + 1;
+    let held_of = |alias: &str| {
+        format!(
+            "jsonb_build_object('{}', {alias}.{key}) = ANY(${held_param}::jsonb[])",
+            target.key.replace('\'', "''")
+        )
+    };
     let sql = match target.mode {
         Mode::UpdateOnly => {
             let syn = "ls.synced";
@@ -573,8 +598,9 @@ pub async fn write(
                     format!("{syn} IS NOT NULL OR ")
                 };
                 guard.push_str(&format!(
-                    " AND ({skip_synced}NOT EXISTS (SELECT 1 FROM godata_bridge.outbox o WHERE {}))",
-                    pending("t")
+                    " AND ({skip_synced}(NOT EXISTS (SELECT 1 FROM godata_bridge.outbox o WHERE {}) AND NOT {}))",
+                    pending("t"),
+                    held_of("t")
                 ));
             }
             let link_join = if per_field.is_empty() {
@@ -599,16 +625,21 @@ pub async fn write(
             // (10 s for 100 rows against a 200k-row outbox; here one hash
             // anti-join per statement, 0.2 s).
             let skip = match &pending {
-                Some(pending) => format!(
-                    " WHERE NOT EXISTS (SELECT 1 FROM {table} AS p JOIN godata_bridge.outbox o ON {}
-                                         WHERE p.{key} = s.{key}{})",
-                    pending("p"),
-                    if per_field.is_empty() {
+                Some(pending) => {
+                    let unsynced = if per_field.is_empty() {
                         String::new()
                     } else {
                         format!(" AND {} IS NULL", synced_of("p"))
-                    }
-                ),
+                    };
+                    format!(
+                        " WHERE NOT EXISTS (SELECT 1 FROM {table} AS p JOIN godata_bridge.outbox o ON {}
+                                             WHERE p.{key} = s.{key}{unsynced})
+                            AND NOT EXISTS (SELECT 1 FROM {table} AS p
+                                             WHERE p.{key} = s.{key}{unsynced} AND {})",
+                        pending("p"),
+                        held_of("p")
+                    )
+                }
                 None => String::new(),
             };
             format!(
@@ -706,10 +737,13 @@ pub async fn write(
         })
         .collect();
     let writes = chunks.iter().map(|arrays| {
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
             .iter()
             .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
+        if pending.is_some() {
+            params.push(&held_keys);
+        }
         let statement = &statement;
         let counted = !per_field.is_empty();
         async move {

@@ -40,6 +40,21 @@ async fn bad_config_exits_2_naming_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("lanez"), "{err}");
     assert!(!err.contains("secret-pw"));
+    // A malformed database URL is the operator's too: exit 2, no password.
+    let out = Command::new(BIN)
+        .args(["run", "--config", EXAMPLE])
+        .env(
+            "GODATA_BRIDGE_DATABASE_URL",
+            "postgres://u:db-secret@[nope/db",
+        )
+        .env("GODATA_BRIDGE_GODATA_PASSWORD", "secret-pw")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("database URL"), "{err}");
+    assert!(!err.contains("db-secret"), "{err}");
 }
 
 async fn install_then_run_delivers_and_stops_on_sigterm(mode: Mode) {

@@ -60,7 +60,7 @@ pub(crate) fn start_bridge(sim: &Sim, config: Config, pg: tokio_postgres::Config
     let (stop, rx) = tokio::sync::watch::channel(false);
     let deliverer = Deliverer::new(config.clone(), client);
     let read_snapshot = deliverer.read_snapshot.clone();
-    let task = godata_bridge::flow1::spawn(deliverer, pg.into(), rx);
+    let task = godata_bridge::flow1::spawn(deliverer, pg.into(), rx).task;
     Bridge {
         stop,
         task,

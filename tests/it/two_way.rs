@@ -29,7 +29,7 @@ struct Running {
 
 fn start(s: &Setup, config: &Config) -> Running {
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let bridge = godata_bridge::flow1::spawn(
+    let flow1 = godata_bridge::flow1::spawn(
         Deliverer::new(config.clone(), s.client.clone()),
         s.db.config.clone().into(),
         rx.clone(),
@@ -39,10 +39,11 @@ fn start(s: &Setup, config: &Config) -> Running {
         s.client.clone(),
         s.db.config.clone(),
         rx,
+        flow1.pending,
     ));
     Running {
         stop,
-        tasks: vec![bridge, puller],
+        tasks: vec![flow1.task, puller],
     }
 }
 

@@ -249,16 +249,18 @@ async fn two_way_outcome_change_comes_back_without_echo(mode: Mode) {
     let (stop, rx) = tokio::sync::watch::channel(false);
     let mut config = s.config.clone();
     config.pull.interval_secs = 1;
-    let bridge = godata_bridge::flow1::spawn(
+    let flow1 = godata_bridge::flow1::spawn(
         Deliverer::new(config.clone(), s.client.clone()),
         s.db.config.clone().into(),
         rx.clone(),
     );
+    let bridge = flow1.task;
     let puller = tokio::spawn(pull::run(
         config.clone(),
         s.client.clone(),
         s.db.config.clone(),
         rx,
+        flow1.pending,
     ));
     s.c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification, notes)
@@ -634,6 +636,7 @@ async fn a_page_with_a_key_twice_is_written_and_the_last_record_wins() {
         &[row("1990-04-12", "open"), row("1991-05-13", "closed")],
         &[],
         None,
+        None,
     )
     .await
     .expect("a page with a key twice is written");
@@ -660,7 +663,9 @@ async fn a_page_with_a_key_twice_is_written_and_the_last_record_wins() {
         })
         .collect();
     let tx = c.transaction().await.unwrap();
-    let changed = target::write(&tx, &t, &page, &[], None).await.unwrap();
+    let changed = target::write(&tx, &t, &page, &[], None, None)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(changed, 1203);
     let n: i64 = c
@@ -675,7 +680,9 @@ async fn a_page_with_a_key_twice_is_written_and_the_last_record_wins() {
     let mut bad = row("Aminata-1990", "open");
     bad[0] = Some("BAD-1".into());
     let tx = c.transaction().await.unwrap();
-    let e = target::write(&tx, &t, &[bad], &[], None).await.unwrap_err();
+    let e = target::write(&tx, &t, &[bad], &[], None, None)
+        .await
+        .unwrap_err();
     let shown = godata_bridge::writeback::pull::PullError::from(e).to_string();
     assert!(shown.contains("SQLSTATE 22007"), "{shown}");
     assert!(!shown.contains("Aminata"), "{shown}");
@@ -733,7 +740,7 @@ async fn upsert_with_newest_columns_skips_rows_with_a_pending_hmis_change() {
         ]
     };
     let tx = c.transaction().await.unwrap();
-    let changed = target::write(&tx, &t, &[row("A"), row("B"), row("C")], &[], None)
+    let changed = target::write(&tx, &t, &[row("A"), row("B"), row("C")], &[], None, None)
         .await
         .unwrap();
     tx.commit().await.unwrap();
