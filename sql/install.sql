@@ -1,4 +1,4 @@
--- godata-bridge capture schema, version 2.
+-- godata-bridge capture schema, version 3.
 --
 -- Idempotent: running it twice changes nothing. A later release migrates
 -- from `godata_bridge.schema_version`.
@@ -8,6 +8,8 @@
 --                 only after Go.Data acknowledged it or after moving it to
 --                 dead_letter. The outbox is the truth; NOTIFY only wakes.
 --   dead_letter   changes Go.Data refused for good, with the reason
+--   writeback_dead_letter  Go.Data records a write-back target refused
+--                 (SQLSTATE, constraint, column; never values)
 --   link          HMIS row <-> Go.Data record (ids, content hash, timestamps,
 --                 the row's pushed columns at the last sync)
 --   conflict      fields both sides changed since the last sync, and who won
@@ -36,6 +38,8 @@ CREATE TABLE IF NOT EXISTS godata_bridge.schema_version (
 INSERT INTO godata_bridge.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
 -- Version 2: link.synced (per-field push) and the conflict log.
 INSERT INTO godata_bridge.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
+-- Version 3: write-back dead letters.
+INSERT INTO godata_bridge.schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS godata_bridge.outbox (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -65,6 +69,28 @@ CREATE TABLE IF NOT EXISTS godata_bridge.dead_letter (
     http_status  int,
     godata_code  text,
     reason       text NOT NULL
+);
+
+-- Go.Data records a `[[pull.target]]` refused (a data or constraint error,
+-- a value no value map knows): set aside so the rest of the page is
+-- written and the cursor moves on. One entry per (target, record); the
+-- pull retries it whenever Go.Data changes the record, `dead-letter retry`
+-- at once. Ids, SQLSTATE, constraint and column: never values.
+CREATE TABLE IF NOT EXISTS godata_bridge.writeback_dead_letter (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    target_table      text NOT NULL,
+    resource          text NOT NULL,
+    godata_id         text NOT NULL,
+    godata_updated_at timestamptz,             -- the version refused
+    sqlstate          text,                    -- NULL: refused before the write (value map)
+    constraint_name   text,
+    column_name       text,
+    other_godata_id   text,                    -- a unique value another record already holds
+    reason            text NOT NULL,
+    first_failed_at   timestamptz NOT NULL DEFAULT now(),
+    failed_at         timestamptz NOT NULL DEFAULT now(),
+    attempts          int NOT NULL DEFAULT 1,
+    UNIQUE (target_table, godata_id)
 );
 
 -- The link is bookkeeping the bridge can rebuild, so it is UNLOGGED: it

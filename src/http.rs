@@ -62,7 +62,8 @@ async fn gauges(probe: &Probe) -> Vec<(&'static str, f64)> {
             "SELECT (SELECT count(*) FROM godata_bridge.outbox)::float8,
                     coalesce((SELECT extract(epoch FROM now() - min(captured_at)) FROM godata_bridge.outbox), 0)::float8,
                     (SELECT count(*) FROM godata_bridge.dead_letter)::float8,
-                    (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = 'pull_cursor:case')",
+                    (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = 'pull_cursor:case'),
+                    (SELECT count(*) FROM godata_bridge.writeback_dead_letter)::float8",
             &[],
         )
         .await;
@@ -70,6 +71,7 @@ async fn gauges(probe: &Probe) -> Vec<(&'static str, f64)> {
         out.push((metrics::OUTBOX_DEPTH, r.get(0)));
         out.push((metrics::OUTBOX_OLDEST_AGE, r.get(1)));
         out.push((metrics::DEAD_LETTERS, r.get(2)));
+        out.push((metrics::WRITEBACK_DEAD_LETTERS, r.get(4)));
         if let Some(age) = r.get::<_, Option<f64>>(3) {
             out.push((metrics::PULL_CURSOR_AGE, age));
         }

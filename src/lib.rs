@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod names;
 pub mod ops;
 pub mod pg_cluster;
+pub mod pg_error;
 pub mod pg_tls;
 pub mod retry;
 pub mod sim;

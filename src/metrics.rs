@@ -22,6 +22,8 @@ pub const ROWS_WRITTEN_BACK: &str = "godata_bridge_rows_written_back_total";
 pub const OUTBOX_DEPTH: &str = "godata_bridge_outbox_depth";
 pub const OUTBOX_OLDEST_AGE: &str = "godata_bridge_outbox_oldest_pending_age_seconds";
 pub const DEAD_LETTERS: &str = "godata_bridge_dead_letters";
+pub const WRITEBACK_DEAD_LETTERS: &str = "godata_bridge_writeback_dead_letters";
+pub const WRITEBACK_REFUSED: &str = "godata_bridge_writeback_refused_total";
 pub const PULL_CURSOR_AGE: &str = "godata_bridge_pull_cursor_age_seconds";
 pub const LEADER: &str = "godata_bridge_leader";
 pub const WINDOW_PENDING: &str = "godata_bridge_window_pending";
@@ -97,6 +99,16 @@ pub const CATALOG: &[(&str, &str, &str)] = &[
         "Age in seconds of the oldest change waiting in the outbox.",
     ),
     (DEAD_LETTERS, "gauge", "Changes in dead_letter."),
+    (
+        WRITEBACK_DEAD_LETTERS,
+        "gauge",
+        "Go.Data records a write-back target refused, set aside in writeback_dead_letter (alert on > 0).",
+    ),
+    (
+        WRITEBACK_REFUSED,
+        "counter",
+        "Go.Data records a write-back target refused (each version of a record once), by table.",
+    ),
     (
         PULL_CURSOR_AGE,
         "gauge",

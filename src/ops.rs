@@ -311,45 +311,4 @@ pub async fn caught_up(pg: &impl GenericClient, mark: &str) -> Result<bool, toki
         .get(0))
 }
 
-/// A PostgreSQL error for logs and operator messages: the SQLSTATE, the
-/// server's message and the object it names (schema, table, column,
-/// constraint, type) — never the DETAIL or CONTEXT, which can quote row
-/// values. Data exceptions (class 22, e.g. `invalid input syntax for type
-/// date: "…"`) quote the value in the message itself, and a `RAISE` in
-/// one of the HMIS's own triggers (class P0) may, so for those only the
-/// code and the object are given.
-pub fn describe_pg_error(e: &tokio_postgres::Error) -> String {
-    let Some(db) = e.as_db_error() else {
-        // Connection and protocol errors carry no row data; their cause
-        // ("connection refused", a TLS failure) is what an operator needs.
-        let mut out = e.to_string();
-        let mut cause = std::error::Error::source(e);
-        while let Some(c) = cause {
-            out.push_str(&format!(": {c}"));
-            cause = c.source();
-        }
-        return out;
-    };
-    let code = db.code().code();
-    let mut out = if code.starts_with("22") {
-        format!("SQLSTATE {code} (a value does not fit its column's type or range)")
-    } else if code.starts_with("P0") {
-        format!("SQLSTATE {code} (raised by a function or trigger in the HMIS)")
-    } else {
-        format!("SQLSTATE {code}: {}", db.message())
-    };
-    let named: Vec<String> = [
-        ("schema", db.schema()),
-        ("table", db.table()),
-        ("column", db.column()),
-        ("constraint", db.constraint()),
-        ("type", db.datatype()),
-    ]
-    .into_iter()
-    .filter_map(|(what, v)| v.map(|v| format!("{what} {v}")))
-    .collect();
-    if !named.is_empty() {
-        out.push_str(&format!(" [{}]", named.join(", ")));
-    }
-    out
-}
+pub use crate::pg_error::describe as describe_pg_error;

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::godata::client::{Client, GodataError};
 use crate::metrics;
+use crate::writeback::dead_letter;
 use crate::writeback::fhir::{case_bundle, contact_bundle, FhirOptions};
 use crate::writeback::target::{self, OnDelete, Resource, Sources};
 
@@ -200,6 +201,7 @@ async fn pull_resource(
     for t in &targets {
         two_ways.push(two_way(pg, config, t).await?);
     }
+    let dead_letters = dead_letter::any(pg).await?;
     let mut total = 0;
     // Each poll starts `overlap_ms` before the stored cursor: Go.Data's
     // stamps have ms resolution, and a record stamped in the cursor's
@@ -244,41 +246,18 @@ async fn pull_resource(
         let tx = pg.transaction().await?;
         tx.batch_execute("SET LOCAL godata_bridge.origin = 'godata'")
             .await?;
-        let mut written = vec![];
-        for (t, two_way) in targets.iter().zip(&two_ways) {
-            let mut rows = vec![];
-            let mut deleted = vec![];
-            let key_at = t
-                .columns
-                .iter()
-                .position(|c| c.column == t.key)
-                .expect("validated");
-            for (rec, bundle) in page.iter().zip(&bundles) {
-                let row = target::row(
-                    t,
-                    &Sources {
-                        bundle,
-                        godata: rec,
-                    },
-                    o.timezone,
-                );
-                if rec["deleted"] == true {
-                    match t.on_delete {
-                        OnDelete::Ignore => continue,
-                        OnDelete::Delete => {
-                            if let Some(k) = &row[key_at] {
-                                deleted.push(k.clone());
-                            }
-                            continue;
-                        }
-                        OnDelete::MarkInactive => {}
-                    }
-                }
-                rows.push(row);
-            }
-            let n = target::write(&tx, t, &rows, &deleted, two_way.as_ref(), pending).await?;
-            written.push((t.table.as_str(), n));
-        }
+        let written = write_page(
+            &tx,
+            config,
+            resource,
+            &targets,
+            &two_ways,
+            &page,
+            &bundles,
+            pending,
+            dead_letters,
+        )
+        .await?;
         let moved = tx
             .execute(
                 "INSERT INTO godata_bridge.state (name, value) VALUES ($1, $2)
@@ -295,13 +274,9 @@ async fn pull_resource(
             .iter()
             .map(|(_, n)| usize::try_from(*n).unwrap_or(usize::MAX))
             .sum::<usize>();
-        let resource_label = match resource {
-            Resource::Case => "case",
-            Resource::Contact => "contact",
-        };
         metrics::inc(
             metrics::RECORDS_PULLED,
-            &[("resource", resource_label)],
+            &[("resource", resource_label(resource))],
             page.len() as f64,
         );
         for (table, n) in written {
@@ -315,6 +290,151 @@ async fn pull_resource(
         if i64::try_from(page.len()).unwrap_or(i64::MAX) < config.pull.page_size {
             return Ok(total);
         }
+    }
+}
+
+/// Writes one page of Go.Data records (with their FHIR bundles) to every
+/// target of `resource`, inside `tx`. A record a target refuses (a data or
+/// constraint error, a value no value map knows) is set aside as a
+/// write-back dead letter and the rest of the page is written; a record
+/// written is no longer a dead letter (when `dead_letters` says there may
+/// be some). Returns (target table, rows changed) per target.
+#[allow(clippy::too_many_arguments)]
+async fn write_page<'a>(
+    tx: &tokio_postgres::Transaction<'_>,
+    config: &Config,
+    resource: Resource,
+    targets: &[&'a target::Target],
+    two_ways: &[Option<target::TwoWay>],
+    page: &[Value],
+    bundles: &[Value],
+    pending: Option<&dyn PendingHmis>,
+    dead_letters: bool,
+) -> Result<Vec<(&'a str, u64)>, PullError> {
+    let tz = fhir_options(config).timezone;
+    let label = resource_label(resource);
+    let mut written = vec![];
+    for (t, two_way) in targets.iter().zip(two_ways) {
+        let mut rows = vec![];
+        let mut row_recs = vec![];
+        let mut deleted = vec![];
+        let mut gone = vec![];
+        let mut set_aside = vec![];
+        let key_at = t
+            .columns
+            .iter()
+            .position(|c| c.column == t.key)
+            .expect("validated");
+        for (rec, bundle) in page.iter().zip(bundles) {
+            let checked = target::row_checked(
+                t,
+                &Sources {
+                    bundle,
+                    godata: rec,
+                },
+                tz,
+            );
+            if rec["deleted"] == true {
+                let row = checked.unwrap_or_else(|m| m.row);
+                match t.on_delete {
+                    OnDelete::Ignore => continue,
+                    OnDelete::Delete => {
+                        if let Some(k) = &row[key_at] {
+                            deleted.push(k.clone());
+                        }
+                        gone.push(rec);
+                        continue;
+                    }
+                    OnDelete::MarkInactive => {
+                        rows.push(row);
+                        row_recs.push(rec);
+                        continue;
+                    }
+                }
+            }
+            match checked {
+                Ok(row) => {
+                    rows.push(row);
+                    row_recs.push(rec);
+                }
+                // A row without a key is never written: nothing refused.
+                Err(miss) if miss.row[key_at].is_none() => {}
+                Err(miss) => set_aside.push(dead_letter::SetAside {
+                    godata_id: id_of(rec),
+                    godata_updated_at: rec["updatedAt"].as_str().map(String::from),
+                    sqlstate: None,
+                    constraint: None,
+                    reason: format!(
+                        "the value map of column `{}` has no entry for the record's value (add it to the mapping)",
+                        miss.column
+                    ),
+                    column: Some(miss.column),
+                    other_godata_id: None,
+                }),
+            }
+        }
+        let (n, refused) =
+            target::write_guarded(tx, t, &rows, &deleted, two_way.as_ref(), pending).await?;
+        for r in refused {
+            let rec = row_recs[r.index];
+            set_aside.push(dead_letter::SetAside {
+                godata_id: id_of(rec),
+                godata_updated_at: rec["updatedAt"].as_str().map(String::from),
+                sqlstate: Some(r.sqlstate),
+                constraint: r.constraint,
+                column: r.column,
+                other_godata_id: r.other_godata_id,
+                reason: r.reason,
+            });
+        }
+        if dead_letters {
+            let refused_ids: std::collections::HashSet<&str> =
+                set_aside.iter().map(|s| s.godata_id.as_str()).collect();
+            let landed: Vec<&str> = row_recs
+                .iter()
+                .chain(&gone)
+                .filter_map(|r| r["id"].as_str())
+                .filter(|id| !refused_ids.contains(id))
+                .collect();
+            dead_letter::resolve(tx, &t.table, &landed).await?;
+        }
+        if !set_aside.is_empty() {
+            let fresh = dead_letter::record(tx, &t.table, label, &set_aside).await?;
+            metrics::inc(
+                metrics::WRITEBACK_REFUSED,
+                &[("table", t.table.as_str())],
+                fresh.len() as f64,
+            );
+            for s in fresh {
+                tracing::warn!(
+                    resource = label,
+                    godata_id = %s.godata_id,
+                    table = %t.table,
+                    sqlstate = s.sqlstate.as_deref().unwrap_or("-"),
+                    constraint = s.constraint.as_deref().unwrap_or("-"),
+                    column = s.column.as_deref().unwrap_or("-"),
+                    other_godata_id = s.other_godata_id.as_deref().unwrap_or("-"),
+                    reason = %s.reason,
+                    "write-back refused a go.data record; set aside as a write-back dead letter, the rest goes on"
+                );
+            }
+        }
+        written.push((t.table.as_str(), n));
+    }
+    Ok(written)
+}
+
+fn id_of(rec: &Value) -> String {
+    match &rec["id"] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn resource_label(r: Resource) -> &'static str {
+    match r {
+        Resource::Case => "case",
+        Resource::Contact => "contact",
     }
 }
 

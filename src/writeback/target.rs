@@ -266,22 +266,54 @@ fn render(v: &Value, how: As, tz: FixedOffset) -> Option<String> {
 }
 
 /// The row a record gives a target: one optional text per column, then
-/// the record's Go.Data `updatedAt` (staged, never written).
+/// the record's Go.Data `updatedAt` (staged, never written). A value that
+/// a column's value map does not know gives NULL here; [`row_checked`]
+/// refuses it instead.
 pub fn row(target: &Target, src: &Sources<'_>, tz: FixedOffset) -> Vec<Option<String>> {
+    row_checked(target, src, tz).unwrap_or_else(|r| r.row)
+}
+
+/// A record's row with a value its column's value map has no entry for.
+#[derive(Debug)]
+pub struct MapMiss {
+    /// The column.
+    pub column: String,
+    /// The row, that column NULL.
+    pub row: Vec<Option<String>>,
+}
+
+/// [`row`], refusing a value that a column's value map does not know (it
+/// would become NULL: a lost value, or a NOT NULL violation).
+pub fn row_checked(
+    target: &Target,
+    src: &Sources<'_>,
+    tz: FixedOffset,
+) -> Result<Vec<Option<String>>, MapMiss> {
     let updated = src.godata["updatedAt"].as_str().map(String::from);
-    target
+    let mut missed = None;
+    let row = target
         .columns
         .iter()
         .map(|c| {
             let v = src.get(&c.from)?;
             let text = render(&v, c.render, tz)?;
             match &c.values {
-                Some(map) => map.get(&text).cloned(),
+                Some(map) => {
+                    let mapped = map.get(&text).cloned();
+                    if mapped.is_none() && missed.is_none() {
+                        missed = Some(c.column.clone());
+                    }
+                    mapped
+                }
                 None => Some(text),
             }
         })
         .chain(std::iter::once(updated))
-        .collect()
+        .collect();
+    match missed {
+        Some(column) => Err(MapMiss { column, row }),
+        None => Ok(row),
+    }
 }
 
 fn qi(s: &str) -> String {
@@ -293,14 +325,18 @@ fn qtable(t: &str) -> String {
     format!("{}.{}", qi(s), qi(n))
 }
 
-/// Each column of `table` with its type as SQL spells it.
+/// Each column of `table` with its type as SQL spells it, without the
+/// type modifier: values are cast to the base type (`character varying`,
+/// not `character varying(40)`) and the column's own assignment then
+/// refuses what does not fit (SQLSTATE 22001) where an explicit cast to
+/// `varchar(40)` would cut the value silently.
 async fn column_types(
     tx: &tokio_postgres::Transaction<'_>,
     table: &str,
 ) -> Result<BTreeMap<String, String>, tokio_postgres::Error> {
     Ok(tx
         .query(
-            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+            "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute
               WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
             &[&qtable(table)],
         )
@@ -767,6 +803,165 @@ pub async fn write(
         changed += n;
     }
     Ok(changed)
+}
+
+/// A row of a page that the target refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// The row's index in the page.
+    pub index: usize,
+    pub sqlstate: String,
+    pub constraint: Option<String>,
+    pub column: Option<String>,
+    /// A unique value this row would take is another row's: that row's
+    /// Go.Data id, where the target keeps one (its key or a `godata.id`
+    /// column).
+    pub other_godata_id: Option<String>,
+    /// The server's message with values left out (SQLSTATE and what
+    /// failed; see [`crate::pg_error::describe`]).
+    pub reason: String,
+}
+
+/// A row-level refusal: a data exception (class 22: too long, out of
+/// range, bad encoding, invalid date) or an integrity violation (class 23:
+/// NOT NULL, unique, check, foreign key). Anything else (a lost
+/// connection, a missing privilege) stops the page.
+fn refusal_code(e: &tokio_postgres::Error) -> Option<String> {
+    let code = e.code()?.code();
+    (code.starts_with("22") || code.starts_with("23")).then(|| code.to_string())
+}
+
+/// [`write`], but a row the target refuses does not fail the page: the
+/// page is written in one statement as usual; only when that fails with a
+/// row-level error (see [`refusal_code`]) is it bisected, under
+/// savepoints, down to the rows that fail alone. Those are returned; every
+/// other row is written. A page that needs no bisection costs two
+/// savepoint commands more than [`write`].
+pub async fn write_guarded(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &Target,
+    rows: &[Vec<Option<String>>],
+    deleted_keys: &[String],
+    two_way: Option<&TwoWay>,
+    held: Option<&dyn PendingHmis>,
+) -> Result<(u64, Vec<Refusal>), tokio_postgres::Error> {
+    let mut refused = vec![];
+    let mut changed = 0;
+    // Deletes first, on their own: a refused delete (a foreign key) stops
+    // the page, as it needs the operator.
+    if !deleted_keys.is_empty() {
+        changed += write(tx, target, &[], deleted_keys, two_way, held).await?;
+    }
+    let all: Vec<usize> = (0..rows.len()).collect();
+    let mut todo = vec![all.as_slice()];
+    while let Some(part) = todo.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        tx.batch_execute("SAVEPOINT godata_bridge_part").await?;
+        let picked: Vec<Vec<Option<String>>> = part.iter().map(|&i| rows[i].clone()).collect();
+        match write(tx, target, &picked, &[], two_way, held).await {
+            Ok(n) => {
+                tx.batch_execute("RELEASE SAVEPOINT godata_bridge_part")
+                    .await?;
+                changed += n;
+            }
+            Err(e) => {
+                let Some(code) = refusal_code(&e) else {
+                    return Err(e);
+                };
+                tx.batch_execute("ROLLBACK TO SAVEPOINT godata_bridge_part; RELEASE SAVEPOINT godata_bridge_part")
+                    .await?;
+                if let [index] = part {
+                    let db = e.as_db_error();
+                    let constraint = db.and_then(|d| d.constraint()).map(String::from);
+                    let other_godata_id = match (&constraint, code.as_str()) {
+                        (Some(c), "23505") => holder(tx, target, &rows[*index], c).await?,
+                        _ => None,
+                    };
+                    refused.push(Refusal {
+                        index: *index,
+                        sqlstate: code,
+                        constraint,
+                        column: db.and_then(|d| d.column()).map(String::from),
+                        other_godata_id,
+                        reason: crate::pg_error::describe(&e),
+                    });
+                } else {
+                    // Later halves are popped last: rows keep their order.
+                    let (a, b) = part.split_at(part.len() / 2);
+                    todo.push(b);
+                    todo.push(a);
+                }
+            }
+        }
+    }
+    refused.sort_by_key(|r| r.index);
+    Ok((changed, refused))
+}
+
+/// The Go.Data id of the row already holding the unique value (of index or
+/// constraint `constraint`) that `row` would take, where the target keeps
+/// Go.Data ids (its key, or a column from `godata.id`) and the unique
+/// columns are all target columns.
+async fn holder(
+    tx: &tokio_postgres::Transaction<'_>,
+    target: &Target,
+    row: &[Option<String>],
+    constraint: &str,
+) -> Result<Option<String>, tokio_postgres::Error> {
+    let Some(id_col) = target
+        .columns
+        .iter()
+        .find(|c| c.from.trim() == "godata.id")
+        .map(|c| c.column.clone())
+    else {
+        return Ok(None);
+    };
+    let unique: Vec<String> = tx
+        .query(
+            "SELECT a.attname::text
+               FROM pg_index x
+               JOIN pg_class i ON i.oid = x.indexrelid
+               CROSS JOIN LATERAL unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
+              WHERE x.indrelid = $1::text::regclass AND i.relname = $2
+              ORDER BY k.ord",
+            &[&qtable(&target.table), &constraint],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let types = column_types(tx, &target.table).await?;
+    let mut conds = vec![];
+    let mut params: Vec<Option<&str>> = vec![];
+    for u in &unique {
+        let Some(i) = target.columns.iter().position(|c| &c.column == u) else {
+            return Ok(None);
+        };
+        params.push(row[i].as_deref());
+        conds.push(format!(
+            "t.{} = ${}::text::{}",
+            qi(u),
+            params.len(),
+            types.get(u).map(String::as_str).unwrap_or("text")
+        ));
+    }
+    if conds.is_empty() {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT t.{}::text FROM {} t WHERE {} LIMIT 1",
+        qi(&id_col),
+        qtable(&target.table),
+        conds.join(" AND ")
+    );
+    let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    Ok(tx.query_opt(&sql, &p).await?.and_then(|r| r.get(0)))
 }
 
 #[cfg(test)]

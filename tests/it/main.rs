@@ -19,4 +19,5 @@ mod sim_faults;
 mod sim_filter;
 mod tls;
 mod two_way;
+mod writeback_dead_letters;
 mod writeback_e2e;

@@ -22,12 +22,12 @@ const CONFIRMED: &str = "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_CONFIRM
 const RECOVERED: &str = "LNG_REFERENCE_DATA_CATEGORY_OUTCOME_RECOVERED";
 
 /// Both flows running, as `run` runs them.
-struct Running {
+pub(crate) struct Running {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn start(s: &Setup, config: &Config) -> Running {
+pub(crate) fn start(s: &Setup, config: &Config) -> Running {
     let (stop, rx) = tokio::sync::watch::channel(false);
     let flow1 = godata_bridge::flow1::spawn(
         Deliverer::new(config.clone(), s.client.clone()),
@@ -47,14 +47,14 @@ fn start(s: &Setup, config: &Config) -> Running {
     }
 }
 
-async fn stop(r: Running) {
+pub(crate) async fn stop(r: Running) {
     r.stop.send(true).unwrap();
     for t in r.tasks {
         let _ = t.await;
     }
 }
 
-fn config_of(s: &Setup) -> Config {
+pub(crate) fn config_of(s: &Setup) -> Config {
     let mut config = s.config.clone();
     config.pull.interval_secs = 1;
     config
