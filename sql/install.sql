@@ -90,6 +90,7 @@ CREATE TABLE IF NOT EXISTS godata_bridge.writeback_dead_letter (
     first_failed_at   timestamptz NOT NULL DEFAULT now(),
     failed_at         timestamptz NOT NULL DEFAULT now(),
     attempts          int NOT NULL DEFAULT 1,
+    retry_requested_at timestamptz,            -- `dead-letter retry`: the running pull re-reads it
     UNIQUE (target_table, godata_id)
 );
 

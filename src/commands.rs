@@ -432,6 +432,7 @@ pub async fn run(
             }
         }
         let (stop, rx) = tokio::sync::watch::channel(false);
+        let rx_login = rx.clone();
         let flow1 = crate::flow1::spawn(
             Deliverer::new(config.clone(), client.clone()),
             db.clone(),
@@ -447,6 +448,7 @@ pub async fn run(
             ))
         });
         let task = flow1.task;
+        let login_report = tokio::spawn(report_login(config.clone(), client.clone(), rx_login));
         let lost = tokio::select! {
             _ = tokio::signal::ctrl_c() => false,
             _ = term.recv() => false,
@@ -459,6 +461,7 @@ pub async fn run(
         }
         let _ = stop.send(true);
         let _ = task.await;
+        let _ = login_report.await;
         if let Some(p) = pull {
             let _ = p.await;
         }
@@ -487,8 +490,10 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     } else {
         None
     };
+    let login = ops::godata_login(&pg).await?;
     if json {
         let mut v = serde_json::to_value(&s)?;
+        v["godata_login"] = serde_json::to_value(&login)?;
         if config.capture.mode == CaptureMode::Logical {
             v["slot"] = match &slot {
                 Some(i) => serde_json::json!({
@@ -515,6 +520,30 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     );
     println!("waiting for retry   {}", s.deferred);
     println!("dead letters        {}", s.dead_letters);
+    println!(
+        "write-back refused  {} (Go.Data records set aside; godata-bridge dead-letter list)",
+        s.writeback_dead_letters
+    );
+    match &login {
+        Some(l) => println!(
+            "go.data login       {}{} (reported {:.0} s ago)",
+            match l.state.as_str() {
+                "refused" => format!(
+                    "REFUSED {} time(s) in a row: fix the password (GODATA_BRIDGE_GODATA_PASSWORD)",
+                    l.refused_in_a_row
+                ),
+                "locked" =>
+                    "LOCKED: Go.Data blocks the account (too many failed logins)".to_string(),
+                other => other.to_string(),
+            },
+            l.next_try_in_secs
+                .filter(|_| l.state != "ok")
+                .map(|w| format!("; next login in {w:.0} s"))
+                .unwrap_or_default(),
+            l.reported_age_secs
+        ),
+        None => println!("go.data login       - (the bridge has not reported yet)"),
+    }
     println!(
         "last delivery       {}",
         s.last_delivery.as_deref().unwrap_or("-")
@@ -570,47 +599,184 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes the Go.Data login's state to `godata_bridge.state` when it
+/// changes (for `status`, which runs in another process), until `shutdown`.
+async fn report_login(
+    config: Config,
+    client: std::sync::Arc<crate::godata::client::Client>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut reported = None;
+    let mut pg = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let now = client.login_state();
+        if reported == Some(now) {
+            continue;
+        }
+        if pg.is_none() {
+            pg = connect_hmis(&config).await.ok();
+        }
+        let Some(c) = pg.as_ref() else { continue };
+        let state = match now.0 {
+            crate::godata::client::LoginState::Unknown => "unknown",
+            crate::godata::client::LoginState::Ok => "ok",
+            crate::godata::client::LoginState::Refused => "refused",
+            crate::godata::client::LoginState::Locked => "locked",
+        };
+        let value = serde_json::json!({
+            "state": state,
+            "refused_in_a_row": now.1,
+            "next_try_in_secs": client.login_wait().map(|w| w.as_secs_f64()),
+        });
+        match c
+            .execute(
+                "INSERT INTO godata_bridge.state (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+                &[&ops::GODATA_LOGIN_STATE, &value],
+            )
+            .await
+        {
+            Ok(_) => reported = Some(now),
+            Err(_) => pg = None,
+        }
+    }
+}
+
 /// `dead-letter list|retry|discard`.
 pub enum DeadLetterAction {
     List { json: bool },
-    Retry(Vec<i64>),
-    Discard(Vec<i64>),
+    Retry(DeadLetterIds),
+    Discard(DeadLetterIds),
+}
+
+/// Dead-letter ids named on the command line, by direction; both empty
+/// means all.
+#[derive(Debug, Default, PartialEq)]
+pub struct DeadLetterIds {
+    pub push: Vec<i64>,
+    pub pull: Vec<i64>,
+}
+
+impl DeadLetterIds {
+    /// `17` or `push:17` (an HMIS change), `pull:3` (a Go.Data record).
+    pub fn parse(ids: &[String]) -> anyhow::Result<DeadLetterIds> {
+        let mut out = DeadLetterIds::default();
+        for id in ids {
+            let (list, n) = match id.split_once(':') {
+                None => (&mut out.push, id.as_str()),
+                Some(("push", n)) => (&mut out.push, n),
+                Some(("pull", n)) => (&mut out.pull, n),
+                Some(_) => anyhow::bail!("dead-letter id `{id}`: write 17 (push) or pull:3"),
+            };
+            list.push(
+                n.parse()
+                    .map_err(|_| anyhow::anyhow!("dead-letter id `{id}`: not a number"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn all(&self) -> bool {
+        self.push.is_empty() && self.pull.is_empty()
+    }
+}
+
+/// One dead letter of either direction, for `dead-letter list --json`.
+#[derive(serde::Serialize)]
+#[serde(tag = "direction", rename_all = "lowercase")]
+enum Listed {
+    Push(ops::DeadLetter),
+    Pull(crate::writeback::dead_letter::Entry),
 }
 
 pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::Result<()> {
+    use crate::writeback::dead_letter as pull_dl;
     let mut pg = connect_hmis(config).await?;
     match action {
         DeadLetterAction::List { json } => {
-            let list = ops::dead_letters(&pg).await?;
+            let push = ops::dead_letters(&pg).await?;
+            let pull = pull_dl::list(&pg, &[]).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else if list.is_empty() {
+                let all: Vec<Listed> = push
+                    .into_iter()
+                    .map(Listed::Push)
+                    .chain(pull.into_iter().map(Listed::Pull))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            if push.is_empty() && pull.is_empty() {
                 println!("no dead letters");
-            } else {
-                for d in list {
-                    println!(
-                        "{:>8}  {}  {}  {}  {}  status={} code={}  {}",
-                        d.id,
-                        d.failed_at,
-                        d.table,
-                        d.op,
-                        d.key,
-                        d.http_status
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| "-".into()),
-                        d.godata_code.as_deref().unwrap_or("-"),
-                        d.reason
-                    );
-                }
+            }
+            if !push.is_empty() {
+                println!("push (HMIS changes Go.Data refused):");
+            }
+            for d in push {
+                println!(
+                    "{:>8}  {}  {}  {}  {}  status={} code={}  {}",
+                    d.id,
+                    d.failed_at,
+                    d.table,
+                    d.op,
+                    d.key,
+                    d.http_status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    d.godata_code.as_deref().unwrap_or("-"),
+                    d.reason
+                );
+            }
+            if !pull.is_empty() {
+                println!("pull (Go.Data records the write-back refused):");
+            }
+            for d in pull {
+                println!(
+                    "{:>8}  {}  {}  {} {}  sqlstate={} constraint={} column={}{}  attempts={}{}  {}",
+                    format!("pull:{}", d.id),
+                    d.failed_at,
+                    d.table,
+                    d.resource,
+                    d.godata_id,
+                    d.sqlstate.as_deref().unwrap_or("-"),
+                    d.constraint.as_deref().unwrap_or("-"),
+                    d.column.as_deref().unwrap_or("-"),
+                    d.other_godata_id
+                        .as_deref()
+                        .map(|o| format!(" held-by={o}"))
+                        .unwrap_or_default(),
+                    d.attempts,
+                    if d.retry_requested { " (retry asked)" } else { "" },
+                    d.reason
+                );
             }
         }
         DeadLetterAction::Retry(ids) => {
-            let n = ops::retry_dead_letters(&mut pg, &ids).await?;
-            println!("{n} dead letter(s) back in the outbox");
+            if ids.all() || !ids.push.is_empty() {
+                let n = ops::retry_dead_letters(&mut pg, &ids.push).await?;
+                println!("{n} dead letter(s) back in the outbox");
+            }
+            if ids.all() || !ids.pull.is_empty() {
+                let n = pull_dl::request_retry(&pg, &ids.pull).await?;
+                println!(
+                    "{n} write-back dead letter(s) marked: the running bridge reads them from Go.Data again at its next pull (every {} s)",
+                    config.pull.interval_secs
+                );
+            }
         }
         DeadLetterAction::Discard(ids) => {
-            let n = ops::discard_dead_letters(&pg, &ids).await?;
-            println!("{n} dead letter(s) discarded");
+            if ids.all() || !ids.push.is_empty() {
+                let n = ops::discard_dead_letters(&pg, &ids.push).await?;
+                println!("{n} dead letter(s) discarded");
+            }
+            if ids.all() || !ids.pull.is_empty() {
+                let n = pull_dl::discard(&pg, &ids.pull).await?;
+                println!("{n} write-back dead letter(s) discarded");
+            }
         }
     }
     Ok(())

@@ -135,7 +135,10 @@ async fn ready(probe: &Probe) -> (bool, serde_json::Value) {
             false,
             "account blocked by Go.Data after failed logins; no login is tried before the block ends".to_string(),
         ),
-        (true, LoginState::Ok | LoginState::Unknown) => (true, "ok".to_string()),
+        // Ready once a login has worked: until then a wrong password could
+        // still stop the bridge at start.
+        (true, LoginState::Unknown) => (false, "not logged in yet".to_string()),
+        (true, LoginState::Ok) => (true, "ok".to_string()),
     };
     let body = json!({
         "postgres": if db_ok { "ok" } else { "unreachable" },

@@ -126,22 +126,28 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum DeadLetterCmd {
-    /// Show dead letters (ids, keys, status, Go.Data code, reason).
+    /// Show dead letters of both directions: HMIS changes Go.Data refused
+    /// (push; ids, keys, status, Go.Data code, reason) and Go.Data records
+    /// a write-back target refused (pull; Go.Data id, SQLSTATE, constraint,
+    /// column). Never values.
     List {
         #[arg(long)]
         json: bool,
     },
-    /// Put dead letters back into the outbox.
+    /// Push dead letters go back into the outbox; pull dead letters are
+    /// read from Go.Data again by the running bridge at its next poll.
     Retry {
-        /// Dead-letter ids.
-        ids: Vec<i64>,
-        /// Every dead letter.
+        /// Dead-letter ids as `list` shows them: `17` (push) or `pull:3`.
+        ids: Vec<String>,
+        /// Every dead letter, both directions.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },
-    /// Delete dead letters for good.
+    /// Delete dead letters for good (a pull dead letter's record is written
+    /// when Go.Data changes it again).
     Discard {
-        ids: Vec<i64>,
+        /// Dead-letter ids as `list` shows them: `17` (push) or `pull:3`.
+        ids: Vec<String>,
         #[arg(long, conflicts_with = "ids")]
         all: bool,
     },
@@ -314,8 +320,12 @@ fn main() -> ExitCode {
                     {
                         return Err(anyhow::anyhow!("name the dead-letter ids, or pass --all"));
                     }
-                    DeadLetterCmd::Retry { ids, .. } => DeadLetterAction::Retry(ids),
-                    DeadLetterCmd::Discard { ids, .. } => DeadLetterAction::Discard(ids),
+                    DeadLetterCmd::Retry { ids, .. } => {
+                        DeadLetterAction::Retry(commands::DeadLetterIds::parse(&ids)?)
+                    }
+                    DeadLetterCmd::Discard { ids, .. } => {
+                        DeadLetterAction::Discard(commands::DeadLetterIds::parse(&ids)?)
+                    }
                 };
                 commands::dead_letter(cfg(), action).await
             }

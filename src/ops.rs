@@ -18,6 +18,9 @@ pub struct Status {
     /// Changes waiting for a retry after a transient failure.
     pub deferred: i64,
     pub dead_letters: i64,
+    /// Go.Data records a write-back target refused
+    /// (`godata_bridge.writeback_dead_letter`).
+    pub writeback_dead_letters: i64,
     /// When Go.Data last acknowledged a change (RFC 3339).
     pub last_delivery: Option<String>,
     pub linked_records: i64,
@@ -43,7 +46,8 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
                     (SELECT coalesce(array_agg(table_name ORDER BY table_name), '{}') FROM godata_bridge.tracked),
                     (SELECT value FROM godata_bridge.state WHERE name = 'pull_cursor:case'),
                     (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = 'pull_cursor:case'),
-                    (SELECT count(*) FROM godata_bridge.conflict)",
+                    (SELECT count(*) FROM godata_bridge.conflict),
+                    (SELECT count(*) FROM godata_bridge.writeback_dead_letter)",
             &[],
         )
         .await?;
@@ -58,7 +62,46 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
         pull_cursor: r.get(7),
         pull_cursor_age_secs: r.get(8),
         conflicts: r.get(9),
+        writeback_dead_letters: r.get(10),
     })
+}
+
+/// The `godata_bridge.state` row where the running bridge reports its
+/// Go.Data login (when it changes): `{"state", "refused_in_a_row",
+/// "next_try_in_secs"}`.
+pub const GODATA_LOGIN_STATE: &str = "godata_login";
+
+/// The running bridge's Go.Data login, as it last reported it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GodataLogin {
+    /// `ok`, `refused` (wrong credentials), `locked` (Go.Data blocks the
+    /// account) or `unknown` (no login yet).
+    pub state: String,
+    pub refused_in_a_row: i64,
+    /// When the report was made: seconds until the next login may be tried.
+    pub next_try_in_secs: Option<f64>,
+    /// Seconds since the bridge reported this.
+    pub reported_age_secs: f64,
+}
+
+pub async fn godata_login(
+    pg: &impl GenericClient,
+) -> Result<Option<GodataLogin>, tokio_postgres::Error> {
+    Ok(pg
+        .query_opt(
+            "SELECT value->>'state', coalesce((value->>'refused_in_a_row')::int8, 0),
+                    (value->>'next_try_in_secs')::float8 - extract(epoch FROM now() - updated_at)::float8,
+                    extract(epoch FROM now() - updated_at)::float8
+               FROM godata_bridge.state WHERE name = $1",
+            &[&GODATA_LOGIN_STATE],
+        )
+        .await?
+        .map(|r| GodataLogin {
+            state: r.get(0),
+            refused_in_a_row: r.get(1),
+            next_try_in_secs: r.get::<_, Option<f64>>(2).map(|s| s.max(0.0)),
+            reported_age_secs: r.get(3),
+        }))
 }
 
 /// The `godata_bridge.state` row where logical mode's running bridge

@@ -189,6 +189,11 @@ impl LoginGate {
     pub fn failures(&self) -> u32 {
         self.failures
     }
+
+    /// How long until the next login may be tried.
+    pub fn wait(&self, now: std::time::Instant) -> Option<Duration> {
+        self.may_try(now).err()
+    }
 }
 
 /// A Go.Data API client for one account and one outbreak.
@@ -298,6 +303,14 @@ impl Client {
     pub fn login_state(&self) -> (LoginState, u32) {
         let g = self.gate.lock().expect("gate lock");
         (g.state(), g.failures())
+    }
+
+    /// How long until the next login may be tried (after a refusal).
+    pub fn login_wait(&self) -> Option<Duration> {
+        self.gate
+            .lock()
+            .expect("gate lock")
+            .wait(std::time::Instant::now())
     }
 
     /// `POST /users/login` (it also names the user, for the outbreak

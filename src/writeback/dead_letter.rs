@@ -113,6 +113,8 @@ pub struct Entry {
     pub first_failed_at: String,
     pub failed_at: String,
     pub attempts: i32,
+    /// `dead-letter retry` asked for it; the running pull has not yet.
+    pub retry_requested: bool,
 }
 
 const UTC: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'";
@@ -129,7 +131,8 @@ pub async fn list(
                         to_char(godata_updated_at AT TIME ZONE 'UTC', {UTC}),
                         sqlstate, constraint_name, column_name, other_godata_id, reason,
                         to_char(first_failed_at AT TIME ZONE 'UTC', {UTC}),
-                        to_char(failed_at AT TIME ZONE 'UTC', {UTC}), attempts
+                        to_char(failed_at AT TIME ZONE 'UTC', {UTC}), attempts,
+                        retry_requested_at IS NOT NULL
                    FROM godata_bridge.writeback_dead_letter
                   WHERE cardinality($1::int8[]) = 0 OR id = ANY($1)
                   ORDER BY id"
@@ -153,8 +156,60 @@ pub async fn list(
             first_failed_at: r.get(10),
             failed_at: r.get(11),
             attempts: r.get(12),
+            retry_requested: r.get(13),
         })
         .collect())
+}
+
+/// Marks entries for the running pull to re-read from Go.Data and write
+/// again at its next poll (all when `ids` is empty). Returns how many.
+pub async fn request_retry(
+    pg: &impl GenericClient,
+    ids: &[i64],
+) -> Result<u64, tokio_postgres::Error> {
+    pg.execute(
+        "UPDATE godata_bridge.writeback_dead_letter SET retry_requested_at = now()
+          WHERE cardinality($1::int8[]) = 0 OR id = ANY($1)",
+        &[&ids],
+    )
+    .await
+}
+
+/// Go.Data ids of `resource`'s entries marked for a retry.
+pub async fn retry_requested(
+    pg: &impl GenericClient,
+    resource: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(pg
+        .query(
+            "SELECT DISTINCT godata_id FROM godata_bridge.writeback_dead_letter
+              WHERE resource = $1 AND retry_requested_at IS NOT NULL",
+            &[&resource],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Ends the retry of `resource`'s entries for `godata_ids`: those still
+/// there were refused again (one more attempt); `missing` ones are no
+/// longer in Go.Data.
+pub async fn retried(
+    pg: &impl GenericClient,
+    resource: &str,
+    godata_ids: &[String],
+    missing: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    pg.execute(
+        "UPDATE godata_bridge.writeback_dead_letter
+            SET retry_requested_at = NULL, failed_at = now(), attempts = attempts + 1,
+                reason = CASE WHEN godata_id = ANY($3) THEN 'the record is no longer in Go.Data' ELSE reason END
+          WHERE resource = $1 AND godata_id = ANY($2) AND retry_requested_at IS NOT NULL",
+        &[&resource, &godata_ids, &missing],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Deletes entries for good (all when `ids` is empty). The records stay

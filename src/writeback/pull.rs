@@ -135,6 +135,7 @@ pub async fn pull_once_with(
     for resource in [Resource::Case, Resource::Contact] {
         if config.pull.target.iter().any(|t| t.resource == resource) {
             total += pull_resource(pg, config, client, resource, pending).await?;
+            total += retry_dead_letters(pg, config, client, resource, pending).await?;
         }
     }
     Ok(total)
@@ -187,20 +188,8 @@ async fn pull_resource(
 ) -> Result<usize, PullError> {
     let o = fhir_options(config);
     let name = cursor_name(resource);
-    let collection = match resource {
-        Resource::Case => "cases",
-        Resource::Contact => "contacts",
-    };
-    let targets: Vec<&target::Target> = config
-        .pull
-        .target
-        .iter()
-        .filter(|t| t.resource == resource)
-        .collect();
-    let mut two_ways = vec![];
-    for t in &targets {
-        two_ways.push(two_way(pg, config, t).await?);
-    }
+    let collection = collection_of(resource);
+    let (targets, two_ways) = targets_of(pg, config, resource).await?;
     let dead_letters = dead_letter::any(pg).await?;
     let mut total = 0;
     // Each poll starts `overlap_ms` before the stored cursor: Go.Data's
@@ -290,6 +279,88 @@ async fn pull_resource(
         if i64::try_from(page.len()).unwrap_or(i64::MAX) < config.pull.page_size {
             return Ok(total);
         }
+    }
+}
+
+/// The targets of `resource`, each with its two-way state.
+async fn targets_of<'a>(
+    pg: &tokio_postgres::Client,
+    config: &'a Config,
+    resource: Resource,
+) -> Result<(Vec<&'a target::Target>, Vec<Option<target::TwoWay>>), tokio_postgres::Error> {
+    let targets: Vec<&target::Target> = config
+        .pull
+        .target
+        .iter()
+        .filter(|t| t.resource == resource)
+        .collect();
+    let mut two_ways = vec![];
+    for t in &targets {
+        two_ways.push(two_way(pg, config, t).await?);
+    }
+    Ok((targets, two_ways))
+}
+
+/// Write-back dead letters of `resource` marked by `dead-letter retry`:
+/// their records are read from Go.Data again (by id, 100 per request) and
+/// written as a page is. Returns how many HMIS rows changed.
+async fn retry_dead_letters(
+    pg: &mut tokio_postgres::Client,
+    config: &Config,
+    client: &Client,
+    resource: Resource,
+    pending: Option<&dyn PendingHmis>,
+) -> Result<usize, PullError> {
+    let label = resource_label(resource);
+    let ids = dead_letter::retry_requested(pg, label).await?;
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let (targets, two_ways) = targets_of(pg, config, resource).await?;
+    let o = fhir_options(config);
+    let collection = collection_of(resource);
+    let mut total = 0;
+    for chunk in ids.chunks(100) {
+        let page = client
+            .list(
+                collection,
+                &json!({ "where": { "id": { "inq": chunk } }, "deleted": true }),
+            )
+            .await?;
+        let bundles: Vec<Value> = match resource {
+            Resource::Case => page.iter().map(|c| case_bundle(c, &o)).collect(),
+            Resource::Contact => contact_bundles(client, &page, &o).await?,
+        };
+        let missing: Vec<String> = chunk
+            .iter()
+            .filter(|id| !page.iter().any(|r| r["id"].as_str() == Some(id.as_str())))
+            .cloned()
+            .collect();
+        let tx = pg.transaction().await?;
+        tx.batch_execute("SET LOCAL godata_bridge.origin = 'godata'")
+            .await?;
+        let written = write_page(
+            &tx, config, resource, &targets, &two_ways, &page, &bundles, pending, true,
+        )
+        .await?;
+        dead_letter::retried(&tx, label, chunk, &missing).await?;
+        tx.commit().await?;
+        let n: u64 = written.iter().map(|(_, n)| n).sum();
+        tracing::info!(
+            resource = label,
+            records = chunk.len(),
+            rows_changed = n,
+            "retried write-back dead letters"
+        );
+        total += usize::try_from(n).unwrap_or(usize::MAX);
+    }
+    Ok(total)
+}
+
+fn collection_of(r: Resource) -> &'static str {
+    match r {
+        Resource::Case => "cases",
+        Resource::Contact => "contacts",
     }
 }
 

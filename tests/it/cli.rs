@@ -1241,6 +1241,15 @@ async fn a_password_changed_while_running_backs_off_and_readyz_never_logs_in() {
         }
     })
     .await;
+    // `status` tells it too (the bridge reports its login on a change).
+    wait_for("status shows the refusal", Duration::from_secs(10), || {
+        let env = &env;
+        async move {
+            let (_, out, _) = bridge_cmd(&["status", "--config", EXAMPLE], env).await;
+            out.contains("go.data login       REFUSED") && out.contains("next login in")
+        }
+    })
+    .await;
     // Probes and changes keep coming for a while: no more logins.
     let refused = logins(&sim) - before;
     for _ in 0..20 {
@@ -1407,3 +1416,197 @@ async fn logical_check_install_and_uninstall_manage_the_slot() {
     };
     assert_eq!(left, (0, 0, 0, true));
 }
+
+/// A write-back dead letter through the CLI: `list` shows it by direction
+/// with its Go.Data id and SQLSTATE (no value), `status` counts it, and
+/// after the DBA widens the column `retry pull:N` makes the running bridge
+/// read the record again and write it.
+#[tokio::test]
+async fn a_writeback_dead_letter_is_listed_and_retried_after_the_fix() {
+    let sim = crate::writeback_e2e::sim_with_tracer().await;
+    let (_db, c, env) = reference_hmis(&sim).await;
+    c.batch_execute("ALTER TABLE hmis.tbl_cases ALTER COLUMN name TYPE varchar(40)")
+        .await
+        .unwrap();
+    let (code, _, err) = bridge_cmd(&["install", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    let _bridge = spawn_run(EXAMPLE, &env);
+    let t = crate::writeback_e2e::tracer(&sim).await;
+    let (_, out) = t
+        .post(
+            &crate::support::ob("cases"),
+            serde_json::json!({"firstName": "Longname".repeat(8), "lastName": "Kamara"}),
+        )
+        .await;
+    let id = out["id"].as_str().unwrap().to_string();
+    wait_for(
+        "the write-back dead letter",
+        Duration::from_secs(30),
+        || {
+            let c = &c;
+            async move {
+                let n: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM godata_bridge.writeback_dead_letter",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                n == 1
+            }
+        },
+    )
+    .await;
+    let (_, out, _) = bridge_cmd(&["dead-letter", "--config", EXAMPLE, "list"], &env).await;
+    assert!(
+        out.contains("pull (Go.Data records")
+            && out.contains(&id)
+            && out.contains("sqlstate=22001")
+            && out.contains("column=-")
+            && out.contains("hmis.tbl_cases"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("Longname") && !out.contains("Kamara"),
+        "{out}"
+    );
+    let dl: i64 = c
+        .query_one("SELECT id FROM godata_bridge.writeback_dead_letter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (_, out, _) = bridge_cmd(&["status", "--config", EXAMPLE, "--json"], &env).await;
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["writeback_dead_letters"], 1);
+    assert_eq!(status["godata_login"]["state"], "ok", "{status}");
+    // The DBA widens the column; the record has not changed in Go.Data.
+    c.batch_execute("ALTER TABLE hmis.tbl_cases ALTER COLUMN name TYPE text")
+        .await
+        .unwrap();
+    let (code, out, _) = bridge_cmd(
+        &[
+            "dead-letter",
+            "--config",
+            EXAMPLE,
+            "retry",
+            &format!("pull:{dl}"),
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("1 write-back dead letter(s) marked"), "{out}");
+    assert!(!out.contains("outbox"), "no push dead letter named: {out}");
+    wait_for("the record written", Duration::from_secs(30), || {
+        let (c, id) = (&c, &id);
+        async move {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM hmis.tbl_cases WHERE externalid = $1
+                        AND NOT EXISTS (SELECT 1 FROM godata_bridge.writeback_dead_letter)",
+                    &[id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 1
+        }
+    })
+    .await;
+    let (_, out, _) = bridge_cmd(&["dead-letter", "--config", EXAMPLE, "list"], &env).await;
+    assert!(out.contains("no dead letters"), "{out}");
+    let (code, _, err) = bridge_cmd(
+        &["dead-letter", "--config", EXAMPLE, "discard", "pulls:1"],
+        &env,
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("pulls:1"), "{err}");
+}
+
+/// A Go.Data outage with hundreds of changes pending logs one WARN per
+/// backoff step, not one line per change per attempt.
+async fn an_outage_logs_per_backoff_step_not_per_change(mode: Mode) {
+    let sim = start_sim().await;
+    let (_db, c, env) = reference_hmis_in(&sim, mode).await;
+    assert_eq!(
+        bridge_cmd(&["install", "--config", EXAMPLE], &env).await.0,
+        Some(0)
+    );
+    let mut run = spawn_run_with(EXAMPLE, &env, "127.0.0.1:0", Stdio::piped());
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut reader =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(run.stderr.take().unwrap()));
+    let collected = lines.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = reader.next_line().await {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    let said = |what: &'static str| {
+        let lines = lines.clone();
+        move || {
+            let n = lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(what))
+                .count();
+            async move { n > 0 }
+        }
+    };
+    wait_for(
+        "logged in",
+        Duration::from_secs(30),
+        said("logged in to go.data"),
+    )
+    .await;
+    sim.set_faults(sim::Faults {
+        error_rate: 1.0,
+        ..sim::Faults::default()
+    });
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         SELECT 'OUT-' || i, 'A', now(), 'suspected' FROM generate_series(1, 500) i",
+    )
+    .await
+    .unwrap();
+    let steps = |n: usize| {
+        let lines = lines.clone();
+        move || {
+            let k = lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("delivery pauses"))
+                .count();
+            async move { k >= n }
+        }
+    };
+    wait_for("three backoff steps", Duration::from_secs(60), steps(3)).await;
+    sim.set_faults(sim::Faults::default());
+    wait_for("all 500 in Go.Data", Duration::from_secs(60), || {
+        let n = sim.with_store(|s| s.persons.len());
+        async move { n == 500 }
+    })
+    .await;
+    let _ = run.start_kill();
+    let lines = lines.lock().unwrap();
+    let warns: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .collect();
+    let pauses = warns
+        .iter()
+        .filter(|l| l.contains("delivery pauses"))
+        .count();
+    assert!(
+        warns.len() <= pauses + 3,
+        "{} WARN/ERROR lines for {pauses} backoff steps: {:#?}",
+        warns.len(),
+        &warns[..warns.len().min(10)]
+    );
+}
+
+both_modes!(an_outage_logs_per_backoff_step_not_per_change);
