@@ -844,6 +844,10 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
                 "tables and columns",
                 problems.join("; "),
             );
+            // Warnings: the bridge runs, but some values may be refused.
+            for w in ops::narrow_columns(&pg, config).await? {
+                println!("warn {w}");
+            }
             let installed = ops::status(&pg).await;
             let is_installed = installed.is_ok();
             match installed {

@@ -274,6 +274,46 @@ async fn table_columns(
         .collect())
 }
 
+/// `[[pull.target]]` columns of a limited length (`varchar(n)`,
+/// `char(n)`): a value longer than that is a write-back dead letter, never
+/// cut. One warning per column whose mapping can produce more than fits,
+/// or that takes free text (then a long value may come).
+pub async fn narrow_columns(
+    pg: &impl GenericClient,
+    config: &Config,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut out = vec![];
+    for (i, t) in config.pull.target.iter().enumerate() {
+        let (schema, table) = split_table(&t.table).expect("validated");
+        for (j, c) in t.columns.iter().enumerate() {
+            let r = pg
+                .query_opt(
+                    "SELECT a.atttypmod - 4, format_type(a.atttypid, a.atttypmod)
+                       FROM pg_attribute a JOIN pg_class r ON r.oid = a.attrelid
+                       JOIN pg_namespace n ON n.oid = r.relnamespace
+                      WHERE n.nspname = $1 AND r.relname = $2 AND a.attname = $3
+                        AND a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype) AND a.atttypmod > 4",
+                    &[&schema, &table, &c.column],
+                )
+                .await?;
+            let Some(r) = r else { continue };
+            let (limit, ty): (i32, String) = (r.get(0), r.get(1));
+            let at = format!("pull.target[{i}].columns[{j}] ({}.{})", t.table, c.column);
+            match c.max_chars() {
+                Some(n) if n <= usize::try_from(limit).unwrap_or(0) => {}
+                Some(n) => out.push(format!(
+                    "{at}: the column is {ty}, the mapping can produce {n} characters; longer values become write-back dead letters"
+                )),
+                None => out.push(format!(
+                    "{at}: the column is {ty} and takes free text ({}); a longer value becomes a write-back dead letter, never a cut one",
+                    c.from
+                )),
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Checks every `[[push]]` table and column against the catalog. Each
 /// problem names the config field and the database object.
 pub async fn catalog_problems(

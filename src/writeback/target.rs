@@ -157,8 +157,206 @@ impl Target {
         {
             out.push("hmis_updated_column: needed when a column's owner is `newest`".into());
         }
+        for (i, c) in self.columns.iter().enumerate() {
+            if let Err(e) = check_path(&c.from, self.resource) {
+                out.push(format!("columns[{i}].from (column `{}`): {e}", c.column));
+            }
+        }
         out
     }
+}
+
+impl Column {
+    /// The most characters this column's mapping can produce, where that
+    /// can be told (a value map, a date, an id); `None` for free text.
+    pub fn max_chars(&self) -> Option<usize> {
+        if let Some(map) = &self.values {
+            return map.values().map(|v| v.chars().count()).max();
+        }
+        match self.render {
+            As::Date => return Some(10),
+            As::Deceased => return Some(5),
+            As::Text | As::FullName | As::AddressText => {}
+        }
+        // Each alternative must be known.
+        self.from
+            .split('|')
+            .map(|alt| match alt.trim() {
+                "godata.id" => Some(36),
+                "Patient.gender" | "RelatedPerson.gender" => Some(7),
+                "Patient.active" | "RelatedPerson.active" => Some(5),
+                p if p.ends_with("birthDate") || p.ends_with("recordedDate") => Some(10),
+                _ => None,
+            })
+            .try_fold(0, |m, n| n.map(|n| m.max(n)))
+    }
+}
+
+/// The elements of the FHIR R4 resources a Bundle of `resource` carries
+/// (what a path after `Patient.` and so on may start with).
+fn fhir_elements(root: &str, resource: Resource) -> Option<&'static [&'static str]> {
+    const PATIENT: &[&str] = &[
+        "resourceType",
+        "id",
+        "meta",
+        "text",
+        "extension",
+        "identifier",
+        "active",
+        "name",
+        "telecom",
+        "gender",
+        "birthDate",
+        "deceasedBoolean",
+        "deceasedDateTime",
+        "address",
+        "maritalStatus",
+        "multipleBirthBoolean",
+        "multipleBirthInteger",
+        "photo",
+        "contact",
+        "communication",
+        "generalPractitioner",
+        "managingOrganization",
+        "link",
+    ];
+    const CONDITION: &[&str] = &[
+        "resourceType",
+        "id",
+        "meta",
+        "text",
+        "extension",
+        "identifier",
+        "clinicalStatus",
+        "verificationStatus",
+        "category",
+        "severity",
+        "code",
+        "bodySite",
+        "subject",
+        "encounter",
+        "onsetDateTime",
+        "onsetAge",
+        "onsetPeriod",
+        "onsetRange",
+        "onsetString",
+        "abatementDateTime",
+        "abatementAge",
+        "abatementPeriod",
+        "abatementRange",
+        "abatementString",
+        "recordedDate",
+        "recorder",
+        "asserter",
+        "stage",
+        "evidence",
+        "note",
+    ];
+    const RELATED_PERSON: &[&str] = &[
+        "resourceType",
+        "id",
+        "meta",
+        "text",
+        "extension",
+        "identifier",
+        "active",
+        "patient",
+        "relationship",
+        "name",
+        "telecom",
+        "gender",
+        "birthDate",
+        "address",
+        "photo",
+        "period",
+        "communication",
+    ];
+    match (root, resource) {
+        ("Patient", _) => Some(PATIENT),
+        ("Condition", Resource::Case) => Some(CONDITION),
+        ("RelatedPerson", Resource::Contact) => Some(RELATED_PERSON),
+        _ => None,
+    }
+}
+
+/// Checks a `from` path (`a | b` alternatives) against the grammar of
+/// [`Sources::get`] and the resources the target's Bundle carries, so a
+/// typo is a config error rather than a column silently written NULL.
+pub fn check_path(path: &str, resource: Resource) -> Result<(), String> {
+    for alt in path.split('|').map(str::trim) {
+        if alt.is_empty() {
+            return Err(format!("`{path}` has an empty alternative"));
+        }
+        if alt == "bundle" {
+            continue;
+        }
+        let (root, rest) = alt.split_once('.').unwrap_or((alt, ""));
+        let elements = if root == "godata" {
+            if rest.is_empty() {
+                return Err(format!("`{alt}`: name a Go.Data field, e.g. `godata.id`"));
+            }
+            None
+        } else {
+            let Some(e) = fhir_elements(root, resource) else {
+                let carried = match resource {
+                    Resource::Case => "Patient, Condition",
+                    Resource::Contact => "Patient, RelatedPerson",
+                };
+                return Err(format!(
+                    "`{alt}`: starts with `{root}`; a path starts with godata, bundle or a resource the {} Bundle carries ({carried})",
+                    match resource {
+                        Resource::Case => "case",
+                        Resource::Contact => "contact",
+                    }
+                ));
+            };
+            Some(e)
+        };
+        for (n, seg) in rest.split('.').enumerate() {
+            if seg.is_empty() {
+                if rest.is_empty() && elements.is_some() {
+                    break;
+                }
+                return Err(format!("`{alt}`: an empty step"));
+            }
+            let (name, mut sel) = match seg.find('[') {
+                Some(i) => (&seg[..i], &seg[i..]),
+                None => (seg, ""),
+            };
+            if name.is_empty() || name.contains(']') {
+                return Err(format!("`{alt}`: step `{seg}` has no field name"));
+            }
+            if n == 0 {
+                if let Some(e) = elements {
+                    if !e.contains(&name) {
+                        return Err(format!(
+                            "`{alt}`: `{root}` has no element `{name}` in FHIR R4"
+                        ));
+                    }
+                }
+            }
+            while !sel.is_empty() {
+                let Some(r) = sel.strip_prefix('[') else {
+                    return Err(format!("`{alt}`: unexpected `{sel}` after a selector"));
+                };
+                let Some(end) = r.find(']') else {
+                    return Err(format!("`{alt}`: `[` without `]`"));
+                };
+                let inner = &r[..end];
+                let ok = match inner.split_once('=') {
+                    Some((f, v)) => !f.is_empty() && !v.is_empty(),
+                    None => inner.parse::<usize>().is_ok(),
+                };
+                if !ok {
+                    return Err(format!(
+                        "`{alt}`: selector `[{inner}]` is neither an index nor `field=value`"
+                    ));
+                }
+                sel = &r[end + 1..];
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The documents a path can start from.
@@ -968,6 +1166,37 @@ async fn holder(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn paths_are_checked_against_the_grammar_and_fhir() {
+        for ok in [
+            "Patient.identifier[system=urn:hmis:key].value | godata.id",
+            "Patient.name[0]",
+            "Condition.verificationStatus.coding[0].code",
+            "godata.documents[type=X].number",
+            "bundle",
+            "Patient",
+        ] {
+            assert_eq!(check_path(ok, Resource::Case), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            check_path("RelatedPerson.relationship[0].text", Resource::Contact),
+            Ok(())
+        );
+        for (bad, says) in [
+            ("Patient.nmae[0]", "no element `nmae`"),
+            ("Patient.name[0.family", "without `]`"),
+            ("Patient.name[x]", "neither an index"),
+            ("Patient..name", "empty step"),
+            ("godata", "name a Go.Data field"),
+            ("Observation.code", "starts with `Observation`"),
+            ("RelatedPerson.patient", "Patient, Condition"),
+            ("Patient.name | ", "empty alternative"),
+        ] {
+            let e = check_path(bad, Resource::Case).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn paths_with_selectors_and_fallbacks() {

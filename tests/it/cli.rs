@@ -40,6 +40,28 @@ async fn bad_config_exits_2_naming_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("lanez"), "{err}");
     assert!(!err.contains("secret-pw"));
+    // A malformed pull path is a config error, not a column written NULL.
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    let typo = example.replace(
+        "from = \"Patient.name[0]\", as = \"full_name\"",
+        "from = \"Patient.nmae[0]\", as = \"full_name\"",
+    );
+    assert_ne!(typo, example, "the example maps Patient.name[0]");
+    std::fs::write(&path, typo).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("GODATA_BRIDGE_DATABASE_URL", "postgres://x@127.0.0.1/none")
+        .env("GODATA_BRIDGE_GODATA_PASSWORD", "secret-pw")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pull.target[0]") && err.contains("columns[2].from") && err.contains("nmae"),
+        "{err}"
+    );
     // A malformed database URL is the operator's too: exit 2, no password.
     let out = Command::new(BIN)
         .args(["run", "--config", EXAMPLE])
@@ -1430,6 +1452,23 @@ async fn a_writeback_dead_letter_is_listed_and_retried_after_the_fix() {
         .unwrap();
     let (code, _, err) = bridge_cmd(&["install", "--config", EXAMPLE], &env).await;
     assert_eq!(code, Some(0), "{err}");
+    // `check` warns of the narrow column, and of one a value map overflows.
+    c.batch_execute("ALTER TABLE hmis.tbl_cases ALTER COLUMN gender TYPE varchar(6)")
+        .await
+        .unwrap();
+    let (code, out, _) = bridge_cmd(&["check", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(0), "warnings do not fail the check: {out}");
+    assert!(
+        out.contains("warn pull.target[0].columns[2] (hmis.tbl_cases.name): the column is character varying(40) and takes free text"),
+        "{out}"
+    );
+    assert!(
+        out.contains("(hmis.tbl_cases.gender): the column is character varying(6), the mapping can produce 7 characters"),
+        "{out}"
+    );
+    c.batch_execute("ALTER TABLE hmis.tbl_cases ALTER COLUMN gender TYPE text")
+        .await
+        .unwrap();
     let _bridge = spawn_run(EXAMPLE, &env);
     let t = crate::writeback_e2e::tracer(&sim).await;
     let (_, out) = t
