@@ -819,22 +819,16 @@ impl Deliverer {
                         1.0,
                     );
                     let error = e.to_string();
-                    // Go.Data itself is down or overloaded: the rest of the
-                    // lane waits too, without a request each, and delivery
-                    // pauses (see `outage`).
+                    // Go.Data itself is down or overloaded: delivery pauses
+                    // (see `outage`) and the rest of the lane waits for the
+                    // pause, untouched: no request each, and no attempt
+                    // counted against changes that were never tried (their
+                    // own backoff would grow with every other change's
+                    // failure).
                     if matches!(e.class(), "connection" | "5xx" | "429") {
                         self.note_outage(&e);
-                        for q in rest.by_ref() {
-                            let delay =
-                                backoff(q.change.attempts, self.config.delivery.max_backoff_secs);
-                            outcomes.push((
-                                q.change,
-                                Outcome::Deferred {
-                                    delay,
-                                    error: error.clone(),
-                                },
-                            ));
-                        }
+                        outcomes.push((p.change, Outcome::Deferred { delay, error }));
+                        return (outcomes, rest.map(|q| q.change).collect(), None);
                     } else {
                         // Counted in the drain's summary line; one line
                         // per change per attempt would flood the log.

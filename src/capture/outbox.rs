@@ -58,7 +58,11 @@ pub async fn drain(
             ..d
         });
         if d.settled() == 0 {
-            total.next_due = next_due(pg).await?;
+            // Changes left untouched by an outage are due when it ends.
+            total.next_due = match deliverer.outage() {
+                Some(wait) => Some(wait),
+                None => next_due(pg).await?,
+            };
             return Ok(total);
         }
     }
