@@ -35,10 +35,26 @@ CREATE TABLE IF NOT EXISTS godata_bridge.schema_version (
     version      int PRIMARY KEY,
     installed_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS godata_bridge.state (
+    name       text PRIMARY KEY,
+    value      jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+-- How Go.Data ids are derived (src/godata/ids.rs), decided once: Go.Data
+-- keeps person ids unique across all outbreaks, so a new installation
+-- derives them from (namespace, outbreak, table, key) with a namespace of
+-- its own (scheme 2). An installation that existed before (it has a schema
+-- version already) keeps scheme 1 and the fixed namespace of earlier
+-- releases: its records in Go.Data keep their ids, linked or not.
+INSERT INTO godata_bridge.state (name, value)
+SELECT 'id_scheme', CASE WHEN EXISTS (SELECT 1 FROM godata_bridge.schema_version)
+    THEN jsonb_build_object('version', 1, 'namespace', '6f1c2b8e-5a43-4d0e-9b3c-7e2a1d5f0c91')
+    ELSE jsonb_build_object('version', 2, 'namespace', gen_random_uuid()::text) END
+ON CONFLICT (name) DO NOTHING;
 INSERT INTO godata_bridge.schema_version (version) VALUES (1) ON CONFLICT DO NOTHING;
 -- Version 2: link.synced (per-field push) and the conflict log.
 INSERT INTO godata_bridge.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
--- Version 3: write-back dead letters.
+-- Version 3: write-back dead letters, the id scheme.
 INSERT INTO godata_bridge.schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS godata_bridge.outbox (
@@ -115,6 +131,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS link_godata_id_idx ON godata_bridge.link (goda
 -- changed since; the write-back sees which of its columns have an HMIS
 -- change not yet pushed. NULL for links made before version 2.
 ALTER TABLE godata_bridge.link ADD COLUMN IF NOT EXISTS synced jsonb;
+-- The outbreak the linked record lives in: a bridge pointed at another
+-- outbreak ignores links into the old one (Go.Data ids are unique across
+-- outbreaks, so those records cannot be updated there). NULL for links
+-- made before version 3: taken as the current outbreak.
+ALTER TABLE godata_bridge.link ADD COLUMN IF NOT EXISTS outbreak_id text;
 DO $$ BEGIN
     IF (SELECT relpersistence FROM pg_class WHERE oid = 'godata_bridge.link'::regclass) = 'p' THEN
         ALTER TABLE godata_bridge.link SET UNLOGGED;
@@ -144,12 +165,6 @@ CREATE TABLE IF NOT EXISTS godata_bridge.tracked (
     table_name   text PRIMARY KEY,
     key_columns  text[] NOT NULL,
     tracked_at   timestamptz NOT NULL DEFAULT now()
-);
-
-CREATE TABLE IF NOT EXISTS godata_bridge.state (
-    name       text PRIMARY KEY,
-    value      jsonb NOT NULL,
-    updated_at timestamptz NOT NULL DEFAULT now()
 );
 
 -- "schema"."table" of a relation, quoted only where needed (the outbox's

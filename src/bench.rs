@@ -947,12 +947,11 @@ async fn latency_in(quick: bool, mode: Mode, pace: Pace) -> anyhow::Result<Vec<R
             Some((p["id"].as_str()?.to_string(), t))
         })
         .collect();
-    let ns = crate::config::DEFAULT_ID_NAMESPACE;
+    let ids = crate::godata::ids::IdScheme::load(&c, crate::sim::DEFAULT_OUTBREAK_ID, None).await?;
     let mut ms: Vec<f64> = committed
         .iter()
         .filter_map(|(k, at)| {
-            let id = crate::godata::ids::godata_id(ns, "hmis.cases", &json!({ "case_id": k }))
-                .to_string();
+            let id = ids.id("hmis.cases", &json!({ "case_id": k })).to_string();
             created
                 .get(&id)
                 .map(|t| ((*t - *at).num_microseconds().unwrap_or(0) as f64 / 1000.0).max(0.0))

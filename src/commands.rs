@@ -982,13 +982,18 @@ pub async fn demo(
     )
     .await?;
     println!("  INSERT hmis.cases BO-2024-0002 (suspected)");
-    let ns = config.godata.id_namespace;
-    let id = crate::godata::ids::godata_id(
-        ns,
-        "hmis.cases",
-        &serde_json::json!({"case_id": "BO-2024-0002"}),
+    let ids = crate::godata::ids::IdScheme::load(
+        &pg,
+        config.godata.outbreak_id.as_deref().unwrap_or_default(),
+        config.godata.id_namespace,
     )
-    .to_string();
+    .await?;
+    let id = ids
+        .id(
+            "hmis.cases",
+            &serde_json::json!({"case_id": "BO-2024-0002"}),
+        )
+        .to_string();
     let field = |sim: &Sim, f: &str| sim.with_store(|s| s.persons.get(&id).map(|p| p[f].clone()));
     wait_until("the new case", || field(&sim, "classification").is_some()).await?;
     println!(
@@ -1019,12 +1024,12 @@ pub async fn demo(
     println!("  → Go.Data case {id}: deleted (soft)");
 
     println!("\nand back: a contact tracer records an outcome in Go.Data:");
-    let tracer_id = crate::godata::ids::godata_id(
-        ns,
-        "hmis.cases",
-        &serde_json::json!({"case_id": "KEN-2024-0002"}),
-    )
-    .to_string();
+    let tracer_id = ids
+        .id(
+            "hmis.cases",
+            &serde_json::json!({"case_id": "KEN-2024-0002"}),
+        )
+        .to_string();
     let tracer = Client::new(
         &sim.url(),
         DEMO_TRACER.0,

@@ -44,9 +44,9 @@ impl std::fmt::Display for Secret {
     }
 }
 
-/// The namespace of deterministic Go.Data ids (UUIDv5 of table and key).
-/// Changing it after the first sync would make every record new to Go.Data.
-pub const DEFAULT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1c_2b8e_5a43_4d0e_9b3c_7e2a_1d5f_0c91);
+/// The namespace of scheme-1 Go.Data ids (installations from before
+/// scheme 2; see [`crate::godata::ids::IdScheme`]).
+pub use crate::godata::ids::LEGACY_NAMESPACE as DEFAULT_ID_NAMESPACE;
 /// A missed NOTIFY is caught by this periodic drain at the latest.
 pub const DEFAULT_SAFETY_POLL_SECS: u64 = 30;
 /// Parallel delivery lanes (records are hashed to lanes; order per record).
@@ -199,8 +199,10 @@ pub struct Godata {
     pub password: Secret,
     #[serde(default)]
     pub outbreak_id: Option<String>,
-    #[serde(default = "default_namespace")]
-    pub id_namespace: Uuid,
+    /// Replaces the namespace of Go.Data ids that `install` generated
+    /// (see [`crate::godata::ids::IdScheme`]).
+    #[serde(default)]
+    pub id_namespace: Option<Uuid>,
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
     /// PEM file of a CA to trust for Go.Data's HTTPS (besides the built-in
@@ -212,9 +214,6 @@ pub struct Godata {
     pub insecure_skip_verify: bool,
 }
 
-fn default_namespace() -> Uuid {
-    DEFAULT_ID_NAMESPACE
-}
 fn default_request_timeout() -> u64 {
     DEFAULT_REQUEST_TIMEOUT_SECS
 }
@@ -227,7 +226,7 @@ impl Default for Godata {
             password_file: None,
             password: Secret::default(),
             outbreak_id: None,
-            id_namespace: DEFAULT_ID_NAMESPACE,
+            id_namespace: None,
             request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
             ca_file: None,
             insecure_skip_verify: false,

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, Resource};
 use crate::godata::client::{Client, Disposition, GodataError, EXTERNAL_ID_DOCUMENT};
-use crate::godata::ids::{content_hash, external_id, godata_id};
+use crate::godata::ids::{content_hash, external_id};
 use crate::mapping::{map_row, top_field, Locations, MapError};
 use crate::metrics;
 use crate::retry::backoff;
@@ -250,6 +250,8 @@ pub struct Delivered<T> {
     /// (`operator` says why); they stay as they were.
     pub untouched: Vec<Change<T>>,
     pub operator: Option<GodataError>,
+    /// The outbreak delivered to (the links record it).
+    pub outbreak_id: String,
 }
 
 impl<T> Delivered<T> {
@@ -447,6 +449,8 @@ pub struct Deliverer {
     hmis_updated: HashMap<String, String>,
     /// The last `dead-letter retry` seen; a new one drops cached locations.
     retry_mark: Option<Value>,
+    /// How Go.Data ids are derived (read from the HMIS by `refresh`).
+    ids: crate::godata::ids::IdScheme,
     /// Go.Data itself failing (unreachable, 5xx, 429): no delivery until
     /// `until`, then one batch probes. Keeps an outage cheap for both
     /// sides instead of a request per pending change.
@@ -466,9 +470,17 @@ impl Deliverer {
             .iter()
             .filter_map(|t| Some((t.table.clone(), t.hmis_updated_column.clone()?)))
             .collect();
+        let ids = crate::godata::ids::IdScheme {
+            namespace: config
+                .godata
+                .id_namespace
+                .unwrap_or(crate::config::DEFAULT_ID_NAMESPACE),
+            outbreak: None,
+        };
         Deliverer {
             owners,
             hmis_updated,
+            ids,
             config,
             client: client.into(),
             locations: RwLock::new((Locations::new(), None)),
@@ -524,6 +536,12 @@ impl Deliverer {
         {
             self.keys.insert(row.get(0), row.get(1));
         }
+        self.ids = crate::godata::ids::IdScheme::load(
+            pg,
+            self.client.outbreak_id(),
+            self.config.godata.id_namespace,
+        )
+        .await?;
         let mark: Option<Value> = pg
             .query_opt(
                 "SELECT value FROM godata_bridge.state WHERE name = 'dead_letter_retry'",
@@ -602,6 +620,7 @@ impl Deliverer {
             outcomes: vec![],
             untouched: vec![],
             operator: None,
+            outbreak_id: self.client.outbreak_id().to_string(),
         };
         for phase in phases {
             if out.operator.is_some() {
@@ -635,8 +654,9 @@ impl Deliverer {
             .query(
                 "SELECT l.table_name, l.row_key, l.godata_id, l.content_hash, l.synced
                    FROM unnest($1::text[], $2::jsonb[]) AS w(t, k)
-                   JOIN godata_bridge.link l ON l.table_name = w.t AND l.row_key = w.k",
-                &[&tables, &keys],
+                   JOIN godata_bridge.link l ON l.table_name = w.t AND l.row_key = w.k
+                  WHERE l.outbreak_id IS NULL OR l.outbreak_id = $3",
+                &[&tables, &keys, &self.client.outbreak_id()],
             )
             .await?;
         Ok(rows
@@ -758,7 +778,7 @@ impl Deliverer {
     }
 
     fn derived_id(&self, table: &str, key: &Value) -> Uuid {
-        godata_id(self.config.godata.id_namespace, table, key)
+        self.ids.id(table, key)
     }
 
     /// Delivers a lane's records in order. Stops at the first operator
@@ -1301,6 +1321,7 @@ fn with_nulls(push: &crate::config::Push, synced: &Value) -> Value {
 /// the deterministic ids make harmless.
 pub async fn record<'a, T: 'a>(
     pg: &impl tokio_postgres::GenericClient,
+    outbreak_id: &str,
     acked: impl IntoIterator<Item = (&'a Change<T>, &'a Acked)>,
     outbox_ids: &[i64],
 ) -> Result<(), tokio_postgres::Error> {
@@ -1389,7 +1410,7 @@ pub async fn record<'a, T: 'a>(
                   upd AS (UPDATE godata_bridge.link l
                              SET godata_id = s.gid, content_hash = s.hash,
                                  godata_updated_at = coalesce(s.upd::timestamptz, l.godata_updated_at),
-                                 pushed_at = now(),
+                                 pushed_at = now(), outbreak_id = $20,
                                  synced = CASE WHEN l.synced IS NULL OR s.prev IS NULL THEN s.syn
                                                ELSE (SELECT coalesce(jsonb_object_agg(x.k, x.v), '{}')
                                                        FROM (SELECT ks.k, CASE WHEN l.synced->ks.k IS NOT DISTINCT FROM s.prev->ks.k
@@ -1401,8 +1422,8 @@ pub async fn record<'a, T: 'a>(
                             FROM s WHERE s.kind = 'u' AND l.table_name = s.t AND l.row_key = s.k
                            RETURNING l.table_name, l.row_key),
                   ins AS (INSERT INTO godata_bridge.link
-                                 (table_name, row_key, resource, godata_id, content_hash, godata_updated_at, pushed_at, synced)
-                          SELECT t, k, res, gid, hash, upd::timestamptz, now(), syn FROM s
+                                 (table_name, row_key, resource, godata_id, content_hash, godata_updated_at, pushed_at, synced, outbreak_id)
+                          SELECT t, k, res, gid, hash, upd::timestamptz, now(), syn, $20 FROM s
                            WHERE kind = 'u'
                              AND NOT EXISTS (SELECT 1 FROM upd WHERE upd.table_name = s.t AND upd.row_key = s.k)
                           ON CONFLICT (table_name, row_key) DO NOTHING)
@@ -1410,7 +1431,7 @@ pub async fn record<'a, T: 'a>(
             &[
                 &tables, &keys, &kinds, &resources, &gids, &hashes, &updated, &outbox_ids, &synced,
                 &prevs, &c_tables, &c_keys, &c_ids, &c_fields, &c_hmis, &c_godata, &c_winners,
-                &c_prev, &c_cols,
+                &c_prev, &c_cols, &outbreak_id,
             ],
         )
         .await?;

@@ -952,6 +952,7 @@ async fn round(
 async fn persist(pg: &PgClient, delivered: &Delivered<Taken>) -> Result<(), tokio_postgres::Error> {
     deliver::record(
         pg,
+        &delivered.outbreak_id,
         delivered.outcomes.iter().filter_map(|(c, o)| match o {
             Outcome::Acked(a) => Some((c, a)),
             _ => None,

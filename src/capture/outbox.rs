@@ -47,7 +47,7 @@ pub async fn drain(
         } else {
             let delivered = deliverer.deliver(pg, batch, must_see).await?;
             let d = delivered.counts();
-            settle(pg, &delivered.outcomes).await?;
+            settle(pg, &delivered.outbreak_id, &delivered.outcomes).await?;
             if let Some(e) = delivered.operator {
                 return Err(DeliverError::Operator(e));
             }
@@ -138,6 +138,7 @@ async fn read_due(pg: &PgClient, limit: i64) -> Result<Vec<Change<Ids>>, tokio_p
 /// (one statement), dead ones move to `dead_letter`.
 async fn settle(
     pg: &PgClient,
+    outbreak_id: &str,
     outcomes: &[(Change<Ids>, Outcome)],
 ) -> Result<(), tokio_postgres::Error> {
     let mut gone = vec![];
@@ -175,7 +176,7 @@ async fn settle(
             }
         }
     }
-    deliver::record(pg, acked, &gone).await?;
+    deliver::record(pg, outbreak_id, acked, &gone).await?;
     if !ids.is_empty() {
         pg.execute(
             "UPDATE godata_bridge.outbox o

@@ -70,6 +70,12 @@ pub enum GodataError {
     /// what must change, never the whole row over it.
     #[error("Go.Data already holds this record")]
     Exists,
+    /// The id is taken, but not by a record of this outbreak and type that
+    /// the bridge can update (`PUT` 404, then `POST` 422 "`id` is not
+    /// unique", twice): Go.Data keeps person ids unique across every
+    /// outbreak and person type.
+    #[error("the id belongs to another outbreak or record type in Go.Data (ids are unique server-wide; see README, \"Go.Data ids\")")]
+    IdElsewhere,
 }
 
 impl GodataError {
@@ -81,6 +87,7 @@ impl GodataError {
             | GodataError::Exists
             | GodataError::BadBody { .. } => Disposition::Retry,
             GodataError::LoginPaused { .. } => Disposition::Operator,
+            GodataError::IdElsewhere => Disposition::DeadLetter,
             GodataError::Status { status, code, .. } => match (*status, code.as_deref()) {
                 (408 | 429, _) | (500..=599, _) => Disposition::Retry,
                 (401, _) | (403, _) => Disposition::Operator,
@@ -532,7 +539,12 @@ impl Client {
         // The first update of a known record sends only what changed; after
         // a restore or a create race, the record needs everything.
         let mut body_now = delta.filter(|_| known).unwrap_or(doc);
+        // Rounds in which the update found no record and the create found
+        // the id taken: once is a race with another writer, twice means
+        // the id lives elsewhere (another outbreak or person type).
+        let mut elsewhere = 0;
         for round in 0..3 {
+            let mut missed = false;
             if put_first {
                 let (status, body) = self.call(Method::PUT, &one, Some(body_now)).await?;
                 body_now = doc;
@@ -542,6 +554,7 @@ impl Client {
                 if status != 404 {
                     return Err(status_error(status, &body));
                 }
+                missed = true;
             }
             put_first = true;
             if let Some(ext) = adopt {
@@ -610,8 +623,16 @@ impl Client {
                 (422, _) if is_id_uniqueness(&body) && round == 0 && !known && adopt.is_none() => {
                     return Err(GodataError::Exists)
                 }
-                // Someone created it between our PUT and POST: update it.
-                (422, _) if is_id_uniqueness(&body) => {}
+                // Someone created it between our PUT and POST: update it;
+                // unless that already failed once.
+                (422, _) if is_id_uniqueness(&body) => {
+                    if missed {
+                        elsewhere += 1;
+                        if elsewhere >= 2 {
+                            return Err(GodataError::IdElsewhere);
+                        }
+                    }
+                }
                 _ => return Err(status_error(status, &body)),
             }
         }
@@ -807,6 +828,7 @@ impl GodataError {
             GodataError::Transport { .. } => "connection",
             GodataError::CaseMissing => "case_missing",
             GodataError::Exists => "exists",
+            GodataError::IdElsewhere => "id_elsewhere",
             GodataError::LoginPaused { .. } => "auth",
             GodataError::BadBody { .. } => "bad_body",
             GodataError::Status { status, .. } => match status {

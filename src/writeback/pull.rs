@@ -60,7 +60,10 @@ pub fn fhir_options(config: &Config) -> FhirOptions {
                 .trim_end_matches('/'),
             config.godata.outbreak_id.as_deref().unwrap_or_default()
         ),
-        namespace: config.godata.id_namespace,
+        namespace: config
+            .godata
+            .id_namespace
+            .unwrap_or(crate::config::DEFAULT_ID_NAMESPACE),
     }
 }
 

@@ -1119,11 +1119,9 @@ async fn debug_logs_carry_no_row_values() {
         },
     )
     .await;
-    let gid = godata_bridge::godata::ids::godata_id(
-        godata_bridge::config::DEFAULT_ID_NAMESPACE,
-        "hmis.cases",
-        &serde_json::json!({"case_id": "LOG-1"}),
-    );
+    let gid = crate::support::ids(&c)
+        .await
+        .id("hmis.cases", &serde_json::json!({"case_id": "LOG-1"}));
     let mut api = crate::support::Api::for_sim(&sim);
     api.login().await;
     api.put(

@@ -7,7 +7,6 @@ use godata_bridge::capture::install;
 use godata_bridge::config::{Config, Secret};
 use godata_bridge::deliver::Deliverer;
 use godata_bridge::godata::client::Client;
-use godata_bridge::godata::ids::godata_id;
 use godata_bridge::sim::{self, Faults, Sim};
 use serde_json::{json, Value};
 
@@ -16,7 +15,6 @@ use crate::support::{both_modes, fresh_db, settled, start_sim, wait_for, wal_mar
 pub(crate) struct Bridge {
     pub stop: tokio::sync::watch::Sender<bool>,
     pub task: tokio::task::JoinHandle<()>,
-    pub config: Config,
     /// The deliverer's read-snapshot test hook.
     pub read_snapshot: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -64,7 +62,6 @@ pub(crate) fn start_bridge(sim: &Sim, config: Config, pg: tokio_postgres::Config
     Bridge {
         stop,
         task,
-        config,
         read_snapshot,
     }
 }
@@ -88,7 +85,7 @@ pub(crate) async fn outbox_len(c: &tokio_postgres::Client) -> i64 {
 async fn cases_and_contacts_arrive_mapped_and_deletes_follow(mode: Mode) {
     let sim = start_sim().await;
     let (_db, c, bridge) = setup(&sim, mode).await;
-    let ns = bridge.config.godata.id_namespace;
+    let ids = crate::support::ids(&c).await;
     c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, birth_date, age_years, phone, address_line, city,
                                  district_code, lat, lng, national_id, occupation, onset_date, reported_at, classification,
@@ -101,13 +98,12 @@ async fn cases_and_contacts_arrive_mapped_and_deletes_follow(mode: Mode) {
     )
     .await
     .unwrap();
-    let case_id = godata_id(ns, "hmis.cases", &json!({"case_id": "BO-2024-0100"})).to_string();
-    let contact_id = godata_id(
-        ns,
-        "hmis.contacts",
-        &json!({"contact_id": "BO-2024-0100-C1"}),
-    )
-    .to_string();
+    let case_id = ids
+        .id("hmis.cases", &json!({"case_id": "BO-2024-0100"}))
+        .to_string();
+    let contact_id = ids
+        .id("hmis.contacts", &json!({"contact_id": "BO-2024-0100-C1"}))
+        .to_string();
     wait_for(
         "case and contact in Go.Data",
         Duration::from_secs(20),
@@ -314,11 +310,9 @@ async fn unchanged_content_is_not_sent_again_and_links_are_recorded(mode: Mode) 
     let gid: uuid::Uuid = link.get(0);
     assert_eq!(
         gid,
-        godata_id(
-            bridge.config.godata.id_namespace,
-            "hmis.cases",
-            &json!({"case_id": "L-1"})
-        )
+        crate::support::ids(&c)
+            .await
+            .id("hmis.cases", &json!({"case_id": "L-1"}))
     );
     assert_eq!(link.get::<_, String>(1), "case");
     let writes = |sim: &Sim| sim.requests().iter().filter(|r| r.method != "GET").count();
@@ -652,14 +646,8 @@ async fn least_privilege_roles_end_to_end() {
 async fn isolated_single_commits_each_arrive_with_their_values(mode: Mode) {
     let sim = start_sim().await;
     let (db, c, bridge) = setup(&sim, mode).await;
-    let id = |k: &str| {
-        godata_id(
-            bridge.config.godata.id_namespace,
-            "hmis.cases",
-            &json!({ "case_id": k }),
-        )
-        .to_string()
-    };
+    let ids = crate::support::ids(&c).await;
+    let id = |k: &str| ids.id("hmis.cases", &json!({ "case_id": k })).to_string();
     // Busy cores: the committing backend is preempted more often between
     // its commit record and becoming visible.
     let (stop_load, load_rx) = tokio::sync::watch::channel(false);

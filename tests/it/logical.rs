@@ -8,7 +8,6 @@ use std::time::Duration;
 use godata_bridge::capture::pgoutput::{self, Datum, Message};
 use godata_bridge::capture::replication::{AuthMethod, ReplConn, ReplError};
 use godata_bridge::config::TruncatePolicy;
-use godata_bridge::godata::ids::godata_id;
 use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
 use godata_bridge::pg_tls::Db;
 use godata_bridge::sim::Faults;
@@ -239,12 +238,10 @@ async fn a_large_toasted_value_survives_an_update_of_another_column(mode: Mode) 
         .await
         .unwrap()
         .get(0);
-    let id = godata_id(
-        config.godata.id_namespace,
-        "hmis.cases",
-        &json!({"case_id": "T-1"}),
-    )
-    .to_string();
+    let id = crate::support::ids(&c)
+        .await
+        .id("hmis.cases", &json!({"case_id": "T-1"}))
+        .to_string();
     wait_for("the case", Duration::from_secs(20), || {
         let ok = case_in(&sim, &id).is_some();
         async move { ok }
@@ -272,14 +269,8 @@ async fn an_update_of_the_key_moves_the_record(mode: Mode) {
     let db = fresh_db().await;
     let (c, config) = prepare(&sim, &db.config, &db.url, mode).await;
     let bridge = start_bridge(&sim, config.clone(), db.config.clone());
-    let id = |k: &str| {
-        godata_id(
-            config.godata.id_namespace,
-            "hmis.cases",
-            &json!({ "case_id": k }),
-        )
-        .to_string()
-    };
+    let ids = crate::support::ids(&c).await;
+    let id = |k: &str| ids.id("hmis.cases", &json!({ "case_id": k })).to_string();
     c.batch_execute(&format!("{INSERT} ('KC-1', 'A', now(), 'suspected')"))
         .await
         .unwrap();
@@ -345,14 +336,8 @@ async fn a_read_that_cannot_see_the_transaction_neither_settles_nor_deletes() {
     let db = fresh_db().await;
     let (c, config) = prepare(&sim, &db.config, &db.url, Mode::Logical).await;
     let bridge = start_bridge(&sim, config.clone(), db.config.clone());
-    let id = |k: &str| {
-        godata_id(
-            config.godata.id_namespace,
-            "hmis.cases",
-            &json!({ "case_id": k }),
-        )
-        .to_string()
-    };
+    let ids = crate::support::ids(&c).await;
+    let id = |k: &str| ids.id("hmis.cases", &json!({ "case_id": k })).to_string();
     // 1. An update whose unchanged-TOAST column must be read.
     let (holder, snap) = old_snapshot(&db).await;
     c.batch_execute(

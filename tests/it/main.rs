@@ -9,6 +9,7 @@ mod deliver_e2e;
 mod fhir_bundles;
 mod godata_client;
 mod harness;
+mod ids;
 mod layout;
 mod logical;
 mod sim_auth;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use godata_bridge::config::Config;
 use godata_bridge::deliver::Deliverer;
-use godata_bridge::godata::ids::godata_id;
 use godata_bridge::writeback::pull;
 use godata_bridge::writeback::target::Owner;
 use serde_json::{json, Value};
@@ -60,13 +59,11 @@ pub(crate) fn config_of(s: &Setup) -> Config {
     config
 }
 
-fn id_of(config: &Config, key: &str) -> String {
-    godata_id(
-        config.godata.id_namespace,
-        "hmis.cases",
-        &json!({ "case_id": key }),
-    )
-    .to_string()
+async fn id_of(s: &Setup, key: &str) -> String {
+    crate::support::ids(&s.c)
+        .await
+        .id("hmis.cases", &json!({ "case_id": key }))
+        .to_string()
 }
 
 async fn hmis_case(s: &Setup, key: &str) -> (String, String, Option<String>) {
@@ -125,7 +122,7 @@ async fn a_tracers_edit_while_the_bridge_is_down_survives_in_both_systems(mode: 
     let sim = sim_with_tracer().await;
     let s = setup_in(&sim, mode).await;
     let config = config_of(&s);
-    let gid = id_of(&config, "LU-000001");
+    let gid = id_of(&s, "LU-000001").await;
     s.c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, last_name, reported_at, classification)
          VALUES ('LU-000001', 'Mariama', 'Koroma', now(), 'suspected')",
@@ -210,7 +207,7 @@ async fn same_field_on_both_sides(mode: Mode, owner: Owner, hmis_last: bool) -> 
         .find(|c| c.column == "classification")
         .unwrap()
         .owner = Some(owner);
-    let gid = id_of(&config, "SF-1");
+    let gid = id_of(&s, "SF-1").await;
     s.c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
          VALUES ('SF-1', 'A', now(), 'suspected')",
@@ -303,7 +300,7 @@ async fn coalesced_edits_go_as_one_put_of_the_changed_fields(mode: Mode) {
     let sim = sim_with_tracer().await;
     let s = setup_in(&sim, mode).await;
     let config = config_of(&s);
-    let gid = id_of(&config, "CO-1");
+    let gid = id_of(&s, "CO-1").await;
     s.c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, last_name, phone, reported_at, classification)
          VALUES ('CO-1', 'A', 'B', '+23276000001', now(), 'suspected')",
@@ -354,7 +351,7 @@ async fn a_link_without_synced_state_does_not_overwrite_a_godata_edit(mode: Mode
     let sim = sim_with_tracer().await;
     let s = setup_in(&sim, mode).await;
     let config = config_of(&s);
-    let gid = id_of(&config, "UP-1");
+    let gid = id_of(&s, "UP-1").await;
     s.c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
          VALUES ('UP-1', 'A', now(), 'suspected')",

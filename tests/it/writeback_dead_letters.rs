@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use godata_bridge::godata::ids::godata_id;
 use godata_bridge::writeback::{dead_letter, pull};
 use serde_json::{json, Value};
 
@@ -38,12 +37,10 @@ async fn poison_records_are_set_aside_and_the_rest_arrives(mode: Mode) {
     )
     .await
     .unwrap();
-    let dl1 = godata_id(
-        config.godata.id_namespace,
-        "hmis.cases",
-        &json!({"case_id": "DL-1"}),
-    )
-    .to_string();
+    let dl1 = crate::support::ids(&s.c)
+        .await
+        .id("hmis.cases", &json!({"case_id": "DL-1"}))
+        .to_string();
     wait_for("DL-1 written back", Duration::from_secs(20), || {
         let c = &s.c;
         async move {

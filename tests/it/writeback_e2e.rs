@@ -268,12 +268,10 @@ async fn two_way_outcome_change_comes_back_without_echo(mode: Mode) {
     )
     .await
     .unwrap();
-    let gid = godata_bridge::godata::ids::godata_id(
-        config.godata.id_namespace,
-        "hmis.cases",
-        &json!({"case_id": "TW-1"}),
-    )
-    .to_string();
+    let gid = crate::support::ids(&s.c)
+        .await
+        .id("hmis.cases", &json!({"case_id": "TW-1"}))
+        .to_string();
     wait_for("the case in Go.Data", Duration::from_secs(20), || {
         let ok = sim.with_store(|st| st.persons.contains_key(&gid));
         async move { ok }
@@ -525,12 +523,10 @@ async fn system_of_record_decides_conflicts_column_by_column() {
     .await
     .unwrap();
     drain(&mut d, &pg).await;
-    let gid = godata_bridge::godata::ids::godata_id(
-        s.config.godata.id_namespace,
-        "hmis.cases",
-        &json!({"case_id": "SOR-1"}),
-    )
-    .to_string();
+    let gid = crate::support::ids(&s.c)
+        .await
+        .id("hmis.cases", &json!({"case_id": "SOR-1"}))
+        .to_string();
     let in_godata = |f: &str| sim.with_store(|st| st.persons[&gid][f].clone());
     assert_eq!(
         in_godata("classification"),

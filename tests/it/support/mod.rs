@@ -281,3 +281,11 @@ pub async fn wal_mark(c: &tokio_postgres::Client) -> String {
 pub async fn settled(c: &tokio_postgres::Client, mark: &str) -> bool {
     godata_bridge::ops::caught_up(c, mark).await.unwrap()
 }
+
+/// How the bridge derives Go.Data ids in this HMIS (as `install` recorded
+/// it), for the emulator's default outbreak.
+pub async fn ids(c: &tokio_postgres::Client) -> godata_bridge::godata::ids::IdScheme {
+    godata_bridge::godata::ids::IdScheme::load(c, godata_bridge::sim::DEFAULT_OUTBREAK_ID, None)
+        .await
+        .unwrap()
+}
