@@ -125,7 +125,16 @@ CREATE UNLOGGED TABLE IF NOT EXISTS godata_bridge.link (
     pushed_at         timestamptz,
     PRIMARY KEY (table_name, row_key)
 );
-CREATE UNIQUE INDEX IF NOT EXISTS link_godata_id_idx ON godata_bridge.link (godata_id);
+-- Not unique: when a person merges two records in Go.Data, the HMIS rows
+-- of both point to the one that survives.
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                WHERE i.relname = 'link_godata_id_idx' AND x.indisunique
+                  AND i.relnamespace = 'godata_bridge'::regnamespace) THEN
+        DROP INDEX godata_bridge.link_godata_id_idx;
+    END IF;
+END $$;
+CREATE INDEX IF NOT EXISTS link_godata_id_idx ON godata_bridge.link (godata_id);
 -- The HMIS row's pushed columns (as to_jsonb gives them) when Go.Data last
 -- agreed with them: a push sends only the fields mapped from columns that
 -- changed since; the write-back sees which of its columns have an HMIS

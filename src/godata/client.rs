@@ -539,6 +539,7 @@ impl Client {
         // The first update of a known record sends only what changed; after
         // a restore or a create race, the record needs everything.
         let mut body_now = delta.filter(|_| known).unwrap_or(doc);
+        let first_body = body_now;
         // Rounds in which the update found no record and the create found
         // the id taken: once is a race with another writer, twice means
         // the id lives elsewhere (another outbreak or person type).
@@ -580,13 +581,24 @@ impl Client {
                 }
                 Some((case_id, rel)) => {
                     let item = json!([{ "contact": full, "relationship": rel }]);
-                    let (s, b) = self
-                        .call(
-                            Method::POST,
-                            &self.ob(&format!("cases/{case_id}/contacts")),
-                            Some(&item),
-                        )
-                        .await?;
+                    let post = |case_id: Uuid| {
+                        let item = &item;
+                        async move {
+                            self.call(
+                                Method::POST,
+                                &self.ob(&format!("cases/{case_id}/contacts")),
+                                Some(item),
+                            )
+                            .await
+                        }
+                    };
+                    let (mut s, mut b) = post(case_id).await?;
+                    if s == 404 {
+                        // The case may have been merged into another.
+                        if let Some(survivor) = self.survivor_of("cases", case_id).await? {
+                            (s, b) = post(survivor).await?;
+                        }
+                    }
                     match s {
                         200 => (200, b[0]["contact"].clone()),
                         404 => return Err(GodataError::CaseMissing),
@@ -608,8 +620,20 @@ impl Client {
             };
             match (status, body["error"]["code"].as_str()) {
                 (200, _) => return Ok((id, body)),
-                // A soft-deleted record owns the id: bring it back, then update.
+                // A soft-deleted record owns the id. Merged away by a person
+                // resolving duplicates: the change goes to the survivor,
+                // never bring the duplicate back. Otherwise restore it,
+                // then update.
                 (409, Some("MODEL_CONFLICT")) => {
+                    if let Some(survivor) = self.survivor_of(collection, id).await? {
+                        let path = self.ob(&format!("{collection}/{survivor}"));
+                        let (s, b) = self.call(Method::PUT, &path, Some(first_body)).await?;
+                        if s == 200 {
+                            tracing::info!(godata_id = %id, survivor = %survivor, "the go.data record was merged into another; the change went to the survivor and the link follows it");
+                            return Ok((survivor, b));
+                        }
+                        return Err(status_error(s, &b));
+                    }
                     tracing::info!(godata_id = %id, "restoring a soft-deleted go.data record; the whole record follows");
                     let (s, b) = self
                         .call(Method::POST, &format!("{one}/restore"), Some(&json!({})))
@@ -663,6 +687,26 @@ impl Client {
             404 => Ok(None),
             _ => Err(status_error(status, &body)),
         }
+    }
+
+    /// The live record that `id` was merged into (`mergedDuplicatesIds`
+    /// holds it; Go.Data's merge creates a new record and soft-deletes the
+    /// candidates).
+    pub async fn survivor_of(
+        &self,
+        collection: &str,
+        id: Uuid,
+    ) -> Result<Option<Uuid>, GodataError> {
+        let found = self
+            .list(
+                collection,
+                &json!({ "where": { "mergedDuplicatesIds": id.to_string() }, "fields": ["id"] }),
+            )
+            .await?;
+        Ok(found
+            .first()
+            .and_then(|r| r["id"].as_str())
+            .and_then(|s| s.parse().ok()))
     }
 
     /// Soft-deletes a case or contact; already gone is success.

@@ -533,6 +533,9 @@ fn outbreak_route(
     sub: &[&str],
 ) -> Result<Resp, ApiError> {
     let m = &r.method;
+    if sub == ["merge"] && *m == Method::POST {
+        return ok(store.merge_persons(oid, &r.body, user)?);
+    }
     if sub == ["relationships"] && *m == Method::GET {
         return ok(Value::Array(
             store.list_relationships(oid, &filter_arg(r)?)?,

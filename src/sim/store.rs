@@ -572,6 +572,17 @@ impl Store {
         id: &str,
         user_id: &str,
     ) -> Result<(), ApiError> {
+        self.delete_person_with(outbreak_id, kind, id, user_id, true)
+    }
+
+    fn delete_person_with(
+        &mut self,
+        outbreak_id: &str,
+        kind: Kind,
+        id: &str,
+        user_id: &str,
+        take_isolated: bool,
+    ) -> Result<(), ApiError> {
         if self.live_person(outbreak_id, kind, id).is_none() {
             return Err(ApiError::no_instance(id, kind.model()));
         }
@@ -579,7 +590,7 @@ impl Store {
         // Contacts whose only live exposure is this person (computed before
         // the relationships go).
         let mut isolated = Vec::new();
-        if kind == Kind::Case {
+        if kind == Kind::Case && take_isolated {
             for (cid, c) in &self.persons {
                 if c["type"] != PERSON_TYPE_CONTACT
                     || c["deleted"] == true
@@ -622,6 +633,166 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// `POST /outbreaks/{id}/merge` (`Outbreak.prototype.mergePeople`,
+    /// `common/controllers/outbreak.js`): the candidates `ids` of person
+    /// type `type` (default case) are soft-deleted (their isolated contacts
+    /// stay: `mergeDuplicatesAction`), and a new record with a fresh random
+    /// id is created from `model`, carrying `mergedDuplicatesIds` (the
+    /// candidates and the ids they had merged before), `notDuplicatesIds`
+    /// and `createdOn: "MERGE"`, its visualId not validated. Relationships
+    /// of the candidates are cloned onto it (fresh ids; those between two
+    /// candidates skipped, one per source and target). Returns it.
+    pub fn merge_persons(
+        &mut self,
+        outbreak_id: &str,
+        body: &Value,
+        user_id: &str,
+    ) -> Result<Value, ApiError> {
+        let data = body_object(body)?;
+        let type_token = data
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or(PERSON_TYPE_CASE)
+            .to_string();
+        let kind = match type_token.as_str() {
+            PERSON_TYPE_CASE => Kind::Case,
+            PERSON_TYPE_CONTACT => Kind::Contact,
+            other => {
+                return Err(ApiError::validation(
+                    "mergePeopleProps",
+                    "type",
+                    "format",
+                    "is invalid",
+                    &json!(other),
+                ))
+            }
+        };
+        let ids: Vec<String> = data
+            .get("ids")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        let found: Vec<Value> = ids
+            .iter()
+            .filter_map(|id| self.live_person(outbreak_id, kind, id).cloned())
+            .collect();
+        let winner = Uuid::new_v4().to_string();
+        let mut merged: Vec<String> = vec![];
+        let mut not_dup: Vec<String> = vec![];
+        for m in &found {
+            for id in std::iter::once(&m["id"])
+                .chain(m["mergedDuplicatesIds"].as_array().into_iter().flatten())
+            {
+                if let Some(id) = id.as_str().filter(|i| !merged.iter().any(|m| m == i)) {
+                    merged.push(id.to_string());
+                }
+            }
+            for id in m["notDuplicatesIds"].as_array().into_iter().flatten() {
+                if let Some(id) = id.as_str().filter(|i| !not_dup.iter().any(|m| m == i)) {
+                    not_dup.push(id.to_string());
+                }
+            }
+        }
+        let found_ids: Vec<&str> = found.iter().filter_map(|m| m["id"].as_str()).collect();
+        // The candidates' relationships, re-pointed at the winner.
+        let mut clones: Vec<Value> = vec![];
+        for r in self.relationships.values() {
+            if r["deleted"] == true || !found_ids.iter().any(|id| rel_has(r, id)) {
+                continue;
+            }
+            let persons = r["persons"].as_array().cloned().unwrap_or_default();
+            let is_candidate = |p: &Value| found_ids.iter().any(|id| p["id"] == *id);
+            if persons.len() == 2 && persons.iter().all(is_candidate) {
+                continue;
+            }
+            let persons: Vec<Value> = persons
+                .iter()
+                .map(|p| {
+                    let mut p = p.clone();
+                    if is_candidate(&p) {
+                        p["id"] = json!(winner);
+                        p["type"] = json!(type_token);
+                    }
+                    p
+                })
+                .collect();
+            let ends = |ps: &[Value]| {
+                (
+                    ps.iter()
+                        .find(|p| p["source"] == true)
+                        .map(|p| p["id"].clone()),
+                    ps.iter()
+                        .find(|p| p["target"] == true)
+                        .map(|p| p["id"].clone()),
+                )
+            };
+            let (s, t) = ends(&persons);
+            if clones.iter().any(|c| {
+                let (cs, ct) = ends(
+                    c["persons"]
+                        .as_array()
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                );
+                s.is_some() && t.is_some() && cs == s && ct == t
+            }) {
+                continue;
+            }
+            let mut clone = r.clone();
+            let obj = clone.as_object_mut().expect("relationships are objects");
+            for k in [
+                "id",
+                "createdAt",
+                "createdBy",
+                "updatedAt",
+                "updatedBy",
+                "deletedAt",
+            ] {
+                obj.remove(k);
+            }
+            obj.insert("persons".into(), Value::Array(persons));
+            clones.push(clone);
+        }
+        for id in &found_ids {
+            self.delete_person_with(outbreak_id, kind, id, user_id, false)?;
+        }
+        let mut model = match data.get("model") {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
+        };
+        strip_read_only(&mut model);
+        normalize_dates(kind.model(), &mut model, PERSON_DATES)?;
+        let now = self.stamp();
+        let mut doc = Map::new();
+        doc.insert("id".into(), json!(winner));
+        doc.insert("outbreakId".into(), json!(outbreak_id));
+        doc.insert("type".into(), json!(type_token));
+        for (k, v) in [("addresses", json!([])), ("documents", json!([]))] {
+            doc.insert(k.into(), v);
+        }
+        model.remove("id");
+        doc.extend(model);
+        doc.insert("mergedDuplicatesIds".into(), json!(merged));
+        doc.insert("notDuplicatesIds".into(), json!(not_dup));
+        derive_usual_location(&mut doc);
+        stamp_new(&mut doc, &now, user_id);
+        doc.insert("createdOn".into(), json!("MERGE"));
+        let doc = Value::Object(doc);
+        self.persons.insert(winner.clone(), doc.clone());
+        for mut clone in clones {
+            let id = Uuid::new_v4().to_string();
+            let obj = clone.as_object_mut().expect("relationships are objects");
+            obj.insert("id".into(), json!(id));
+            obj.insert("deleted".into(), json!(false));
+            obj.insert("deletedByParent".into(), Value::Null);
+            stamp_new(obj, &now, user_id);
+            self.relationships.insert(id, clone);
+        }
+        Ok(public_person(&doc))
     }
 
     /// `POST …/{id}/restore`: the record and what its deletion took along.

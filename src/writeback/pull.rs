@@ -447,8 +447,12 @@ async fn write_page<'a>(
                 }),
             }
         }
+        let merged = merged_rows(tx, t, key_at, &mut rows, &mut row_recs).await?;
         let (n, refused) =
             target::write_guarded(tx, t, &rows, &deleted, two_way.as_ref(), pending).await?;
+        if merged > 0 {
+            tracing::info!(table = %t.table, rows = merged, "go.data records merged by a person: their hmis rows take the surviving record");
+        }
         for r in refused {
             let rec = row_recs[r.index];
             set_aside.push(dead_letter::SetAside {
@@ -496,6 +500,89 @@ async fn write_page<'a>(
         written.push((t.table.as_str(), n));
     }
     Ok(written)
+}
+
+/// Records that a person merged in Go.Data (`mergedDuplicatesIds`): the
+/// HMIS rows linked to any of the merged records get the survivor's row
+/// too (each under its own key), and their links follow the survivor.
+/// Returns how many rows were added.
+async fn merged_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    t: &target::Target,
+    key_at: usize,
+    rows: &mut Vec<Vec<Option<String>>>,
+    recs: &mut Vec<&Value>,
+) -> Result<usize, tokio_postgres::Error> {
+    let merged_of = |rec: &Value| -> Vec<String> {
+        rec["mergedDuplicatesIds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    };
+    let all: Vec<String> = recs
+        .iter()
+        .filter(|r| r["deleted"] != true)
+        .flat_map(|r| merged_of(r))
+        .collect();
+    if all.is_empty() {
+        return Ok(0);
+    }
+    let links: Vec<(String, Value)> = tx
+        .query(
+            "SELECT l.godata_id::text, l.row_key FROM godata_bridge.link l
+              WHERE l.table_name = godata_bridge.qualified(to_regclass($1))
+                AND l.godata_id::text = ANY($2::text[])",
+            &[&t.table, &all],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut added = 0;
+    for i in 0..recs.len() {
+        let rec = recs[i];
+        if rec["deleted"] == true {
+            continue;
+        }
+        let merged = merged_of(rec);
+        if merged.is_empty() {
+            continue;
+        }
+        let survivor = id_of(rec);
+        for (_, key) in links.iter().filter(|(g, _)| merged.contains(g)) {
+            let Some(v) = key
+                .as_object()
+                .filter(|o| o.len() == 1)
+                .and_then(|o| o.get(&t.key))
+            else {
+                continue;
+            };
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if rows[i][key_at].as_deref() == Some(v.as_str()) {
+                continue;
+            }
+            let mut row = rows[i].clone();
+            row[key_at] = Some(v);
+            rows.push(row);
+            recs.push(rec);
+            added += 1;
+        }
+        if let Ok(s) = survivor.parse::<uuid::Uuid>() {
+            tx.execute(
+                "UPDATE godata_bridge.link SET godata_id = $3, content_hash = NULL
+                  WHERE table_name = godata_bridge.qualified(to_regclass($1))
+                    AND godata_id::text = ANY($2::text[])",
+                &[&t.table, &merged, &s],
+            )
+            .await?;
+        }
+    }
+    Ok(added)
 }
 
 fn id_of(rec: &Value) -> String {

@@ -12,6 +12,7 @@ mod harness;
 mod ids;
 mod layout;
 mod logical;
+mod merge;
 mod sim_auth;
 mod sim_cases;
 mod sim_cli;
