@@ -620,11 +620,12 @@ impl Client {
             };
             match (status, body["error"]["code"].as_str()) {
                 (200, _) => return Ok((id, body)),
-                // A soft-deleted record owns the id. Merged away by a person
-                // resolving duplicates: the change goes to the survivor,
-                // never bring the duplicate back. Otherwise restore it,
-                // then update.
-                (409, Some("MODEL_CONFLICT")) => {
+                // A record the uniqueness check does not see owns the id: a
+                // soft-deleted one (or one of another person type). Merged
+                // away by a person resolving duplicates: the change goes to
+                // the survivor, never bring the duplicate back. Otherwise
+                // restore it, then update.
+                _ if held_by_hidden_record(status, &body) => {
                     if let Some(survivor) = self.survivor_of(collection, id).await? {
                         let path = self.ob(&format!("{collection}/{survivor}"));
                         let (s, b) = self.call(Method::PUT, &path, Some(first_body)).await?;
@@ -638,7 +639,11 @@ impl Client {
                     let (s, b) = self
                         .call(Method::POST, &format!("{one}/restore"), Some(&json!({})))
                         .await?;
-                    if s != 200 && s != 404 {
+                    if s == 404 {
+                        // Not a deleted record of this outbreak and type.
+                        return Err(GodataError::IdElsewhere);
+                    }
+                    if s != 200 {
                         return Err(status_error(s, &b));
                     }
                 }
@@ -883,6 +888,19 @@ impl GodataError {
             },
         }
     }
+}
+
+/// An insert refused because a record the uniqueness validator does not
+/// see holds the `_id` (soft-deleted, or another person type): MongoDB's
+/// E11000, which GoDataSource-API 2.50.3 answers as 500 `INTERNAL_ERROR`
+/// (and inside a bulk contact create, as the raw MongoError); its
+/// middleware's 409 `MODEL_CONFLICT` is kept for servers that map it
+/// (docs/conformance.md).
+fn held_by_hidden_record(status: u16, body: &Value) -> bool {
+    let e = &body["error"];
+    (status == 409 && e["code"] == "MODEL_CONFLICT")
+        || e["details"]["error"]["code"] == 11000
+        || e["code"] == 11000
 }
 
 fn is_id_uniqueness(body: &Value) -> bool {

@@ -13,6 +13,9 @@ pub struct ApiError {
     pub details: Option<Box<Value>>,
     /// `"Error"` for Go.Data's own errors, `"ValidationError"` for juggler's.
     pub name: &'static str,
+    /// The raw error where Go.Data embeds one as it is (a failed contact of
+    /// a bulk create carries the MongoError itself).
+    pub raw: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -23,12 +26,31 @@ impl ApiError {
             code: Some(code),
             details: None,
             name: "Error",
+            raw: None,
         }
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(Box::new(details));
         self
+    }
+
+    /// An insert whose `_id` a record the uniqueness validator does not
+    /// see already holds (soft-deleted, or another person type): MongoDB's
+    /// E11000, which Go.Data renders as 500 `INTERNAL_ERROR` (checked
+    /// against the real server, `docs/conformance.md`).
+    pub fn duplicate_key(id: &str) -> Self {
+        let message = format!(
+            "E11000 duplicate key error collection: go-data.person index: _id_ dup key: {{ _id: \"{id}\" }}"
+        );
+        let inner = json!({ "code": 11000, "message": message, "name": "MongoError" });
+        let mut e = Self::new(500, "INTERNAL_ERROR", format!("Internal error: `{inner}`"))
+            .with_details(json!({ "error": inner }));
+        e.raw = Some(Box::new(json!({
+            "driver": true, "name": "MongoError", "index": 0, "code": 11000,
+            "keyPattern": { "_id": 1 }, "keyValue": { "_id": id },
+        })));
+        e
     }
 
     /// 401 for a missing, unknown or revoked token (LoopBack ACL).
@@ -71,6 +93,7 @@ impl ApiError {
             code: None,
             details: None,
             name: "Error",
+            raw: None,
         }
     }
 
@@ -105,6 +128,7 @@ impl ApiError {
                 "messages": { property: [text] },
             }))),
             name: "ValidationError",
+            raw: None,
         }
     }
 

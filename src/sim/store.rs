@@ -457,8 +457,9 @@ impl Store {
             }
         };
         if let Some(existing) = self.persons.get(&id) {
-            // The uniqueness validator sees live records of this model; any
-            // other row with that `_id` fails at insert (mongoDBError.js).
+            // The uniqueness validator sees live records of this model (in
+            // any outbreak); any other row with that `_id` fails at insert
+            // with E11000, a 500 (real server, docs/conformance.md).
             if existing["deleted"] != true && existing["type"] == kind.type_token() {
                 return Err(ApiError::validation(
                     kind.model(),
@@ -468,11 +469,7 @@ impl Store {
                     &json!(id),
                 ));
             }
-            return Err(ApiError::new(
-                409,
-                "MODEL_CONFLICT",
-                format!("Model with id `{id}` already exists"),
-            ));
+            return Err(ApiError::duplicate_key(&id));
         }
         if let Some(v) = self.resolve_visual_id(outbreak_id, kind, data.get("visualId"), None)? {
             data.insert("visualId".into(), v);
@@ -936,7 +933,13 @@ impl Store {
                     "contact": contact,
                     "relationship": relationship,
                 })),
-                Err(e) => failed.push(json!({ "recordNo": record_no, "error": e.body()["error"] })),
+                Err(e) => {
+                    let error = match e.raw {
+                        Some(raw) => *raw,
+                        None => e.body()["error"].clone(),
+                    };
+                    failed.push(json!({ "recordNo": record_no, "error": error }))
+                }
             }
         }
         if failed.is_empty() {

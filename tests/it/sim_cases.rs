@@ -80,13 +80,18 @@ async fn duplicate_id_is_a_validation_error() {
         e["message"],
         format!("The `case` instance is not valid. Details: `id` is not unique (value: \"{CLIENT_ID}\").")
     );
-    // A soft-deleted record still owns its _id: the insert conflicts.
+    // A soft-deleted record still owns its _id: the insert fails with
+    // MongoDB's E11000, a 500 (GoDataSource-API 2.50.3, checked against the
+    // real server: docs/conformance.md).
     assert_eq!(api.delete(&ob(&format!("cases/{CLIENT_ID}"))).await.0, 204);
     let (s, b) = api.post(&ob("cases"), json!({"id": CLIENT_ID})).await;
     assert_eq!(
         (s, b["error"]["code"].as_str()),
-        (409, Some("MODEL_CONFLICT"))
+        (500, Some("INTERNAL_ERROR"))
     );
+    assert_eq!(b["error"]["details"]["error"]["code"], 11000);
+    assert_eq!(b["error"]["details"]["error"]["name"], "MongoError");
+    assert!(b["error"].get("name").is_none(), "no name on a 5xx");
 }
 
 #[tokio::test]
