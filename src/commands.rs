@@ -550,6 +550,10 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     );
     println!("linked records      {}", s.linked_records);
     println!(
+        "merged links        {} (HMIS rows sharing one Go.Data record after a merge)",
+        s.merged_links
+    );
+    println!(
         "conflicts           {} (fields both systems changed; SELECT * FROM godata_bridge.conflict)",
         s.conflicts
     );

@@ -21,6 +21,9 @@ pub struct Status {
     /// Go.Data records a write-back target refused
     /// (`godata_bridge.writeback_dead_letter`).
     pub writeback_dead_letters: i64,
+    /// HMIS rows linked to a Go.Data record that another row is linked to
+    /// as well: a person merged their records in Go.Data.
+    pub merged_links: i64,
     /// When Go.Data last acknowledged a change (RFC 3339).
     pub last_delivery: Option<String>,
     pub linked_records: i64,
@@ -47,7 +50,11 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
                     (SELECT value FROM godata_bridge.state WHERE name = 'pull_cursor:case'),
                     (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = 'pull_cursor:case'),
                     (SELECT count(*) FROM godata_bridge.conflict),
-                    (SELECT count(*) FROM godata_bridge.writeback_dead_letter)",
+                    (SELECT count(*) FROM godata_bridge.writeback_dead_letter),
+                    (SELECT count(*) FROM godata_bridge.link l
+                      WHERE EXISTS (SELECT 1 FROM godata_bridge.link m
+                                     WHERE m.godata_id = l.godata_id
+                                       AND (m.table_name, m.row_key) <> (l.table_name, l.row_key)))",
             &[],
         )
         .await?;
@@ -63,6 +70,7 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
         pull_cursor_age_secs: r.get(8),
         conflicts: r.get(9),
         writeback_dead_letters: r.get(10),
+        merged_links: r.get(11),
     })
 }
 
