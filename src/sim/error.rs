@@ -114,18 +114,46 @@ impl ApiError {
         )
     }
 
-    /// juggler's `ValidationError`: 422 with `details.{context,codes,messages}`.
+    /// juggler's `ValidationError`: 422 with `details.{context,codes,messages}`
+    /// and no `code`; a string value longer than 32 characters is shown
+    /// as its first 25 and last 3 (checked against the real server).
     pub fn validation(model: &str, property: &str, rule: &str, text: &str, value: &Value) -> Self {
+        Self::validations(model, &[(property, rule, text, value.clone())])
+    }
+
+    /// Several failed properties in one `ValidationError`, in order.
+    pub fn validations(model: &str, failed: &[(&str, &str, &str, Value)]) -> Self {
+        let shown = |v: &Value| match v {
+            Value::Null => "undefined".to_string(),
+            Value::String(s) if s.chars().count() > 32 => {
+                let chars: Vec<char> = s.chars().collect();
+                let head: String = chars[..25].iter().collect();
+                let tail: String = chars[chars.len() - 3..].iter().collect();
+                json!(format!("{head}...{tail}")).to_string()
+            }
+            other => other.to_string(),
+        };
+        let details: Vec<String> = failed
+            .iter()
+            .map(|(p, _, t, v)| format!("`{p}` {t} (value: {})", shown(v)))
+            .collect();
+        let mut codes = Map::new();
+        let mut messages = Map::new();
+        for (p, r, t, _) in failed {
+            codes.insert(p.to_string(), json!([r]));
+            messages.insert(p.to_string(), json!([t]));
+        }
         ApiError {
             status: 422,
             message: format!(
-                "The `{model}` instance is not valid. Details: `{property}` {text} (value: {value})."
+                "The `{model}` instance is not valid. Details: {}.",
+                details.join("; ")
             ),
-            code: Some("VALIDATION_ERROR"),
+            code: None,
             details: Some(Box::new(json!({
                 "context": model,
-                "codes": { property: [rule] },
-                "messages": { property: [text] },
+                "codes": codes,
+                "messages": messages,
             }))),
             name: "ValidationError",
             raw: None,
@@ -138,6 +166,15 @@ impl ApiError {
             "INTERNAL_ERROR",
             format!("Internal error: `{message}`"),
         )
+    }
+
+    /// A JavaScript `TypeError` thrown in Go.Data's code, as its error
+    /// middleware renders it (500 `INTERNAL_ERROR`, the error in
+    /// `details.error`).
+    pub fn type_error(message: &str) -> Self {
+        let inner = json!({ "message": message, "name": "TypeError" });
+        Self::new(500, "INTERNAL_ERROR", format!("Internal error: `{inner}`"))
+            .with_details(json!({ "error": inner }))
     }
 
     /// The body as Go.Data sends it.

@@ -22,6 +22,10 @@ pub struct Filter {
     pub fields: Option<Value>,
     /// Top-level `"deleted": true`: soft-deleted records are included.
     pub include_deleted: bool,
+    /// Top-level keys spelled `"where.<name>"`: lodash `_.get(filter,
+    /// 'where.<name>')` reads them as the pseudo-filter `<name>` (see
+    /// [`Filter::take_pseudo`]).
+    pub dotted: serde_json::Map<String, Value>,
 }
 
 /// strong-remoting's answer to an unparsable JSON argument.
@@ -75,7 +79,47 @@ impl Filter {
         };
         f.fields = obj.get("fields").filter(|v| !v.is_null()).cloned();
         f.include_deleted = obj.get("deleted").and_then(Value::as_bool).unwrap_or(false);
+        for (k, v) in obj {
+            if let Some(name) = k.strip_prefix("where.") {
+                f.dotted.insert(name.to_string(), v.clone());
+            }
+        }
         Ok(f)
+    }
+
+    /// Removes the pseudo-filters `names` from `where` (and their top-level
+    /// dotted spellings) and returns them, as `preFilterForOutbreak` and
+    /// `attachFilterPeopleWithoutRelation` do before the query reaches the
+    /// database.
+    ///
+    /// lodash reads a top-level `"where.<name>"` first; Go.Data then deletes
+    /// `filter.where.<name>`, which throws a `TypeError` (500) when the
+    /// filter has no `where` (checked against the real server).
+    pub fn take_pseudo(
+        &mut self,
+        names: &[&str],
+    ) -> Result<serde_json::Map<String, Value>, ApiError> {
+        let mut out = serde_json::Map::new();
+        for name in names {
+            if let Some(v) = self.dotted.remove(*name) {
+                if self.where_.is_none() {
+                    return Err(ApiError::type_error(
+                        "Cannot convert undefined or null to object",
+                    ));
+                }
+                out.insert(name.to_string(), v);
+                continue;
+            }
+            let from_where = self
+                .where_
+                .as_mut()
+                .and_then(Value::as_object_mut)
+                .and_then(|w| w.remove(*name));
+            if let Some(v) = from_where {
+                out.insert(name.to_string(), v);
+            }
+        }
+        Ok(out)
     }
 
     /// Applies `where`, `order`, `skip`, `limit` and `fields` to `docs`.

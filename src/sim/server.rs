@@ -452,6 +452,10 @@ fn route(shared: &Shared, r: &Req) -> Result<Resp, ApiError> {
                 .collect();
             ok(Value::Array(f.apply(docs, &[("name", false)])?))
         }
+        (&Method::POST, ["outbreaks"]) => ok(store.create_outbreak(&r.body, &user_id)?),
+        (&Method::PUT | &Method::PATCH, ["outbreaks", oid]) => {
+            ok(store.update_outbreak(oid, &r.body, &user_id)?)
+        }
         (&Method::GET, ["outbreaks", oid]) => {
             check_outbreak(&store, &user_id, m, oid)?;
             ok(store.outbreak(oid).cloned().unwrap_or_default())
@@ -470,6 +474,42 @@ fn route(shared: &Shared, r: &Req) -> Result<Resp, ApiError> {
             let f = Filter::from_arg(w.as_deref())?;
             let docs = locations(&store, &f);
             ok(json!({ "count": f.apply(docs, &[])?.len() }))
+        }
+        (&Method::POST, ["locations"]) => ok(store.create_location(&r.body, &user_id)?),
+        (&Method::PUT | &Method::PATCH, ["locations", id]) => {
+            ok(store.update_location(id, &r.body, &user_id)?)
+        }
+        (&Method::GET, ["reference-data"]) => {
+            let f = filter_arg(r)?;
+            let docs: Vec<Value> = store
+                .reference_data
+                .values()
+                .filter(|d| f.include_deleted || d["deleted"] != true)
+                .cloned()
+                .collect();
+            ok(Value::Array(f.apply(docs, &[])?))
+        }
+        (&Method::GET, ["reference-data", "count"]) => {
+            let w = r.query("where").map(|w| format!("{{\"where\":{w}}}"));
+            let f = Filter::from_arg(w.as_deref())?;
+            let docs: Vec<Value> = store
+                .reference_data
+                .values()
+                .filter(|d| d["deleted"] != true)
+                .cloned()
+                .collect();
+            ok(json!({ "count": f.apply(docs, &[])?.len() }))
+        }
+        (&Method::GET, ["reference-data", id]) => store
+            .reference_data
+            .get(*id)
+            .filter(|d| d["deleted"] != true)
+            .cloned()
+            .map(|d| json_response(200, &d))
+            .ok_or_else(|| ApiError::model_not_found("referenceData", id)),
+        (&Method::POST, ["reference-data"]) => ok(store.create_reference_data(&r.body, &user_id)?),
+        (&Method::PUT | &Method::PATCH, ["reference-data", id]) => {
+            ok(store.update_reference_data(id, &r.body, &user_id)?)
         }
         (&Method::GET, ["locations", id]) => store
             .locations

@@ -152,6 +152,8 @@ pub struct Store {
     pub persons: BTreeMap<String, Value>,
     pub relationships: BTreeMap<String, Value>,
     pub locations: Vec<Value>,
+    /// `/reference-data` items by id.
+    pub reference_data: BTreeMap<String, Value>,
     last_stamp: DateTime<Utc>,
 }
 
@@ -170,6 +172,7 @@ impl Store {
             persons: BTreeMap::new(),
             relationships: BTreeMap::new(),
             locations: vec![],
+            reference_data: seed_reference_data(),
             last_stamp: DateTime::<Utc>::MIN_UTC,
         }
     }
@@ -363,6 +366,214 @@ impl Store {
         self.locations.push(Value::Object(loc));
     }
 
+    /// `POST /outbreaks`: juggler's presence checks of the fields the real
+    /// server requires (checked against it: `docs/conformance.md`), a new
+    /// id, Go.Data's default masks; the rest as sent.
+    pub fn create_outbreak(&mut self, body: &Value, user_id: &str) -> Result<Value, ApiError> {
+        let mut data = body_object(body)?;
+        strip_read_only(&mut data);
+        let missing: Vec<(&str, &str, &str, Value)> = OUTBREAK_REQUIRED
+            .iter()
+            .filter(|k| data.get(**k).is_none_or(Value::is_null))
+            .map(|k| (*k, "presence", "can't be blank", Value::Null))
+            .collect();
+        if !missing.is_empty() {
+            return Err(ApiError::validations("outbreak", &missing));
+        }
+        normalize_dates("outbreak", &mut data, &["startDate", "endDate"])?;
+        let id = match data.remove("id") {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            _ => Uuid::new_v4().to_string(),
+        };
+        if self.outbreaks.iter().any(|o| o["id"] == id.as_str()) {
+            return Err(ApiError::validation(
+                "outbreak",
+                "id",
+                "uniqueness",
+                "is not unique",
+                &json!(id),
+            ));
+        }
+        let now = self.stamp();
+        let mut doc = Map::new();
+        doc.insert("id".into(), json!(id));
+        for (k, v) in [
+            ("caseIdMask", json!("CA-9999999999")),
+            ("contactIdMask", json!("CO-9999999999")),
+            ("contactOfContactIdMask", json!("CC-9999999999")),
+            ("eventIdMask", json!("EV-9999999999")),
+            ("countries", json!([])),
+            ("locationIds", json!([])),
+            ("isContactLabResultsActive", json!(false)),
+            ("isContactsOfContactsActive", json!(false)),
+            ("applyGeographicRestrictions", json!(false)),
+        ] {
+            doc.insert(k.into(), v);
+        }
+        doc.extend(data);
+        stamp_new(&mut doc, &now, user_id);
+        let doc = Value::Object(doc);
+        self.outbreaks.push(doc.clone());
+        Ok(doc)
+    }
+
+    /// `PUT /outbreaks/{id}`: a partial update.
+    pub fn update_outbreak(
+        &mut self,
+        id: &str,
+        body: &Value,
+        user_id: &str,
+    ) -> Result<Value, ApiError> {
+        let mut data = body_object(body)?;
+        strip_read_only(&mut data);
+        data.remove("id");
+        normalize_dates("outbreak", &mut data, &["startDate", "endDate"])?;
+        let now = self.stamp();
+        let Some(doc) = self
+            .outbreaks
+            .iter_mut()
+            .find(|o| o["id"] == id && o["deleted"] != true)
+        else {
+            return Err(ApiError::outbreak_not_found(id));
+        };
+        let obj = doc.as_object_mut().expect("outbreaks are objects");
+        obj.extend(data);
+        stamp_update(obj, &now, user_id);
+        Ok(doc.clone())
+    }
+
+    /// `POST /locations`: `name` required; a new id; the rest as sent.
+    pub fn create_location(&mut self, body: &Value, user_id: &str) -> Result<Value, ApiError> {
+        let mut data = body_object(body)?;
+        strip_read_only(&mut data);
+        if data.get("name").is_none_or(Value::is_null) {
+            return Err(ApiError::validation(
+                "location",
+                "name",
+                "presence",
+                "can't be blank",
+                &Value::Null,
+            ));
+        }
+        let id = match data.remove("id") {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            _ => Uuid::new_v4().to_string(),
+        };
+        let now = self.stamp();
+        data.insert("id".into(), json!(id));
+        data.entry("active").or_insert(json!(true));
+        stamp_new(&mut data, &now, user_id);
+        let doc = Value::Object(data);
+        self.locations.push(doc.clone());
+        Ok(doc)
+    }
+
+    /// `PUT /locations/{id}`: a partial update.
+    pub fn update_location(
+        &mut self,
+        id: &str,
+        body: &Value,
+        user_id: &str,
+    ) -> Result<Value, ApiError> {
+        let mut data = body_object(body)?;
+        strip_read_only(&mut data);
+        data.remove("id");
+        let now = self.stamp();
+        let Some(doc) = self
+            .locations
+            .iter_mut()
+            .find(|l| l["id"] == id && l["deleted"] != true)
+        else {
+            return Err(ApiError::model_not_found("location", id));
+        };
+        let obj = doc.as_object_mut().expect("locations are objects");
+        obj.extend(data);
+        stamp_update(obj, &now, user_id);
+        Ok(doc.clone())
+    }
+
+    /// `POST /reference-data`: `categoryId` from Go.Data's list (422
+    /// `inclusion` otherwise), `value` required; the id is
+    /// `<categoryId>_<SNAKE_CASE(value)>` and becomes the value too (the
+    /// text goes to translations), the description its `_DESCRIPTION`
+    /// token (`common/models/reference-data.js`, checked against the real
+    /// server).
+    pub fn create_reference_data(
+        &mut self,
+        body: &Value,
+        user_id: &str,
+    ) -> Result<Value, ApiError> {
+        let mut data = body_object(body)?;
+        strip_read_only(&mut data);
+        let category = data
+            .get("categoryId")
+            .and_then(Value::as_str)
+            .map(String::from);
+        let mut failed = vec![];
+        let not_allowed = format!(
+            " value is not allowed. Allowed values: {}",
+            REFERENCE_DATA_CATEGORIES.join(", ")
+        );
+        match &category {
+            None => failed.push(("categoryId", "presence", "can't be blank", Value::Null)),
+            Some(c) if !REFERENCE_DATA_CATEGORIES.contains(&c.as_str()) => {
+                failed.push(("categoryId", "inclusion", not_allowed.as_str(), json!(c)))
+            }
+            Some(_) => {}
+        }
+        let value = data.get("value").and_then(Value::as_str).map(String::from);
+        if value.as_deref().is_none_or(str::is_empty) {
+            failed.push(("value", "presence", "can't be blank", Value::Null));
+        }
+        if !failed.is_empty() {
+            return Err(ApiError::validations("referenceData", &failed));
+        }
+        let (category, value) = (category.expect("checked"), value.expect("checked"));
+        let id = format!("{category}_{}", snake_case(&value).to_uppercase());
+        if self.reference_data.contains_key(&id) {
+            return Err(ApiError::duplicate_key(&id));
+        }
+        data.insert("id".into(), json!(id));
+        data.insert("value".into(), json!(id));
+        if data.get("description").is_some_and(|d| !d.is_null()) {
+            data.insert("description".into(), json!(format!("{id}_DESCRIPTION")));
+        }
+        data.entry("readOnly").or_insert(json!(false));
+        data.entry("active").or_insert(json!(true));
+        let now = self.stamp();
+        stamp_new(&mut data, &now, user_id);
+        let doc = Value::Object(data);
+        self.reference_data.insert(id, doc.clone());
+        Ok(doc)
+    }
+
+    /// `PUT`/`PATCH /reference-data/{id}`: a partial update; a sent `value`
+    /// or `description` is not stored (it changes translations only).
+    pub fn update_reference_data(
+        &mut self,
+        id: &str,
+        body: &Value,
+        user_id: &str,
+    ) -> Result<Value, ApiError> {
+        let mut data = body_object(body)?;
+        strip_read_only(&mut data);
+        for k in ["id", "value", "description", "categoryId"] {
+            data.remove(k);
+        }
+        let now = self.stamp();
+        let Some(doc) = self
+            .reference_data
+            .get_mut(id)
+            .filter(|d| d["deleted"] != true)
+        else {
+            return Err(ApiError::model_not_found("referenceData", id));
+        };
+        let obj = doc.as_object_mut().expect("reference data are objects");
+        obj.extend(data);
+        stamp_update(obj, &now, user_id);
+        Ok(doc.clone())
+    }
+
     // ----- persons ------------------------------------------------------------
 
     fn mask_for(&self, outbreak_id: &str, kind: Kind) -> Option<(String, Option<Mask>)> {
@@ -383,18 +594,123 @@ impl Store {
             .filter(|p| Self::is_kind(p, outbreak_id, kind) && p["deleted"] != true)
     }
 
-    /// The list routes: scope (outbreak, kind), soft-delete rule, filter.
+    /// The outbreak list's pseudo-filters (`Case.preFilterForOutbreak`,
+    /// `Contact.preFilterForOutbreak`, `attachFilterPeopleWithoutRelation`
+    /// in GoDataSource-API 2.50.3): taken out of `where`, each restricts the
+    /// ids the list may return. Cases: `relationship` (cases in a matching
+    /// relationship of the outbreak), `labResult` (cases with a matching lab
+    /// result: the emulator has none, so none), `noRelationships` (no live
+    /// relationship: Go.Data's `hasRelationships != true`). Contacts:
+    /// `relationship`, `case` (contacts related to a matching case),
+    /// `followUp` (the emulator has no follow-ups, so none).
+    fn pseudo_ids(
+        &self,
+        outbreak_id: &str,
+        kind: Kind,
+        filter: &mut Filter,
+    ) -> Result<Option<std::collections::HashSet<String>>, ApiError> {
+        let names: &[&str] = match kind {
+            Kind::Case => &["relationship", "labResult", "noRelationships"],
+            Kind::Contact => &["relationship", "case", "followUp"],
+        };
+        let pseudo = filter.take_pseudo(names)?;
+        if pseudo.is_empty() {
+            return Ok(None);
+        }
+        let mut ids: Option<std::collections::HashSet<String>> = None;
+        let mut narrow = |found: std::collections::HashSet<String>| {
+            ids = Some(match ids.take() {
+                None => found,
+                Some(prev) => prev.intersection(&found).cloned().collect(),
+            });
+        };
+        let live_rels = || {
+            self.relationships
+                .values()
+                .filter(move |r| r["outbreakId"] == outbreak_id && r["deleted"] != true)
+        };
+        let of_type = |r: &Value, token: &str| -> Vec<String> {
+            r["persons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["type"] == token)
+                .filter_map(|p| p["id"].as_str().map(String::from))
+                .collect()
+        };
+        if let Some(q) = pseudo.get("relationship") {
+            let rf = Filter::from_value(&json!({ "where": q }))?;
+            let mut found = std::collections::HashSet::new();
+            for r in live_rels() {
+                if rf.matches(r)? {
+                    found.extend(of_type(r, kind.type_token()));
+                }
+            }
+            narrow(found);
+        }
+        if pseudo.contains_key("labResult") || pseudo.contains_key("followUp") {
+            narrow(std::collections::HashSet::new());
+        }
+        if let Some(q) = pseudo.get("case") {
+            let cf = Filter::from_value(&json!({ "where": q }))?;
+            let mut cases = std::collections::HashSet::new();
+            for p in self.persons.values() {
+                if Self::is_kind(p, outbreak_id, Kind::Case)
+                    && p["deleted"] != true
+                    && cf.matches(p)?
+                {
+                    cases.insert(p["id"].as_str().unwrap_or_default().to_string());
+                }
+            }
+            let found = live_rels()
+                .filter(|r| {
+                    of_type(r, PERSON_TYPE_CASE)
+                        .iter()
+                        .any(|c| cases.contains(c))
+                })
+                .flat_map(|r| of_type(r, PERSON_TYPE_CONTACT))
+                .collect();
+            narrow(found);
+        }
+        if pseudo
+            .get("noRelationships")
+            .is_some_and(|v| v.as_bool().unwrap_or(!v.is_null()))
+        {
+            let related: std::collections::HashSet<String> = live_rels()
+                .flat_map(|r| of_type(r, kind.type_token()))
+                .collect();
+            let found = self
+                .persons
+                .values()
+                .filter(|p| Self::is_kind(p, outbreak_id, kind))
+                .filter_map(|p| p["id"].as_str())
+                .filter(|id| !related.contains(*id))
+                .map(String::from)
+                .collect();
+            narrow(found);
+        }
+        Ok(ids)
+    }
+
+    /// The list routes: scope (outbreak, kind), soft-delete rule,
+    /// pseudo-filters, filter.
     pub fn list_persons(
         &self,
         outbreak_id: &str,
         kind: Kind,
         filter: &Filter,
     ) -> Result<Vec<Value>, ApiError> {
+        let mut filter = filter.clone();
+        let only = self.pseudo_ids(outbreak_id, kind, &mut filter)?;
+        let filter = &filter;
         // `where` first, on references: only matches are copied.
         let mut docs = Vec::new();
         for p in self.persons.values() {
             if Self::is_kind(p, outbreak_id, kind)
                 && (filter.include_deleted || p["deleted"] != true)
+                && only
+                    .as_ref()
+                    .is_none_or(|ids| p["id"].as_str().is_some_and(|id| ids.contains(id)))
                 && filter.matches(p)?
             {
                 docs.push(public_person(p));
@@ -1064,6 +1380,186 @@ impl Store {
             "locations": self.locations,
         })
     }
+}
+
+/// Fields `POST /outbreaks` requires (juggler presence; the real server's
+/// 422 lists them).
+const OUTBREAK_REQUIRED: &[&str] = &[
+    "startDate",
+    "longPeriodsBetweenCaseOnset",
+    "periodOfFollowup",
+    "frequencyOfFollowUpPerDay",
+    "noDaysAmongContacts",
+    "noDaysInChains",
+    "noDaysNotSeen",
+    "noLessContacts",
+];
+
+/// The `categoryId` values reference data may have
+/// (`common/models/reference-data.json`, 2.50.3).
+const REFERENCE_DATA_CATEGORIES: &[&str] = &[
+    "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION",
+    "LNG_REFERENCE_DATA_CATEGORY_GENDER",
+    "LNG_REFERENCE_DATA_CATEGORY_OCCUPATION",
+    "LNG_REFERENCE_DATA_CATEGORY_LAB_NAME",
+    "LNG_REFERENCE_DATA_CATEGORY_TYPE_OF_SAMPLE",
+    "LNG_REFERENCE_DATA_CATEGORY_TYPE_OF_LAB_TEST",
+    "LNG_REFERENCE_DATA_CATEGORY_LAB_TEST_RESULT",
+    "LNG_REFERENCE_DATA_CATEGORY_LAB_TEST_RESULT_STATUS",
+    "LNG_REFERENCE_DATA_CATEGORY_LAB_SEQUENCE_LABORATORY",
+    "LNG_REFERENCE_DATA_CATEGORY_LAB_SEQUENCE_RESULT",
+    "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE",
+    "LNG_REFERENCE_DATA_CATEGORY_DISEASE",
+    "LNG_REFERENCE_DATA_CATEGORY_EXPOSURE_TYPE",
+    "LNG_REFERENCE_DATA_CATEGORY_EXPOSURE_FREQUENCY",
+    "LNG_REFERENCE_DATA_CATEGORY_EXPOSURE_DURATION",
+    "LNG_REFERENCE_DATA_CATEGORY_CERTAINTY_LEVEL",
+    "LNG_REFERENCE_DATA_CATEGORY_RISK_LEVEL",
+    "LNG_REFERENCE_DATA_CATEGORY_CONTEXT_OF_TRANSMISSION",
+    "LNG_REFERENCE_DATA_CATEGORY_QUESTION_ANSWER_TYPE",
+    "LNG_REFERENCE_DATA_CATEGORY_QUESTION_CATEGORY",
+    "LNG_REFERENCE_DATA_CATEGORY_INVESTIGATION_STATUS",
+    "LNG_REFERENCE_DATA_CATEGORY_EVENT_CATEGORY",
+    "LNG_REFERENCE_DATA_CATEGORY_OUTCOME",
+    "LNG_REFERENCE_DATA_CATEGORY_PERSON_DATE_TYPE",
+    "LNG_REFERENCE_DATA_CATEGORY_PERSON_TYPE",
+    "LNG_REFERENCE_DATA_CATEGORY_ADDRESS_TYPE",
+    "LNG_REFERENCE_DATA_CATEGORY_COUNTRY",
+    "LNG_REFERENCE_DATA_CATEGORY_LOCATION_GEOGRAPHICAL_LEVEL",
+    "LNG_REFERENCE_DATA_CONTACT_DAILY_FOLLOW_UP_STATUS_TYPE",
+    "LNG_REFERENCE_DATA_CONTACT_FINAL_FOLLOW_UP_STATUS_TYPE",
+    "LNG_REFERENCE_DATA_CATEGORY_VACCINE",
+    "LNG_REFERENCE_DATA_CATEGORY_VACCINE_STATUS",
+    "LNG_REFERENCE_DATA_CATEGORY_PREGNANCY_STATUS",
+    "LNG_REFERENCE_DATA_CATEGORY_INSTITUTION_NAME",
+    "LNG_REFERENCE_DATA_CATEGORY_CENTRE_NAME",
+    "LNG_REFERENCE_DATA_CATEGORY_FOLLOWUP_GENERATION_TEAM_ASSIGNMENT_ALGORITHM",
+    "LNG_REFERENCE_DATA_OUTBREAK_MAP_SERVER_TYPE",
+    "LNG_REFERENCE_DATA_CATEGORY_SECURITY_QUESTIONS_QUESTION",
+];
+
+/// The default items of the categories the bridge maps, as a fresh
+/// 2.50.3 database holds them (read from the real server).
+fn seed_reference_data() -> BTreeMap<String, Value> {
+    const SEED: &[(&str, &[&str])] = &[
+        ("GENDER", &["FEMALE", "MALE"]),
+        (
+            "CASE_CLASSIFICATION",
+            &["CONFIRMED", "NOT_A_CASE_DISCARDED", "PROBABLE", "SUSPECT"],
+        ),
+        ("OUTCOME", &["ALIVE", "DECEASED", "RECOVERED"]),
+        (
+            "DOCUMENT_TYPE",
+            &[
+                "ARCHIVED_ID",
+                "EXTERNAL_ID",
+                "NATIONAL_ID_CARD",
+                "OTHER",
+                "PASSPORT",
+                "VACCINATION_CARD",
+            ],
+        ),
+        (
+            "ADDRESS_TYPE",
+            &[
+                "OTHER",
+                "PREVIOUS_USUAL_PLACE_OF_RESIDENCE",
+                "USUAL_PLACE_OF_RESIDENCE",
+            ],
+        ),
+        (
+            "TYPE_OF_SAMPLE",
+            &[
+                "BLOOD",
+                "CSF",
+                "ENDOTRACHEAL_ASPIRATE",
+                "FAECES",
+                "NASAL_SWAB",
+                "NASOPHARYNGEAL_SWAB",
+                "OTHER_SPECIFY_IN_NOTES_FIELD",
+                "PLEURAL_FLUID",
+                "SERUM",
+                "SKIN_BIOPSY",
+                "SPUTUM",
+                "THROAT_SWAB",
+                "URINE",
+            ],
+        ),
+        (
+            "TYPE_OF_LAB_TEST",
+            &[
+                "ANTIGEN_DETECTED",
+                "HISTOPATHOLOGY",
+                "IG_C_OR_IG_M",
+                "OTHER_SPECIFY_IN_NOTES_FIELD",
+                "PARTIAL_GENOME_SEQUENCING",
+                "PCR",
+                "RT_PCR",
+                "VIRUS_CULTURE",
+                "WHOLE_GENOME_SEQUENCING",
+            ],
+        ),
+        (
+            "LAB_TEST_RESULT",
+            &[
+                "INCONCLUSIVE",
+                "NEGATIVE",
+                "POSITIVE",
+                "POSITIVE_FOR_OTHER_PATHOGENS_SPECIFY_IN_NOTES_FIELD",
+            ],
+        ),
+        ("LAB_TEST_RESULT_STATUS", &["COMPLETED", "IN_PROGRESS"]),
+    ];
+    let stamp = "2018-01-01T01:00:00.000Z";
+    let mut out = BTreeMap::new();
+    for (category, values) in SEED {
+        let category = format!("LNG_REFERENCE_DATA_CATEGORY_{category}");
+        for v in *values {
+            let id = format!("{category}_{v}");
+            out.insert(
+                id.clone(),
+                json!({
+                    "id": id, "categoryId": category, "value": id,
+                    "description": format!("{id}_DESCRIPTION"), "readOnly": false, "active": true,
+                    "isDefaultReferenceData": true, "createdAt": stamp, "createdBy": "system",
+                    "updatedAt": stamp, "updatedBy": "system", "dbUpdatedAt": stamp,
+                    "createdOn": "API", "deleted": false,
+                }),
+            );
+        }
+    }
+    out
+}
+
+/// lodash `_.snakeCase`: words split at non-alphanumerics, lower→upper
+/// case changes and letter↔digit changes, lowercased, joined by `_`.
+fn snake_case(s: &str) -> String {
+    let mut words: Vec<String> = vec![];
+    let mut cur = String::new();
+    let mut prev: Option<char> = None;
+    for c in s.chars() {
+        if !c.is_alphanumeric() {
+            if !cur.is_empty() {
+                words.push(std::mem::take(&mut cur));
+            }
+            prev = None;
+            continue;
+        }
+        if let Some(p) = prev {
+            let boundary = (p.is_lowercase() && c.is_uppercase())
+                || (p.is_alphabetic() && c.is_numeric())
+                || (p.is_numeric() && c.is_alphabetic());
+            if boundary && !cur.is_empty() {
+                words.push(std::mem::take(&mut cur));
+            }
+        }
+        cur.extend(c.to_lowercase());
+        prev = Some(c);
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words.join("_")
 }
 
 fn rel_has(r: &Value, person_id: &str) -> bool {

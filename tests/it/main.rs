@@ -19,6 +19,7 @@ mod sim_cli;
 mod sim_contacts;
 mod sim_faults;
 mod sim_filter;
+mod sim_parity;
 mod tls;
 mod two_way;
 mod writeback_dead_letters;

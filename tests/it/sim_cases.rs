@@ -78,7 +78,13 @@ async fn duplicate_id_is_a_validation_error() {
     assert_eq!(e["details"]["codes"]["id"], json!(["uniqueness"]));
     assert_eq!(
         e["message"],
-        format!("The `case` instance is not valid. Details: `id` is not unique (value: \"{CLIENT_ID}\").")
+        // juggler shows a long string as its first 25 and last 3
+        // characters (real server, docs/conformance.md).
+        format!(
+            "The `case` instance is not valid. Details: `id` is not unique (value: \"{}...{}\").",
+            &CLIENT_ID[..25],
+            &CLIENT_ID[CLIENT_ID.len() - 3..]
+        )
     );
     // A soft-deleted record still owns its _id: the insert fails with
     // MongoDB's E11000, a 500 (GoDataSource-API 2.50.3, checked against the
