@@ -653,8 +653,16 @@ async fn report_login(
 
 /// `dead-letter list|retry|discard`.
 pub enum DeadLetterAction {
-    List { json: bool },
+    List {
+        json: bool,
+    },
     Retry(DeadLetterIds),
+    /// Retry push dead letters creating their records (no duplicate check).
+    Create(DeadLetterIds),
+    Link {
+        id: i64,
+        to: uuid::Uuid,
+    },
     Discard(DeadLetterIds),
 }
 
@@ -688,6 +696,58 @@ impl DeadLetterIds {
     fn all(&self) -> bool {
         self.push.is_empty() && self.pull.is_empty()
     }
+}
+
+/// Links the rows of push dead letters `ids` (all when empty) to the
+/// Go.Data id `to` gives, in the current outbreak, then moves them back
+/// to the outbox: a linked record is updated (or, missing, created) and
+/// never asked about duplicates again.
+async fn link_and_retry(
+    pg: &mut tokio_postgres::Client,
+    config: &Config,
+    ids: &[i64],
+    to: impl Fn(&str, &serde_json::Value) -> uuid::Uuid,
+) -> anyhow::Result<u64> {
+    let rows = pg
+        .query(
+            "SELECT id, table_name, row_key FROM godata_bridge.dead_letter
+              WHERE cardinality($1::int8[]) = 0 OR id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    let outbreak = config.godata.outbreak_id.as_deref().unwrap_or_default();
+    let tx = pg.transaction().await?;
+    let mut moved = vec![];
+    for r in &rows {
+        let (id, table, key): (i64, String, serde_json::Value) = (r.get(0), r.get(1), r.get(2));
+        let resource = match config
+            .push
+            .iter()
+            .find(|p| p.table == table)
+            .map(|p| p.resource)
+        {
+            Some(crate::config::Resource::Contact) => "contact",
+            Some(crate::config::Resource::Case) => "case",
+            None => anyhow::bail!(
+                "dead letter {id}: table {table} is not a [[push]] table of this config"
+            ),
+        };
+        tx.execute(
+            "INSERT INTO godata_bridge.link (table_name, row_key, resource, godata_id, outbreak_id)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (table_name, row_key) DO UPDATE
+                SET godata_id = EXCLUDED.godata_id, outbreak_id = EXCLUDED.outbreak_id,
+                    content_hash = NULL, synced = NULL, resource = EXCLUDED.resource",
+            &[&table, &key, &resource, &to(&table, &key), &outbreak],
+        )
+        .await?;
+        moved.push(id);
+    }
+    tx.commit().await?;
+    if moved.is_empty() {
+        return Ok(0);
+    }
+    Ok(ops::retry_dead_letters(pg, &moved).await?)
 }
 
 /// One dead letter of either direction, for `dead-letter list --json`.
@@ -771,6 +831,29 @@ pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::R
                     config.pull.interval_secs
                 );
             }
+        }
+        DeadLetterAction::Create(ids) => {
+            if !ids.pull.is_empty() {
+                anyhow::bail!("--create is for push dead letters (a write-back dead letter has no record to create)");
+            }
+            let scheme = crate::godata::ids::IdScheme::load(
+                &pg,
+                config.godata.outbreak_id.as_deref().unwrap_or_default(),
+                config.godata.id_namespace,
+            )
+            .await?;
+            let n = link_and_retry(&mut pg, config, &ids.push, |table, key| {
+                scheme.id(table, key)
+            })
+            .await?;
+            println!("{n} dead letter(s) back in the outbox, to be created in Go.Data");
+        }
+        DeadLetterAction::Link { id, to } => {
+            let n = link_and_retry(&mut pg, config, &[id], |_, _| to).await?;
+            if n == 0 {
+                anyhow::bail!("no push dead letter {id}");
+            }
+            println!("dead letter {id} linked to Go.Data record {to} and back in the outbox");
         }
         DeadLetterAction::Discard(ids) => {
             if ids.all() || !ids.push.is_empty() {

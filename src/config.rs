@@ -388,6 +388,12 @@ pub struct Push {
     pub case: Option<ParentCase>,
     #[serde(default)]
     pub map: Vec<Rule>,
+    /// Before creating a record, ask Go.Data's duplicate finder
+    /// (`…/duplicates/find`: same names, or same document); a likely
+    /// duplicate is parked as a dead letter for a person to decide
+    /// (`dead-letter link` or `dead-letter retry --create`).
+    #[serde(default)]
+    pub check_duplicates: bool,
 }
 
 impl Push {

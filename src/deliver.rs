@@ -407,6 +407,9 @@ impl From<GodataError> for Failure {
     }
 }
 
+/// The dead-letter code of a record parked by the duplicate check.
+pub const POSSIBLE_DUPLICATE: &str = "POSSIBLE_DUPLICATE";
+
 /// A link row: (Go.Data id, content hash) and the synced columns.
 type Link = ((Uuid, Option<String>), Option<Value>);
 
@@ -1000,6 +1003,21 @@ impl Deliverer {
         } else {
             Plan::Full
         };
+        // A record about to be created that Go.Data may already hold under
+        // another id (entered by hand): a person decides.
+        if !linked && push.check_duplicates {
+            let found = self.client.find_duplicates(collection, p.id, &doc).await?;
+            if !found.is_empty() {
+                return Err(Failure::Permanent {
+                    status: None,
+                    code: Some(POSSIBLE_DUPLICATE.into()),
+                    reason: format!(
+                        "possible duplicate of {} (dead-letter link ID --to GODATA_ID adopts it; dead-letter retry ID --create creates this one)",
+                        found.join(", ")
+                    ),
+                });
+            }
+        }
         let sent = self.send(p, push, image, &doc, &rel, &ext, plan).await;
         let (id, stored) = match sent {
             // A record not linked, yet already in Go.Data (the link was

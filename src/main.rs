@@ -142,6 +142,20 @@ enum DeadLetterCmd {
         /// Every dead letter, both directions.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
+        /// Push dead letters parked as possible duplicates: create the
+        /// record anyway (the duplicate check is not asked again).
+        #[arg(long)]
+        create: bool,
+    },
+    /// Adopt an existing Go.Data record for a push dead letter parked as a
+    /// possible duplicate: the HMIS row is linked to it and the change is
+    /// sent there.
+    Link {
+        /// The push dead letter's id.
+        id: i64,
+        /// The Go.Data record to adopt.
+        #[arg(long)]
+        to: uuid::Uuid,
     },
     /// Delete dead letters for good (a pull dead letter's record is written
     /// when Go.Data changes it again).
@@ -315,14 +329,20 @@ fn main() -> ExitCode {
             Command::DeadLetter { action, .. } => {
                 let action = match action {
                     DeadLetterCmd::List { json } => DeadLetterAction::List { json },
-                    DeadLetterCmd::Retry { ids, all } | DeadLetterCmd::Discard { ids, all }
+                    DeadLetterCmd::Retry { ids, all, .. } | DeadLetterCmd::Discard { ids, all }
                         if ids.is_empty() && !all =>
                     {
                         return Err(anyhow::anyhow!("name the dead-letter ids, or pass --all"));
                     }
-                    DeadLetterCmd::Retry { ids, .. } => {
-                        DeadLetterAction::Retry(commands::DeadLetterIds::parse(&ids)?)
+                    DeadLetterCmd::Retry { ids, create, .. } => {
+                        let ids = commands::DeadLetterIds::parse(&ids)?;
+                        if create {
+                            DeadLetterAction::Create(ids)
+                        } else {
+                            DeadLetterAction::Retry(ids)
+                        }
                     }
+                    DeadLetterCmd::Link { id, to } => DeadLetterAction::Link { id, to },
                     DeadLetterCmd::Discard { ids, .. } => {
                         DeadLetterAction::Discard(commands::DeadLetterIds::parse(&ids)?)
                     }

@@ -184,6 +184,37 @@ async fn the_go_data_contract_holds() {
         format!("{s}"),
     );
 
+    // The duplicate finder (Person.findDuplicatesByType, server/models/person.js).
+    let (s, d) = api
+        .send(
+            "POST",
+            &api.ob("cases/duplicates/find"),
+            Some(&json!({"firstName": "TEST", "lastName": "conformed"})),
+        )
+        .await;
+    let found = |d: &Value, id: &str| {
+        d["duplicates"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|p| p["id"] == id))
+    };
+    r.check(
+        "duplicates/find matches a name pair in any order and case, as {duplicates: [...]}",
+        s == 200 && found(&d, &a),
+        format!("{s} {d}"),
+    );
+    let (_, d) = api
+        .send(
+            "POST",
+            &api.ob("cases/duplicates/find"),
+            Some(&json!({"id": a, "firstName": "Conformed", "lastName": "Test"})),
+        )
+        .await;
+    r.check(
+        "duplicates/find leaves out the record's own id",
+        !found(&d, &a),
+        d,
+    );
+
     // 3. Contacts through their case (§4, §10).
     let k = Uuid::new_v4().to_string();
     let (s, b) = api

@@ -694,6 +694,35 @@ impl Client {
         }
     }
 
+    /// Go.Data's duplicate finder for a record about to be created with
+    /// `doc` and `id` (`POST …/{collection}/duplicates/find`): the ids of
+    /// live records sharing a name pair or a document with it.
+    pub async fn find_duplicates(
+        &self,
+        collection: &str,
+        id: Uuid,
+        doc: &Value,
+    ) -> Result<Vec<String>, GodataError> {
+        let mut body = doc.clone();
+        body["id"] = json!(id.to_string());
+        let (s, b) = self
+            .call(
+                Method::POST,
+                &self.ob(&format!("{collection}/duplicates/find")),
+                Some(&body),
+            )
+            .await?;
+        if s != 200 {
+            return Err(status_error(s, &b));
+        }
+        Ok(b["duplicates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| d["id"].as_str().map(String::from))
+            .collect())
+    }
+
     /// The live record that `id` was merged into (`mergedDuplicatesIds`
     /// holds it; Go.Data's merge creates a new record and soft-deletes the
     /// candidates).

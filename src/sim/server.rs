@@ -596,6 +596,7 @@ fn outbreak_route(
             &filter_arg(r)?,
         )?)),
         (&Method::POST, []) => ok(store.create_person(oid, kind, &r.body, user)?),
+        (&Method::POST, ["duplicates", "find"]) => ok(store.find_duplicates(oid, kind, &r.body)),
         (&Method::GET, ["count"]) => {
             let w = r.arg("where");
             ok(json!({ "count": store.count_persons(oid, kind, w.as_deref())? }))

@@ -1108,6 +1108,65 @@ impl Store {
         Ok(public_person(&doc))
     }
 
+    /// `POST /outbreaks/{id}/{cases|contacts}/duplicates/find`
+    /// (`Person.findDuplicatesByType`, `server/models/person.js`): live
+    /// records of the kind in the outbreak, other than the body's `id`,
+    /// that share a name pair (first+last, first+middle, last+middle, in
+    /// any order) or a document (type and number), each value compared as
+    /// lodash `camelCase(v).toLowerCase()` (letters and digits only).
+    /// Answers `{"duplicates": [...]}` (checked against the real server).
+    pub fn find_duplicates(&self, outbreak_id: &str, kind: Kind, body: &Value) -> Value {
+        let keys = |p: &Value| -> (Vec<String>, Vec<String>) {
+            let norm = |v: &Value| -> Option<String> {
+                let s: String = v
+                    .as_str()?
+                    .chars()
+                    .filter(|c| c.is_alphanumeric())
+                    .flat_map(char::to_lowercase)
+                    .collect();
+                (!s.is_empty()).then_some(s)
+            };
+            let pair = |a: &str, b: &str| -> Option<String> {
+                let mut v = [norm(&p[a])?, norm(&p[b])?];
+                v.sort();
+                Some(v.concat())
+            };
+            let names = [
+                pair("firstName", "lastName"),
+                pair("firstName", "middleName"),
+                pair("lastName", "middleName"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let docs = p["documents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| {
+                    let mut v = [norm(&d["type"])?, norm(&d["number"])?];
+                    v.sort();
+                    Some(v.concat())
+                })
+                .collect();
+            (names, docs)
+        };
+        let (names, docs) = keys(body);
+        let own = body["id"].as_str();
+        let found: Vec<Value> = self
+            .persons
+            .values()
+            .filter(|p| Self::is_kind(p, outbreak_id, kind) && p["deleted"] != true)
+            .filter(|p| own.is_none_or(|o| p["id"] != o))
+            .filter(|p| {
+                let (n, d) = keys(p);
+                n.iter().any(|k| names.contains(k)) || d.iter().any(|k| docs.contains(k))
+            })
+            .map(public_person)
+            .collect();
+        json!({ "duplicates": found })
+    }
+
     /// `POST …/{id}/restore`: the record and what its deletion took along.
     /// `visualId` is not given back (there is no restore hook for it).
     pub fn restore_person(

@@ -1647,3 +1647,148 @@ async fn an_outage_logs_per_backoff_step_not_per_change(mode: Mode) {
 }
 
 both_modes!(an_outage_logs_per_backoff_step_not_per_change);
+
+/// Duplicates found before they are made: with `check_duplicates`, an HMIS
+/// case whose names or document match a case entered by hand in Go.Data is
+/// parked, not created; `dead-letter link --to` adopts the hand-entered
+/// record, `dead-letter retry --create` creates the HMIS one anyway.
+#[tokio::test]
+async fn a_likely_duplicate_is_parked_then_linked_or_created() {
+    let sim = crate::writeback_e2e::sim_with_tracer().await;
+    let (_db, c, env) = reference_hmis(&sim).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridge.toml");
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    let checked = example.replacen(
+        "key = [\"case_id\"]\n",
+        "key = [\"case_id\"]\ncheck_duplicates = true\n",
+        1,
+    );
+    assert_ne!(checked, example);
+    std::fs::write(&config, checked).unwrap();
+    let config = config.to_str().unwrap();
+    let t = crate::writeback_e2e::tracer(&sim).await;
+    let (_, by_name) = t
+        .post(
+            &crate::support::ob("cases"),
+            serde_json::json!({"firstName": "Hawa", "lastName": "Koroma"}),
+        )
+        .await;
+    let (_, by_doc) = t
+        .post(
+            &crate::support::ob("cases"),
+            serde_json::json!({"firstName": "Someone", "lastName": "Else",
+                "documents": [{"type": "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_NATIONAL_ID_CARD", "number": "NID-88"}]}),
+        )
+        .await;
+    let (by_name, by_doc) = (
+        by_name["id"].as_str().unwrap().to_string(),
+        by_doc["id"].as_str().unwrap().to_string(),
+    );
+    let (code, _, err) = bridge_cmd(&["install", "--config", config], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    c.batch_execute("DELETE FROM godata_bridge.outbox")
+        .await
+        .unwrap();
+    let _bridge = spawn_run(config, &env);
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, last_name, national_id, reported_at, classification)
+         VALUES ('DUP-1', 'HAWA', 'koroma', NULL, now(), 'suspected'),
+                ('DUP-2', 'Fode', 'Bangura', 'nid 88', now(), 'suspected'),
+                ('DUP-3', 'Unique', 'Person', NULL, now(), 'suspected')",
+    )
+    .await
+    .unwrap();
+    let ids = crate::support::ids(&c).await;
+    let gid = |k: &str| {
+        ids.id("hmis.cases", &serde_json::json!({"case_id": k}))
+            .to_string()
+    };
+    wait_for("two parked, one created", Duration::from_secs(30), || {
+        let (c, sim, unique) = (&c, &sim, gid("DUP-3"));
+        async move {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM godata_bridge.dead_letter WHERE godata_code = 'POSSIBLE_DUPLICATE'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 2 && sim.with_store(|s| s.persons.contains_key(&unique))
+        }
+    })
+    .await;
+    let (_, out, _) = bridge_cmd(&["dead-letter", "--config", config, "list"], &env).await;
+    assert!(
+        out.contains(&format!("possible duplicate of {by_name}"))
+            && out.contains(&format!("possible duplicate of {by_doc}")),
+        "{out}"
+    );
+    assert!(
+        !sim.with_store(|s| s.persons.contains_key(&gid("DUP-1"))),
+        "not created"
+    );
+    let dl = |k: &'static str| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT id FROM godata_bridge.dead_letter WHERE row_key = jsonb_build_object('case_id', $1::text)",
+                &[&k],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    let (d1, d2) = (dl("DUP-1").await, dl("DUP-2").await);
+    let (code, out, err) = bridge_cmd(
+        &[
+            "dead-letter",
+            "--config",
+            config,
+            "link",
+            &d1.to_string(),
+            "--to",
+            &by_name,
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, err) = bridge_cmd(
+        &[
+            "dead-letter",
+            "--config",
+            config,
+            "retry",
+            &d2.to_string(),
+            "--create",
+        ],
+        &env,
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_for("adopted and created", Duration::from_secs(30), || {
+        let (sim, by_name, created) = (&sim, by_name.clone(), gid("DUP-2"));
+        async move {
+            sim.with_store(|s| {
+                s.persons[&by_name]["documents"]
+                    .to_string()
+                    .contains("DUP-1")
+                    && s.persons.contains_key(&created)
+            })
+        }
+    })
+    .await;
+    assert!(
+        !sim.with_store(|s| s.persons.contains_key(&gid("DUP-1"))),
+        "DUP-1 adopted, not created"
+    );
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM godata_bridge.dead_letter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}
