@@ -40,10 +40,16 @@ use crate::writeback::target::Owner;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
-    #[error("HMIS database error: {}", crate::ops::describe_pg_error(.0))]
-    Db(#[from] tokio_postgres::Error),
+    #[error("HMIS database error: {0}")]
+    Db(#[source] crate::pg_error::PgError),
     #[error("Go.Data needs an operator")]
     Operator(#[source] GodataError),
+}
+
+impl From<tokio_postgres::Error> for DeliverError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DeliverError::Db(e.into())
+    }
 }
 
 /// Outcome of a drain.

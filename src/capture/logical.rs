@@ -825,7 +825,10 @@ pub async fn deliver(
                     ));
                 }
                 Err(DeliverError::Db(e)) => {
-                    tracing::warn!(error = %crate::ops::describe_pg_error(&e), "hmis database error; restarting the stream and reconnecting");
+                    crate::capture::trigger::log_db(
+                        &e,
+                        "hmis database error; restarting the stream and reconnecting",
+                    );
                     shared.restart.store(true, Ordering::SeqCst);
                     shared.progress.notify_one();
                     break;

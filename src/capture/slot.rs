@@ -23,8 +23,8 @@ pub enum LogicalError {
     },
     #[error(transparent)]
     Repl(#[from] ReplError),
-    #[error("HMIS database: {}", crate::ops::describe_pg_error(.0))]
-    Db(#[from] tokio_postgres::Error),
+    #[error("HMIS database: {0}")]
+    Db(#[source] crate::pg_error::PgError),
     #[error(transparent)]
     Decode(#[from] pgoutput::DecodeError),
     #[error(
@@ -43,6 +43,13 @@ impl LogicalError {
                 | LogicalError::WrongPlugin { .. }
                 | LogicalError::KeyNotInStream { .. }
         ) || matches!(self, LogicalError::Repl(ReplError::Auth(_)))
+            || matches!(self, LogicalError::Db(e) if e.disposition() == crate::pg_error::PgDisposition::Operator)
+    }
+}
+
+impl From<tokio_postgres::Error> for LogicalError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        LogicalError::Db(e.into())
     }
 }
 

@@ -130,7 +130,7 @@ pub async fn run(
                     again = d.settled() > 0;
                 }
                 Err(DeliverError::Db(e)) => {
-                    tracing::warn!(error = %crate::ops::describe_pg_error(&e), "hmis database error; reconnecting");
+                    log_db(&e, "hmis database error; reconnecting");
                     break;
                 }
                 Err(DeliverError::Operator(e)) => {
@@ -202,6 +202,17 @@ pub fn log_drained(d: &Drained) {
             deferred = d.deferred,
             "drained changes"
         );
+    }
+}
+
+/// A database error in a long-running loop: ERROR when an operator must
+/// act (credentials, a missing object or privilege), WARN otherwise.
+pub fn log_db(e: &crate::pg_error::PgError, what: &str) {
+    match e.disposition() {
+        crate::pg_error::PgDisposition::Operator => {
+            tracing::error!(error = %e, "{what}; an operator must fix the database setup")
+        }
+        _ => tracing::warn!(error = %e, "{what}"),
     }
 }
 

@@ -29,8 +29,8 @@ fn cursor_name(r: Resource) -> &'static str {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    #[error("HMIS database error: {}", crate::ops::describe_pg_error(.0))]
-    Db(#[from] tokio_postgres::Error),
+    #[error("HMIS database error: {0}")]
+    Db(#[source] crate::pg_error::PgError),
     #[error("Go.Data: {0}")]
     Godata(#[from] GodataError),
     #[error("the pull cursor moved under us (another bridge pulling?)")]
@@ -38,6 +38,12 @@ pub enum PullError {
 }
 
 pub use crate::writeback::target::PendingHmis;
+
+impl From<tokio_postgres::Error> for PullError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PullError::Db(e.into())
+    }
+}
 
 /// How long a poll waits for flow 1 to catch up with the HMIS's WAL
 /// before it writes anyway.
@@ -688,6 +694,11 @@ pub async fn run(
                     if g.disposition() == crate::godata::client::Disposition::Operator =>
                 {
                     tracing::error!(error = %g, status = g.status(), code = g.code(), "pull: go.data refuses the bridge; fix the account or outbreak");
+                }
+                Err(PullError::Db(e))
+                    if e.disposition() == crate::pg_error::PgDisposition::Operator =>
+                {
+                    tracing::error!(error = %e, "pull: the hmis database refuses the write-back; an operator must fix the database setup (retrying at the next interval)");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "pull failed; retrying at the next interval")

@@ -1792,3 +1792,74 @@ async fn a_likely_duplicate_is_parked_then_linked_or_created() {
         .get(0);
     assert_eq!(left, 0);
 }
+
+/// One error policy: a database error an operator must fix (a write-back
+/// column dropped: SQLSTATE 42703) is logged by the pull as an ERROR that
+/// says so, with the SQLSTATE and the object, never the values.
+#[tokio::test]
+async fn a_database_setup_error_in_the_pull_is_an_operator_error() {
+    let sim = crate::writeback_e2e::sim_with_tracer().await;
+    let (_db, c, env) = reference_hmis(&sim).await;
+    assert_eq!(
+        bridge_cmd(&["install", "--config", EXAMPLE], &env).await.0,
+        Some(0)
+    );
+    let mut run = spawn_run_with(EXAMPLE, &env, "127.0.0.1:0", Stdio::piped());
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut reader =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(run.stderr.take().unwrap()));
+    let collected = lines.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = reader.next_line().await {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    // Dropped while the bridge runs (at start, `run` refuses a missing
+    // column and exits 2).
+    let pulled = {
+        let lines = lines.clone();
+        move || {
+            let n = lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("listening for hmis changes"))
+                .count();
+            async move { n > 0 }
+        }
+    };
+    wait_for("the bridge running", Duration::from_secs(30), pulled).await;
+    c.batch_execute("ALTER TABLE hmis.tbl_cases DROP COLUMN telecom")
+        .await
+        .unwrap();
+    let t = crate::writeback_e2e::tracer(&sim).await;
+    t.post(
+        &crate::support::ob("cases"),
+        serde_json::json!({"firstName": "Setup", "lastName": "Probe"}),
+    )
+    .await;
+    let said = {
+        let lines = lines.clone();
+        move || {
+            let hit = lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains("an operator must fix the database setup"))
+                .cloned();
+            async move { hit.is_some() }
+        }
+    };
+    wait_for("the operator error", Duration::from_secs(30), said).await;
+    let _ = run.start_kill();
+    let lines = lines.lock().unwrap();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("an operator must fix the database setup"))
+        .unwrap();
+    assert!(
+        line.contains("\"ERROR\"") && line.contains("SQLSTATE 42703"),
+        "{line}"
+    );
+    assert!(!line.contains("Setup") && !line.contains("Probe"), "{line}");
+}
