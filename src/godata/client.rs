@@ -1,4 +1,4 @@
-//! HTTP client for the Go.Data REST API (`../shared/reference/godata-api.md`).
+//! HTTP client for the Go.Data REST API (`docs/reference/godata-api.md`).
 //!
 //! Invariants: at most one login in flight (a mutex around the token);
 //! a 401 triggers one re-login and one retry of that request; the token goes

@@ -1,5 +1,5 @@
 //! `godata-bridge sim`: an in-memory emulator of the WHO Go.Data REST API,
-//! held to `../shared/reference/godata-api.md` (quirks included: both login
+//! held to `docs/reference/godata-api.md` (quirks included: both login
 //! endpoints, a sliding 600 s token TTL, one live token per user, the
 //! active-outbreak rule for writes, partial-update PUT, soft delete that
 //! archives `visualId`, sequence-mask renumbering, LoopBack filters,

@@ -1,5 +1,5 @@
 //! Go.Data case/contact → HL7 FHIR R4 (4.0.1) `transaction` Bundle, after
-//! `../shared/reference/fhir-mapping.md` §1 and §4:
+//! `docs/reference/fhir-mapping.md` §1 and §4:
 //! - a case is a Patient and a Condition (classification →
 //!   `verificationStatus`, outcome → `clinicalStatus`/`deceased[x]`/
 //!   abatement); a contact is its own Patient plus a RelatedPerson linking
