@@ -553,8 +553,8 @@ impl Deliverer {
         .await?;
         let mark: Option<Value> = pg
             .query_opt(
-                "SELECT value FROM godata_bridge.state WHERE name = 'dead_letter_retry'",
-                &[],
+                "SELECT value FROM godata_bridge.state WHERE name = $1",
+                &[&crate::state::DEAD_LETTER_RETRY],
             )
             .await?
             .map(|r| r.get(0));

@@ -62,9 +62,9 @@ async fn gauges(probe: &Probe) -> Vec<(&'static str, f64)> {
             "SELECT (SELECT count(*) FROM godata_bridge.outbox)::float8,
                     coalesce((SELECT extract(epoch FROM now() - min(captured_at)) FROM godata_bridge.outbox), 0)::float8,
                     (SELECT count(*) FROM godata_bridge.dead_letter)::float8,
-                    (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = 'pull_cursor:case'),
+                    (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = $1),
                     (SELECT count(*) FROM godata_bridge.writeback_dead_letter)::float8",
-            &[],
+            &[&crate::state::PULL_CURSOR_CASE],
         )
         .await;
     if let Ok(r) = q {

@@ -26,5 +26,6 @@ pub mod pg_error;
 pub mod pg_tls;
 pub mod retry;
 pub mod sim;
+pub mod state;
 pub mod telemetry;
 pub mod writeback;

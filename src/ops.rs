@@ -47,15 +47,15 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
                     (SELECT to_char(max(pushed_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM godata_bridge.link),
                     (SELECT count(*) FROM godata_bridge.link),
                     (SELECT coalesce(array_agg(table_name ORDER BY table_name), '{}') FROM godata_bridge.tracked),
-                    (SELECT value FROM godata_bridge.state WHERE name = 'pull_cursor:case'),
-                    (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = 'pull_cursor:case'),
+                    (SELECT value FROM godata_bridge.state WHERE name = $1),
+                    (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = $1),
                     (SELECT count(*) FROM godata_bridge.conflict),
                     (SELECT count(*) FROM godata_bridge.writeback_dead_letter),
                     (SELECT count(*) FROM godata_bridge.link l
                       WHERE EXISTS (SELECT 1 FROM godata_bridge.link m
                                      WHERE m.godata_id = l.godata_id
                                        AND (m.table_name, m.row_key) <> (l.table_name, l.row_key)))",
-            &[],
+            &[&crate::state::PULL_CURSOR_CASE],
         )
         .await?;
     Ok(Status {
@@ -77,7 +77,7 @@ pub async fn status(pg: &impl GenericClient) -> Result<Status, tokio_postgres::E
 /// The `godata_bridge.state` row where the running bridge reports its
 /// Go.Data login (when it changes): `{"state", "refused_in_a_row",
 /// "next_try_in_secs"}`.
-pub const GODATA_LOGIN_STATE: &str = "godata_login";
+pub const GODATA_LOGIN_STATE: &str = crate::state::GODATA_LOGIN;
 
 /// The running bridge's Go.Data login, as it last reported it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -114,7 +114,7 @@ pub async fn godata_login(
 
 /// The `godata_bridge.state` row where logical mode's running bridge
 /// reports its window.
-pub const LOGICAL_WINDOW_STATE: &str = "logical_window";
+pub const LOGICAL_WINDOW_STATE: &str = crate::state::LOGICAL_WINDOW;
 
 /// Logical mode: the running bridge's in-memory window, as it last
 /// reported it (every `capture.status_interval_secs` when it changed).
@@ -212,9 +212,9 @@ pub async fn retry_dead_letters(
     // Tells the bridge to re-read what it caches from Go.Data (locations):
     // the operator may have fixed the cause there.
     tx.execute(
-        "INSERT INTO godata_bridge.state (name, value) VALUES ('dead_letter_retry', to_jsonb(now()))
+        "INSERT INTO godata_bridge.state (name, value) VALUES ($1, to_jsonb(now()))
          ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-        &[],
+        &[&crate::state::DEAD_LETTER_RETRY],
     )
     .await?;
     tx.execute("SELECT pg_notify('godata_bridge', '')", &[])

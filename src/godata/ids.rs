@@ -39,7 +39,7 @@ pub struct IdScheme {
 }
 
 /// The `godata_bridge.state` row of [`IdScheme`].
-pub const ID_SCHEME_STATE: &str = "id_scheme";
+pub const ID_SCHEME_STATE: &str = crate::state::ID_SCHEME;
 
 impl IdScheme {
     /// The Go.Data id of the row of `table` with `key`.

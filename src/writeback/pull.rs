@@ -22,8 +22,8 @@ const PERSON_TYPE_CASE: &str = "LNG_REFERENCE_DATA_CATEGORY_PERSON_TYPE_CASE";
 
 fn cursor_name(r: Resource) -> &'static str {
     match r {
-        Resource::Case => "pull_cursor:case",
-        Resource::Contact => "pull_cursor:contact",
+        Resource::Case => crate::state::PULL_CURSOR_CASE,
+        Resource::Contact => crate::state::PULL_CURSOR_CONTACT,
     }
 }
 
