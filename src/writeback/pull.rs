@@ -117,6 +117,22 @@ pub async fn pull_once(
     pull_once_with(pg, config, client, None).await
 }
 
+/// How many polls re-read the overlap window before the cursor after the
+/// cursor last moved: a record stamped in the cursor's millisecond lands
+/// within moments, so two re-reads (two poll intervals) catch it; after
+/// that a quiet Go.Data costs one empty page per poll, not a re-read of
+/// everything stamped in the overlap.
+const OVERLAP_READS: u32 = 2;
+
+/// What a running pull remembers between polls.
+#[derive(Debug, Default)]
+pub struct PullMemory {
+    /// Per resource: the cursor the overlap was re-read at, and how often.
+    overlap: std::collections::HashMap<&'static str, (Value, u32)>,
+    /// Per resource: records the last poll fetched.
+    pub fetched: std::collections::HashMap<&'static str, usize>,
+}
+
 /// [`pull_once`], with the HMIS changes flow 1 holds in memory (logical
 /// capture): before writing, the poll lets flow 1 catch up with the WAL
 /// written so far (at most [`CATCH_UP_WAIT`]), and rows with such a change
@@ -126,6 +142,18 @@ pub async fn pull_once_with(
     config: &Config,
     client: &Client,
     pending: Option<&dyn PendingHmis>,
+) -> Result<usize, PullError> {
+    pull_once_remembering(pg, config, client, pending, &mut PullMemory::default()).await
+}
+
+/// [`pull_once_with`], re-reading the overlap window only while the cursor
+/// is new (see [`OVERLAP_READS`]); `memory` carries that across polls.
+pub async fn pull_once_remembering(
+    pg: &mut tokio_postgres::Client,
+    config: &Config,
+    client: &Client,
+    pending: Option<&dyn PendingHmis>,
+    memory: &mut PullMemory,
 ) -> Result<usize, PullError> {
     if let Some(p) = pending {
         // The insert position: an asynchronous commit is visible to the
@@ -143,7 +171,7 @@ pub async fn pull_once_with(
     let mut total = 0;
     for resource in [Resource::Case, Resource::Contact] {
         if config.pull.target.iter().any(|t| t.resource == resource) {
-            total += pull_resource(pg, config, client, resource, pending).await?;
+            total += pull_resource(pg, config, client, resource, pending, memory).await?;
             total += retry_dead_letters(pg, config, client, resource, pending).await?;
         }
     }
@@ -194,9 +222,11 @@ async fn pull_resource(
     client: &Client,
     resource: Resource,
     pending: Option<&dyn PendingHmis>,
+    memory: &mut PullMemory,
 ) -> Result<usize, PullError> {
     let o = fhir_options(config);
     let name = cursor_name(resource);
+    let mut fetched = 0;
     let collection = collection_of(resource);
     let (targets, two_ways) = targets_of(pg, config, resource).await?;
     let dead_letters = dead_letter::any(pg).await?;
@@ -205,14 +235,27 @@ async fn pull_resource(
     // stamps have ms resolution, and a record stamped in the cursor's
     // millisecond with a lower id may land after that page was read. The
     // re-read records change nothing (newer-and-different writes only).
-    let mut pos: Option<Value> = pg
+    // The overlap is re-read only while the cursor is new: a quiet Go.Data
+    // must not cost a re-read of the last burst on every poll.
+    let stored: Option<Value> = pg
         .query_opt(
             "SELECT value FROM godata_bridge.state WHERE name = $1",
             &[&name],
         )
         .await?
-        .map(|r| r.get::<_, Value>(0))
-        .map(|c| overlap_start(&c, config.pull.overlap_ms));
+        .map(|r| r.get::<_, Value>(0));
+    let mut pos: Option<Value> = stored.map(|c| {
+        let reads = match memory.overlap.get(name) {
+            Some((at, n)) if *at == c => *n,
+            _ => 0,
+        };
+        memory.overlap.insert(name, (c.clone(), reads + 1));
+        if reads < OVERLAP_READS {
+            overlap_start(&c, config.pull.overlap_ms)
+        } else {
+            c
+        }
+    });
     loop {
         let cursor: Option<Value> = pg
             .query_opt(
@@ -227,6 +270,8 @@ async fn pull_resource(
                 &page_filter(pos.as_ref(), config.pull.page_size),
             )
             .await?;
+        fetched += page.len();
+        memory.fetched.insert(name, fetched);
         let Some(last) = page.last() else {
             return Ok(total);
         };
@@ -653,6 +698,7 @@ pub async fn run(
     let db: crate::pg_tls::Db = db.into();
     let interval = Duration::from_secs(config.pull.interval_secs);
     let mut pg: Option<tokio_postgres::Client> = None;
+    let mut memory = PullMemory::default();
     while !*shutdown.borrow() {
         if pg.as_ref().is_none_or(|c| c.is_closed()) {
             pg = match db.connect().await {
@@ -688,7 +734,8 @@ pub async fn run(
             };
         }
         if let Some(c) = pg.as_mut() {
-            match pull_once_with(c, &config, &client, pending.as_deref()).await {
+            match pull_once_remembering(c, &config, &client, pending.as_deref(), &mut memory).await
+            {
                 Ok(_) => {}
                 Err(PullError::Godata(g))
                     if g.disposition() == crate::godata::client::Disposition::Operator =>

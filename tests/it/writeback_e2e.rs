@@ -760,3 +760,50 @@ async fn drain(d: &mut Deliverer, pg: &tokio_postgres::Client) {
         .await
         .unwrap();
 }
+
+/// A quiet Go.Data after a burst: the overlap window before the cursor is
+/// re-read while the cursor is new, then no more; each later poll fetches
+/// nothing (it used to fetch the whole last burst, every poll, for ever).
+#[tokio::test]
+async fn a_quiet_godata_is_not_read_again_and_again() {
+    let sim = sim_with_tracer().await;
+    let mut s = setup(&sim).await;
+    let mut pg = s.db.client().await;
+    let t = tracer(&sim).await;
+    for i in 0..30 {
+        t.post(&ob("cases"), json!({"firstName": format!("Q{i}")}))
+            .await;
+    }
+    // All in one millisecond: the whole burst lies in the overlap window.
+    sim.with_store(|st| {
+        for p in st.persons.values_mut() {
+            p["dbUpdatedAt"] = json!("2024-06-01T00:00:00.000Z");
+        }
+    });
+    s.config.pull.page_size = 500;
+    let mut memory = pull::PullMemory::default();
+    let mut fetched = vec![];
+    for _ in 0..5 {
+        pull::pull_once_remembering(&mut pg, &s.config, &s.client, None, &mut memory)
+            .await
+            .unwrap();
+        fetched.push(memory.fetched["pull_cursor:case"]);
+    }
+    assert_eq!(
+        fetched,
+        [30, 30, 30, 0, 0],
+        "the first poll, two overlap re-reads, then nothing"
+    );
+    // A record changed later comes by its own (later) stamp.
+    t.post(&ob("cases"), json!({"firstName": "Late"})).await;
+    pull::pull_once_remembering(&mut pg, &s.config, &s.client, None, &mut memory)
+        .await
+        .unwrap();
+    assert_eq!(memory.fetched["pull_cursor:case"], 1);
+    let n: i64 =
+        s.c.query_one("SELECT count(*) FROM hmis.tbl_cases", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(n, 31);
+}
