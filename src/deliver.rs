@@ -413,6 +413,10 @@ impl From<GodataError> for Failure {
     }
 }
 
+/// Go.Data codes that refuse a change only because of another record's
+/// state: the change is tried again when that record changes.
+pub const DEPENDENT_CODES: &[&str] = &["INVALID_RELATIONSHIP_WITH_DISCARDED_CASE"];
+
 /// The dead-letter code of a record parked by the duplicate check.
 pub const POSSIBLE_DUPLICATE: &str = "POSSIBLE_DUPLICATE";
 
@@ -563,6 +567,77 @@ impl Deliverer {
             self.locations.write().expect("locations lock").1 = None;
         }
         Ok(())
+    }
+
+    /// Changes refused only because of another record's state come back
+    /// when that record changes: contacts dead-lettered because their case
+    /// was discarded in Go.Data ([`DEPENDENT_CODES`]) go back to the
+    /// outbox once a change of their case has reached Go.Data (a
+    /// reclassification, say). Returns how many.
+    pub async fn revive_dependents<T>(
+        &self,
+        pg: &PgClient,
+        delivered: &Delivered<T>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        let mut revived = 0;
+        for contacts in &self.config.push {
+            let Some(parent) = &contacts.case else {
+                continue;
+            };
+            let case_keys: Vec<String> = delivered
+                .outcomes
+                .iter()
+                .filter(|(c, o)| {
+                    c.table == parent.table
+                        && matches!(
+                            o,
+                            Outcome::Acked(Acked::Upserted {
+                                resource: Resource::Case,
+                                ..
+                            })
+                        )
+                })
+                .filter_map(|(c, _)| c.key.as_object()?.values().next().cloned())
+                .map(|v| match v {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                })
+                .collect();
+            if case_keys.is_empty() {
+                continue;
+            }
+            let Some([key_col]) = self.keys.get(&contacts.table).map(Vec::as_slice) else {
+                continue;
+            };
+            let Some((schema, table)) = contacts.schema_table() else {
+                continue;
+            };
+            let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            let qualified = format!("{}.{}", q(schema), q(table));
+            let sql = format!(
+                "WITH moved AS (
+                    DELETE FROM godata_bridge.dead_letter d
+                     WHERE d.table_name = godata_bridge.qualified($1::text::regclass)
+                       AND d.godata_code = ANY($2::text[])
+                       AND EXISTS (SELECT 1 FROM {qt} c
+                                    WHERE d.row_key = jsonb_build_object($4::text, c.{kc})
+                                      AND c.{cc}::text = ANY($3::text[]))
+                    RETURNING table_name, op, row_key, id)
+                 INSERT INTO godata_bridge.outbox (table_name, op, row_key)
+                 SELECT table_name, op, row_key FROM moved ORDER BY id",
+                qt = qualified,
+                kc = q(key_col),
+                cc = q(&parent.column),
+            );
+            let n = pg
+                .execute(&sql, &[&qualified, &DEPENDENT_CODES, &case_keys, key_col])
+                .await?;
+            if n > 0 {
+                tracing::info!(table = %contacts.table, changes = n, "dead letters whose case changed go back to the outbox");
+            }
+            revived += n;
+        }
+        Ok(revived)
     }
 
     /// Delivers a batch (one change per record) and answers each change.

@@ -893,6 +893,9 @@ async fn round(
         shared.lock().must_see.absorb(must_see);
         let delivered = r?;
         persist(pg, &delivered).await?;
+        if deliverer.revive_dependents(pg, &delivered).await? > 0 {
+            *outbox_due = true;
+        }
         let d = delivered.counts();
         shared
             .lock()

@@ -48,6 +48,7 @@ pub async fn drain(
             let delivered = deliverer.deliver(pg, batch, must_see).await?;
             let d = delivered.counts();
             settle(pg, &delivered.outbreak_id, &delivered.outcomes).await?;
+            deliverer.revive_dependents(pg, &delivered).await?;
             if let Some(e) = delivered.operator {
                 return Err(DeliverError::Operator(e));
             }

@@ -712,7 +712,58 @@ async fn isolated_single_commits_each_arrive_with_their_values(mode: Mode) {
     drop(db);
 }
 
+/// A contact refused because its case is discarded in Go.Data (422
+/// `INVALID_RELATIONSHIP_WITH_DISCARDED_CASE`) is a dead letter until the
+/// HMIS reclassifies the case; then it goes by itself, no operator needed.
+async fn a_contact_refused_for_its_discarded_case_goes_once_the_case_changes(mode: Mode) {
+    let sim = start_sim().await;
+    let (_db, c, _bridge) = setup(&sim, mode).await;
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         VALUES ('DC-1', 'Sahr', now(), 'discarded');
+         INSERT INTO hmis.contacts (contact_id, case_id, first_name, exposure_date, relation)
+         VALUES ('DC-1-C1', 'DC-1', 'Musu', current_date, 'family')",
+    )
+    .await
+    .unwrap();
+    let dead = |code: &'static str| {
+        let c = &c;
+        async move {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM godata_bridge.dead_letter WHERE godata_code = $1",
+                    &[&code],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    wait_for("the contact refused", Duration::from_secs(20), || async {
+        dead("INVALID_RELATIONSHIP_WITH_DISCARDED_CASE").await == 1
+    })
+    .await;
+    c.batch_execute("UPDATE hmis.cases SET classification = 'confirmed' WHERE case_id = 'DC-1'")
+        .await
+        .unwrap();
+    let ids = crate::support::ids(&c).await;
+    let contact = ids
+        .id("hmis.contacts", &json!({"contact_id": "DC-1-C1"}))
+        .to_string();
+    wait_for("the contact in Go.Data", Duration::from_secs(20), || {
+        let n = sim.with_store(|s| s.persons.contains_key(&contact));
+        async move { n }
+    })
+    .await;
+    wait_for("no dead letter left", Duration::from_secs(20), || async {
+        dead("INVALID_RELATIONSHIP_WITH_DISCARDED_CASE").await == 0
+    })
+    .await;
+}
+
 both_modes!(
+    a_contact_refused_for_its_discarded_case_goes_once_the_case_changes,
     isolated_single_commits_each_arrive_with_their_values,
     cases_and_contacts_arrive_mapped_and_deletes_follow,
     refused_rows_are_dead_lettered_and_later_rows_flow,
