@@ -218,9 +218,13 @@ impl Cluster {
 
     fn command(&self, program: &str) -> Command {
         let mut c = Command::new(self.bindir.join(program));
+        // Its own process group: a terminal's Ctrl-C (SIGINT to the
+        // foreground group) reaches the program using the cluster, which
+        // stops what uses it and then the cluster, not the server first.
         c.current_dir(&self.base)
             .env_remove("PGDATA")
-            .env("LC_ALL", "C");
+            .env("LC_ALL", "C")
+            .process_group(0);
         if let Some((uid, gid)) = self.run_as {
             c.uid(uid).gid(gid);
         }

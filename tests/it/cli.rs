@@ -390,11 +390,21 @@ async fn demo_shows_the_flow_and_stops_cleanly() {
         ])
         .env_remove("GODATA_BRIDGE_DATABASE_URL")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
+        // Its own process group, as a shell gives a foreground job.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     use tokio::io::AsyncBufReadExt;
+    let mut err_lines = tokio::io::BufReader::new(demo.stderr.take().unwrap()).lines();
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let collected = stderr.clone();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(l)) = err_lines.next_line().await {
+            collected.lock().unwrap().push(l);
+        }
+    });
     let mut lines = tokio::io::BufReader::new(demo.stdout.take().unwrap()).lines();
     let mut seen = vec![];
     let ready = tokio::time::timeout(Duration::from_secs(120), async {
@@ -419,9 +429,11 @@ async fn demo_shows_the_flow_and_stops_cleanly() {
         text.contains("CASE_CLASSIFICATION_CONFIRMED") && text.contains("deleted (soft)"),
         "{text}"
     );
-    let pid = demo.id().unwrap().to_string();
+    // Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+    let before = stderr.lock().unwrap().len();
+    let group = format!("-{}", demo.id().unwrap());
     assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args(["-INT", "--", &group])
         .status()
         .unwrap()
         .success());
@@ -430,6 +442,15 @@ async fn demo_shows_the_flow_and_stops_cleanly() {
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0));
+    // A quiet teardown: the throwaway PostgreSQL is not in the group, so it
+    // outlives the bridge instead of vanishing under it.
+    reader.await.unwrap();
+    let teardown = stderr.lock().unwrap()[before..].to_vec();
+    let noisy: Vec<&String> = teardown
+        .iter()
+        .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+        .collect();
+    assert!(noisy.is_empty(), "{noisy:#?}");
 }
 
 #[tokio::test]

@@ -55,3 +55,25 @@ async fn cluster_is_ready_for_logical_replication() {
         .join(format!(".s.PGSQL.{}", cluster().port()))
         .exists());
 }
+
+/// A throwaway cluster runs in a process group of its own: a terminal's
+/// Ctrl-C (SIGINT to the foreground group) reaches the program using it,
+/// which stops its work and then the cluster; the server does not vanish
+/// under a running bridge (the demo's teardown used to log WARNs).
+#[test]
+fn a_throwaway_cluster_is_outside_our_process_group() {
+    let c = cluster();
+    let pid_file = std::fs::read_to_string(c.data_dir().join("postmaster.pid")).unwrap();
+    let postmaster = pid_file.lines().next().unwrap().trim().to_string();
+    let pgid = |pid: &str| {
+        let out = std::process::Command::new("ps")
+            .args(["-o", "pgid=", "-p", pid])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let ours = pgid(&std::process::id().to_string());
+    let theirs = pgid(&postmaster);
+    assert!(!theirs.is_empty(), "the postmaster {postmaster} runs");
+    assert_ne!(ours, theirs);
+}
