@@ -422,6 +422,12 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+    /// More than one problem: each on its own line.
+    #[error("{file}: {} problems:{}", problems.len(), problems.iter().map(|(f, m)| format!("\n  {f}: {m}")).collect::<String>())]
+    Problems {
+        file: String,
+        problems: Vec<(String, String)>,
+    },
 }
 
 /// Where environment values come from (a seam for tests).
@@ -511,61 +517,53 @@ impl Config {
 
     /// Field-level checks that need no database.
     pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
-        let bad = |field: String, message: String| {
-            Err(ConfigError::Invalid {
-                file: file.to_string(),
-                field,
-                message,
-            })
-        };
+        // Every problem, not the first: an operator fixes them in one go.
+        let mut problems: Vec<(String, String)> = vec![];
+        let mut bad = |field: String, message: String| problems.push((field, message));
         if self.hmis.database_url.is_empty() {
-            return bad(
+            bad(
                 "hmis.database_url_file".into(),
                 "no database URL: set GODATA_BRIDGE_DATABASE_URL or hmis.database_url_file".into(),
             );
         }
         match &self.godata.url {
-            None => {
-                return bad(
-                    "godata.url".into(),
-                    "missing (or set GODATA_BRIDGE_GODATA_URL)".into(),
-                )
-            }
-            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                return bad(
-                    "godata.url".into(),
-                    "must start with http:// or https://".into(),
-                )
-            }
+            None => bad(
+                "godata.url".into(),
+                "missing (or set GODATA_BRIDGE_GODATA_URL)".into(),
+            ),
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => bad(
+                "godata.url".into(),
+                "must start with http:// or https://".into(),
+            ),
             _ => {}
         }
         if self.godata.user.as_deref().is_none_or(str::is_empty) {
-            return bad(
+            bad(
                 "godata.user".into(),
                 "missing (or set GODATA_BRIDGE_GODATA_USER)".into(),
             );
         }
         if self.godata.password.is_empty() {
-            return bad(
+            bad(
                 "godata.password_file".into(),
                 "no Go.Data password: set GODATA_BRIDGE_GODATA_PASSWORD or godata.password_file"
                     .into(),
             );
         }
         if self.godata.outbreak_id.as_deref().is_none_or(str::is_empty) {
-            return bad(
+            bad(
                 "godata.outbreak_id".into(),
                 "missing (or set GODATA_BRIDGE_OUTBREAK_ID)".into(),
             );
         }
         if self.delivery.lanes == 0 || self.delivery.lanes > 256 {
-            return bad("delivery.lanes".into(), "must be between 1 and 256".into());
+            bad("delivery.lanes".into(), "must be between 1 and 256".into());
         }
         if self.delivery.batch_size < 1 {
-            return bad("delivery.batch_size".into(), "must be at least 1".into());
+            bad("delivery.batch_size".into(), "must be at least 1".into());
         }
         if self.capture.safety_poll_secs == 0 {
-            return bad(
+            bad(
                 "capture.safety_poll_secs".into(),
                 "must be at least 1".into(),
             );
@@ -581,70 +579,68 @@ impl Config {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
                 && !name.as_bytes()[0].is_ascii_digit();
             if !plain {
-                return bad(
+                bad(
                     field.into(),
                     format!("`{name}` must be 1-63 lowercase letters, digits or _, not starting with a digit"),
                 );
             }
         }
         if !(1..=50).contains(&self.capture.status_interval_secs) {
-            return bad(
+            bad(
                 "capture.status_interval_secs".into(),
                 "must be between 1 and 50 (below wal_sender_timeout)".into(),
             );
         }
         if !(1..=1_000_000).contains(&self.capture.window_records) {
-            return bad(
+            bad(
                 "capture.window_records".into(),
                 "must be between 1 and 1000000".into(),
             );
         }
         if !(1..=4096).contains(&self.capture.window_mib) {
-            return bad(
+            bad(
                 "capture.window_mib".into(),
                 "must be between 1 and 4096".into(),
             );
         }
         if self.fhir.offset().is_none() {
-            return bad(
+            bad(
                 "fhir.timezone".into(),
                 format!("`{}` is not an offset like +00:00", self.fhir.timezone),
             );
         }
         if self.pull.page_size < 1 || self.pull.interval_secs == 0 {
-            return bad(
+            bad(
                 "pull".into(),
                 "page_size and interval_secs must be at least 1".into(),
             );
         }
         for (i, t) in self.pull.target.iter().enumerate() {
-            if let Some(p) = t.problems().into_iter().next() {
-                return bad(format!("pull.target[{i}]"), p);
+            for p in t.problems() {
+                bad(format!("pull.target[{i}]"), p);
             }
         }
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.push.iter().enumerate() {
             let at = |f: &str| format!("push[{i}].{f}");
             if p.schema_table().is_none() {
-                return bad(at("table"), format!("`{}` is not `schema.table`", p.table));
+                bad(at("table"), format!("`{}` is not `schema.table`", p.table));
             }
             if !seen.insert(p.table.as_str()) {
-                return bad(at("table"), format!("`{}` is pushed twice", p.table));
+                bad(at("table"), format!("`{}` is pushed twice", p.table));
             }
             match (p.resource, &p.case) {
-                (Resource::Contact, None) => {
-                    return bad(
-                        at("case"),
-                        "a contact table needs `case = { table = …, column = … }`".into(),
-                    )
-                }
+                (Resource::Contact, None) => bad(
+                    at("case"),
+                    "a contact table needs `case = { table = …, column = … }`".into(),
+                ),
                 (Resource::Case, Some(_)) => {
-                    return bad(at("case"), "only contact tables have a case".into())
+                    bad(at("case"), "only contact tables have a case".into())
                 }
                 (Resource::Contact, Some(c)) => {
                     let parent = self.push.iter().find(|q| q.table == c.table);
                     if parent.is_none_or(|q| q.resource != Resource::Case) {
-                        return bad(
+                        bad(
                             at("case.table"),
                             format!("`{}` is not a pushed case table", c.table),
                         );
@@ -653,12 +649,26 @@ impl Config {
                 _ => {}
             }
             for (j, rule) in p.map.iter().enumerate() {
-                if let Some(problem) = rule.problems().into_iter().next() {
-                    return bad(at(&format!("map[{j}].{}", problem.field)), problem.message);
+                for problem in rule.problems() {
+                    bad(at(&format!("map[{j}].{}", problem.field)), problem.message);
                 }
             }
         }
-        Ok(())
+        match problems.len() {
+            0 => Ok(()),
+            1 => {
+                let (field, message) = problems.remove(0);
+                Err(ConfigError::Invalid {
+                    file: file.to_string(),
+                    field,
+                    message,
+                })
+            }
+            _ => Err(ConfigError::Problems {
+                file: file.to_string(),
+                problems,
+            }),
+        }
     }
 }
 
@@ -740,6 +750,21 @@ map = [{ to = "firstName", from = "first_name" }]
             .unwrap_err()
             .to_string();
         assert!(e.contains("push[1].case"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_not_the_first() {
+        let many = BASE
+            .replace("url = \"http://127.0.0.1:8000\"", "url = \"ftp://x\"")
+            .replace("table = \"hmis.cases\"", "table = \"cases\"")
+            + "[delivery]\nlanes = 0\n";
+        let e = Config::parse(&many, "t.toml", &env())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml: 3 problems:"), "{e}");
+        for field in ["godata.url", "delivery.lanes", "push[0].table"] {
+            assert!(e.contains(&format!("\n  {field}: ")), "{field}: {e}");
+        }
     }
 }
 
