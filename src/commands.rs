@@ -460,10 +460,23 @@ pub async fn run(
             tracing::info!("shutting down");
         }
         let _ = stop.send(true);
-        let _ = task.await;
-        let _ = login_report.await;
-        if let Some(p) = pull {
-            let _ = p.await;
+        // The in-flight batch and pull page finish, within the grace
+        // period; what does not is retried after the restart.
+        let grace = Duration::from_secs(config.delivery.shutdown_grace_secs);
+        let mut tasks = vec![task, login_report];
+        tasks.extend(pull);
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        if tokio::time::timeout(grace, futures_util::future::join_all(tasks))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "in-flight work did not finish within the shutdown grace period; stopping without it (it is retried after the restart)"
+            );
+            for a in aborts {
+                a.abort();
+            }
         }
         drop(leadership);
         if !lost {

@@ -334,7 +334,19 @@ pub struct Delivery {
     /// filtered list request (a collection scan in Go.Data) per new case.
     #[serde(default)]
     pub adopt_by_external_id: bool,
+    /// On SIGTERM/SIGINT, how long the in-flight work (a batch, a pull
+    /// page) may take to finish before the bridge stops without it (it is
+    /// retried after the restart; nothing is lost).
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
 }
+
+fn default_grace() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_SECS
+}
+
+/// See [`Delivery::shutdown_grace_secs`].
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
 
 fn default_lanes() -> usize {
     DEFAULT_LANES
@@ -353,6 +365,7 @@ impl Default for Delivery {
             batch_size: DEFAULT_BATCH_SIZE,
             max_backoff_secs: DEFAULT_MAX_BACKOFF_SECS,
             adopt_by_external_id: false,
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
         }
     }
 }

@@ -1884,3 +1884,93 @@ async fn a_database_setup_error_in_the_pull_is_an_operator_error() {
     );
     assert!(!line.contains("Setup") && !line.contains("Probe"), "{line}");
 }
+
+/// `run`'s shutdown is bounded: work stuck in flight (here a delivery
+/// waiting on a lock another session holds) gets
+/// `delivery.shutdown_grace_secs`, then the bridge stops without it (exit
+/// 0; the change stays in the outbox for the next start).
+#[tokio::test]
+async fn shutdown_waits_for_in_flight_work_at_most_the_grace_period() {
+    let sim = start_sim().await;
+    let (_db, c, env) = reference_hmis(&sim).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridge.toml");
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    let graced = example.replacen("[delivery]\n", "[delivery]\nshutdown_grace_secs = 2\n", 1);
+    assert_ne!(graced, example);
+    std::fs::write(&config, graced).unwrap();
+    let config = config.to_str().unwrap();
+    assert_eq!(
+        bridge_cmd(&["install", "--config", config], &env).await.0,
+        Some(0)
+    );
+    c.batch_execute("DELETE FROM godata_bridge.outbox")
+        .await
+        .unwrap();
+    let mut run = spawn_run(config, &env);
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         VALUES ('GR-0', 'A', now(), 'suspected')",
+    )
+    .await
+    .unwrap();
+    wait_for("the bridge delivering", Duration::from_secs(30), || async {
+        sim.with_store(|s| !s.persons.is_empty())
+    })
+    .await;
+    // Another session holds the link table: the next delivery waits on it.
+    let mut locker = _db.client().await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE godata_bridge.link IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         VALUES ('GR-1', 'A', now(), 'suspected')",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the delivery waiting on the lock",
+        Duration::from_secs(20),
+        || {
+            let c = &c;
+            async move {
+                let n: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_locks WHERE NOT granted
+                        AND relation = 'godata_bridge.link'::regclass",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                n > 0
+            }
+        },
+    )
+    .await;
+    let pid = run.id().unwrap().to_string();
+    let t0 = std::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(Duration::from_secs(15), run.wait())
+        .await
+        .expect("stopped within the grace period, not when the lock goes")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        t0.elapsed() >= Duration::from_secs(2),
+        "it waited the grace period"
+    );
+    tx.rollback().await.unwrap();
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1, "the change waits for the next start");
+}
