@@ -425,21 +425,14 @@ impl Store {
         user_id: &str,
     ) -> Result<Value, ApiError> {
         let mut data = body_object(body)?;
-        strip_read_only(&mut data);
-        data.remove("id");
         normalize_dates("outbreak", &mut data, &["startDate", "endDate"])?;
         let now = self.stamp();
-        let Some(doc) = self
+        let doc = self
             .outbreaks
             .iter_mut()
             .find(|o| o["id"] == id && o["deleted"] != true)
-        else {
-            return Err(ApiError::outbreak_not_found(id));
-        };
-        let obj = doc.as_object_mut().expect("outbreaks are objects");
-        obj.extend(data);
-        stamp_update(obj, &now, user_id);
-        Ok(doc.clone())
+            .ok_or_else(|| ApiError::outbreak_not_found(id))?;
+        Ok(patch(doc, data, &[], &now, user_id))
     }
 
     /// `POST /locations`: `name` required; a new id; the rest as sent.
@@ -475,21 +468,14 @@ impl Store {
         body: &Value,
         user_id: &str,
     ) -> Result<Value, ApiError> {
-        let mut data = body_object(body)?;
-        strip_read_only(&mut data);
-        data.remove("id");
+        let data = body_object(body)?;
         let now = self.stamp();
-        let Some(doc) = self
+        let doc = self
             .locations
             .iter_mut()
             .find(|l| l["id"] == id && l["deleted"] != true)
-        else {
-            return Err(ApiError::model_not_found("location", id));
-        };
-        let obj = doc.as_object_mut().expect("locations are objects");
-        obj.extend(data);
-        stamp_update(obj, &now, user_id);
-        Ok(doc.clone())
+            .ok_or_else(|| ApiError::model_not_found("location", id))?;
+        Ok(patch(doc, data, &[], &now, user_id))
     }
 
     /// `POST /reference-data`: `categoryId` from Go.Data's list (422
@@ -555,23 +541,20 @@ impl Store {
         body: &Value,
         user_id: &str,
     ) -> Result<Value, ApiError> {
-        let mut data = body_object(body)?;
-        strip_read_only(&mut data);
-        for k in ["id", "value", "description", "categoryId"] {
-            data.remove(k);
-        }
+        let data = body_object(body)?;
         let now = self.stamp();
-        let Some(doc) = self
+        let doc = self
             .reference_data
             .get_mut(id)
             .filter(|d| d["deleted"] != true)
-        else {
-            return Err(ApiError::model_not_found("referenceData", id));
-        };
-        let obj = doc.as_object_mut().expect("reference data are objects");
-        obj.extend(data);
-        stamp_update(obj, &now, user_id);
-        Ok(doc.clone())
+            .ok_or_else(|| ApiError::model_not_found("referenceData", id))?;
+        Ok(patch(
+            doc,
+            data,
+            &["value", "description", "categoryId"],
+            &now,
+            user_id,
+        ))
     }
 
     // ----- persons ------------------------------------------------------------
@@ -1619,6 +1602,26 @@ fn snake_case(s: &str) -> String {
         words.push(cur);
     }
     words.join("_")
+}
+
+/// A partial update (`PUT`/`PATCH`): read-only fields, the id and `keep`
+/// are not taken from `data`; the rest replaces the fields wholesale.
+fn patch(
+    doc: &mut Value,
+    mut data: Map<String, Value>,
+    keep: &[&str],
+    now: &str,
+    user_id: &str,
+) -> Value {
+    strip_read_only(&mut data);
+    data.remove("id");
+    for k in keep {
+        data.remove(*k);
+    }
+    let obj = doc.as_object_mut().expect("records are objects");
+    obj.extend(data);
+    stamp_update(obj, now, user_id);
+    doc.clone()
 }
 
 fn rel_has(r: &Value, person_id: &str) -> bool {

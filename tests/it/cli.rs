@@ -8,7 +8,7 @@ use tokio::process::Command;
 
 use crate::support::bin::{
     bridge_cmd, free_port, metric, reference_hmis, reference_hmis_in, spawn_run, spawn_run_at,
-    spawn_run_with, BIN, EXAMPLE,
+    spawn_run_logged, spawn_run_with, BIN, EXAMPLE,
 };
 use crate::support::{both_modes, fresh_db, settled, start_sim, wait_for, wal_mark, Mode};
 
@@ -1592,16 +1592,7 @@ async fn an_outage_logs_per_backoff_step_not_per_change(mode: Mode) {
         bridge_cmd(&["install", "--config", EXAMPLE], &env).await.0,
         Some(0)
     );
-    let mut run = spawn_run_with(EXAMPLE, &env, "127.0.0.1:0", Stdio::piped());
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let mut reader =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(run.stderr.take().unwrap()));
-    let collected = lines.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = reader.next_line().await {
-            collected.lock().unwrap().push(line);
-        }
-    });
+    let (mut run, lines) = spawn_run_logged(EXAMPLE, &env);
     let said = |what: &'static str| {
         let lines = lines.clone();
         move || {
@@ -1825,16 +1816,7 @@ async fn a_database_setup_error_in_the_pull_is_an_operator_error() {
         bridge_cmd(&["install", "--config", EXAMPLE], &env).await.0,
         Some(0)
     );
-    let mut run = spawn_run_with(EXAMPLE, &env, "127.0.0.1:0", Stdio::piped());
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let mut reader =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(run.stderr.take().unwrap()));
-    let collected = lines.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = reader.next_line().await {
-            collected.lock().unwrap().push(line);
-        }
-    });
+    let (mut run, lines) = spawn_run_logged(EXAMPLE, &env);
     // Dropped while the bridge runs (at start, `run` refuses a missing
     // column and exits 2).
     let pulled = {

@@ -85,6 +85,27 @@ pub fn spawn_run_with(
         .unwrap()
 }
 
+/// `run` with its log lines (JSON) collected as they come.
+pub fn spawn_run_logged(
+    example: &str,
+    env: &[(&str, String)],
+) -> (
+    tokio::process::Child,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let mut run = spawn_run_with(example, env, "127.0.0.1:0", Stdio::piped());
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut reader =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(run.stderr.take().unwrap()));
+    let collected = lines.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = reader.next_line().await {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    (run, lines)
+}
+
 /// Runs the binary to its end: exit code, stdout, stderr.
 pub async fn bridge_cmd(args: &[&str], env: &[(&str, String)]) -> (Option<i32>, String, String) {
     let out = Command::new(BIN)
