@@ -170,9 +170,12 @@ enum DeadLetterCmd {
 #[derive(Debug, clap::Args)]
 struct ConfigArg {
     /// The bridge configuration file.
+    /// Global: also accepted after a nested subcommand
+    /// (`dead-letter list --config F`).
     #[arg(
         long,
         short,
+        global = true,
         default_value = "godata-bridge.toml",
         env = "GODATA_BRIDGE_CONFIG"
     )]

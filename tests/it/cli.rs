@@ -1572,7 +1572,8 @@ async fn a_writeback_dead_letter_is_listed_and_retried_after_the_fix() {
         }
     })
     .await;
-    let (_, out, _) = bridge_cmd(&["dead-letter", "--config", EXAMPLE, "list"], &env).await;
+    // `--config` after the nested subcommand too.
+    let (_, out, _) = bridge_cmd(&["dead-letter", "list", "--config", EXAMPLE], &env).await;
     assert!(out.contains("no dead letters"), "{out}");
     let (code, _, err) = bridge_cmd(
         &["dead-letter", "--config", EXAMPLE, "discard", "pulls:1"],
