@@ -1099,7 +1099,33 @@ impl Deliverer {
                 });
             }
         }
-        let sent = self.send(p, push, image, &doc, &rel, &ext, plan).await;
+        let sent = match self.send(p, push, image, &doc, &rel, &ext, plan).await {
+            // Refused for its case's state: it waits on that case (see
+            // `revive_dependents`), and says so.
+            Err(Failure::Permanent {
+                status,
+                code: Some(code),
+                reason,
+            }) if DEPENDENT_CODES.contains(&code.as_str()) => {
+                let case = push
+                    .case
+                    .as_ref()
+                    .and_then(|c| image.get(&c.column))
+                    .map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .unwrap_or_default();
+                Err(Failure::Permanent {
+                    status,
+                    code: Some(code),
+                    reason: format!(
+                        "waiting on case {case} (retried when the case changes): {reason}"
+                    ),
+                })
+            }
+            other => other,
+        };
         let (id, stored) = match sent {
             // A record not linked, yet already in Go.Data (the link was
             // lost): read it, and send only what the HMIS must win.

@@ -744,6 +744,12 @@ async fn a_contact_refused_for_its_discarded_case_goes_once_the_case_changes(mod
         dead("INVALID_RELATIONSHIP_WITH_DISCARDED_CASE").await == 1
     })
     .await;
+    let reason: String = c
+        .query_one("SELECT reason FROM godata_bridge.dead_letter", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.starts_with("waiting on case DC-1 "), "{reason}");
     c.batch_execute("UPDATE hmis.cases SET classification = 'confirmed' WHERE case_id = 'DC-1'")
         .await
         .unwrap();
