@@ -84,6 +84,27 @@ async fn check_catalog(
     .into())
 }
 
+/// `run` needs the schema this release installs: an upgrade that skipped
+/// `install` stops here (exit 2) instead of failing on a missing table.
+async fn check_schema_version(pg: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let have: i32 = pg
+        .query_one(
+            "SELECT CASE WHEN to_regclass('godata_bridge.schema_version') IS NULL THEN 0
+                         ELSE (SELECT coalesce(max(version), 0) FROM godata_bridge.schema_version) END",
+            &[],
+        )
+        .await?
+        .get(0);
+    if have >= capture::SCHEMA_VERSION {
+        return Ok(());
+    }
+    Err(ConfigProblem(format!(
+        "the godata_bridge schema in the HMIS is version {have}; this release needs version {}: run `godata-bridge install` (idempotent) before `run`",
+        capture::SCHEMA_VERSION
+    ))
+    .into())
+}
+
 pub async fn install(config: &Config, file: &str, role: Option<&str>) -> anyhow::Result<()> {
     let mut pg = connect_hmis(config).await?;
     check_catalog(&pg, config, file).await?;
@@ -354,7 +375,10 @@ pub async fn run(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let db = pg_config(&config)?;
     match connect_hmis(&config).await {
-        Ok(pg) => check_catalog(&pg, &config, file).await?,
+        Ok(pg) => {
+            check_catalog(&pg, &config, file).await?;
+            check_schema_version(&pg).await?;
+        }
         Err(e) if e.is::<ConfigProblem>() => return Err(e),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "hmis database not reachable yet; will retry")

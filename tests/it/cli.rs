@@ -1957,3 +1957,48 @@ async fn shutdown_waits_for_in_flight_work_at_most_the_grace_period() {
         .get(0);
     assert_eq!(left, 1, "the change waits for the next start");
 }
+
+/// An upgrade that skipped `install`: `run` says so and exits 2 (an
+/// operator's fix), instead of failing later on a missing table.
+#[tokio::test]
+async fn run_refuses_an_older_schema_and_says_run_install() {
+    let sim = start_sim().await;
+    let (_db, c, env) = reference_hmis(&sim).await;
+    assert_eq!(
+        bridge_cmd(&["install", "--config", EXAMPLE], &env).await.0,
+        Some(0)
+    );
+    // As a release before this one left it.
+    c.batch_execute(
+        "DELETE FROM godata_bridge.schema_version WHERE version >= 3;
+         DROP TABLE godata_bridge.writeback_dead_letter",
+    )
+    .await
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config", EXAMPLE, "--http-listen", "127.0.0.1:0"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("version 2") && err.contains("run `godata-bridge install`"),
+        "{err}"
+    );
+    // The fix: install again, and `run` starts.
+    assert_eq!(
+        bridge_cmd(&["install", "--config", EXAMPLE], &env).await.0,
+        Some(0)
+    );
+    let exists: bool = c
+        .query_one(
+            "SELECT to_regclass('godata_bridge.writeback_dead_letter') IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(exists);
+}
