@@ -40,16 +40,25 @@ fn pg_config(config: &Config) -> anyhow::Result<crate::pg_tls::Db> {
 }
 
 pub async fn connect_hmis(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
+    Ok(connect_hmis_owned(config).await?.0)
+}
+
+/// [`connect_hmis`], with the connection's driver task: awaiting it after
+/// dropping the client waits for the session to end cleanly (before the
+/// server goes, as the demo's teardown needs).
+async fn connect_hmis_owned(
+    config: &Config,
+) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
     let (client, conn) = pg_config(config)?
         .connect()
         .await
         .context("cannot connect to the HMIS database")?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::warn!(error = %ops::describe_pg_error(&e), "hmis connection ended");
         }
     });
-    Ok(client)
+    Ok((client, task))
 }
 
 pub fn godata_client(config: &Config) -> anyhow::Result<Client> {
@@ -1070,7 +1079,7 @@ pub async fn demo(
         file,
         &DemoEnv(url.clone(), sim.url()),
     )?;
-    let pg = connect_hmis(&config).await?;
+    let (pg, pg_task) = connect_hmis_owned(&config).await?;
     pg.batch_execute(include_str!("../examples/hmis.sql"))
         .await
         .context("loading examples/hmis.sql")?;
@@ -1208,6 +1217,7 @@ pub async fn demo(
     let _ = bridge.await;
     let _ = puller.await;
     drop(pg);
+    let _ = pg_task.await;
     if let Some(c) = cluster {
         tokio::task::spawn_blocking(move || drop(c)).await?;
     }
