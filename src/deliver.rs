@@ -462,8 +462,11 @@ pub struct Deliverer {
     hmis_updated: HashMap<String, String>,
     /// The last `dead-letter retry` seen; a new one drops cached locations.
     retry_mark: Option<Value>,
-    /// How Go.Data ids are derived (read from the HMIS by `refresh`).
+    /// How Go.Data ids are derived (read from the HMIS by the first
+    /// `refresh`: it changes only with `install`, while the bridge is
+    /// stopped).
     ids: crate::godata::ids::IdScheme,
+    ids_loaded: bool,
     /// Go.Data itself failing (unreachable, 5xx, 429): no delivery until
     /// `until`, then one batch probes. Keeps an outage cheap for both
     /// sides instead of a request per pending change.
@@ -494,6 +497,7 @@ impl Deliverer {
             owners,
             hmis_updated,
             ids,
+            ids_loaded: false,
             config,
             client: client.into(),
             locations: RwLock::new((Locations::new(), None)),
@@ -549,12 +553,15 @@ impl Deliverer {
         {
             self.keys.insert(row.get(0), row.get(1));
         }
-        self.ids = crate::godata::ids::IdScheme::load(
-            pg,
-            self.client.outbreak_id(),
-            self.config.godata.id_namespace,
-        )
-        .await?;
+        if !self.ids_loaded {
+            self.ids = crate::godata::ids::IdScheme::load(
+                pg,
+                self.client.outbreak_id(),
+                self.config.godata.id_namespace,
+            )
+            .await?;
+            self.ids_loaded = true;
+        }
         let mark: Option<Value> = pg
             .query_opt(
                 "SELECT value FROM godata_bridge.state WHERE name = $1",

@@ -381,10 +381,7 @@ impl Store {
             return Err(ApiError::validations("outbreak", &missing));
         }
         normalize_dates("outbreak", &mut data, &["startDate", "endDate"])?;
-        let id = match data.remove("id") {
-            Some(Value::String(s)) if !s.is_empty() => s,
-            _ => Uuid::new_v4().to_string(),
-        };
+        let id = take_id(&mut data);
         if self.outbreaks.iter().any(|o| o["id"] == id.as_str()) {
             return Err(ApiError::validation(
                 "outbreak",
@@ -448,10 +445,7 @@ impl Store {
                 &Value::Null,
             ));
         }
-        let id = match data.remove("id") {
-            Some(Value::String(s)) if !s.is_empty() => s,
-            _ => Uuid::new_v4().to_string(),
-        };
+        let id = take_id(&mut data);
         let now = self.stamp();
         data.insert("id".into(), json!(id));
         data.entry("active").or_insert(json!(true));
@@ -1602,6 +1596,14 @@ fn snake_case(s: &str) -> String {
         words.push(cur);
     }
     words.join("_")
+}
+
+/// The client's `id` if it sent one, else a new random one.
+fn take_id(data: &mut Map<String, Value>) -> String {
+    match data.remove("id") {
+        Some(Value::String(s)) if !s.is_empty() => s,
+        _ => Uuid::new_v4().to_string(),
+    }
 }
 
 /// A partial update (`PUT`/`PATCH`): read-only fields, the id and `keep`

@@ -229,7 +229,7 @@ async fn pull_resource(
     let mut fetched = 0;
     let collection = collection_of(resource);
     let (targets, two_ways) = targets_of(pg, config, resource).await?;
-    let dead_letters = dead_letter::any(pg).await?;
+    let mut dead_letters = dead_letter::any(pg).await?;
     let mut total = 0;
     // Each poll starts `overlap_ms` before the stored cursor: Go.Data's
     // stamps have ms resolution, and a record stamped in the cursor's
@@ -298,7 +298,7 @@ async fn pull_resource(
             &page,
             &bundles,
             pending,
-            dead_letters,
+            &mut dead_letters,
         )
         .await?;
         let moved = tx
@@ -394,7 +394,7 @@ async fn retry_dead_letters(
         tx.batch_execute("SET LOCAL godata_bridge.origin = 'godata'")
             .await?;
         let written = write_page(
-            &tx, config, resource, &targets, &two_ways, &page, &bundles, pending, true,
+            &tx, config, resource, &targets, &two_ways, &page, &bundles, pending, &mut true,
         )
         .await?;
         dead_letter::retried(&tx, label, chunk, &missing).await?;
@@ -423,7 +423,8 @@ fn collection_of(r: Resource) -> &'static str {
 /// constraint error, a value no value map knows) is set aside as a
 /// write-back dead letter and the rest of the page is written; a record
 /// written is no longer a dead letter (when `dead_letters` says there may
-/// be some). Returns (target table, rows changed) per target.
+/// be some; a page that sets one aside sets it, for the poll's later
+/// pages). Returns (target table, rows changed) per target.
 #[allow(clippy::too_many_arguments)]
 async fn write_page<'a>(
     tx: &tokio_postgres::Transaction<'_>,
@@ -434,7 +435,7 @@ async fn write_page<'a>(
     page: &[Value],
     bundles: &[Value],
     pending: Option<&dyn PendingHmis>,
-    dead_letters: bool,
+    dead_letters: &mut bool,
 ) -> Result<Vec<(&'a str, u64)>, PullError> {
     let tz = fhir_options(config).timezone;
     let label = resource_label(resource);
@@ -516,7 +517,7 @@ async fn write_page<'a>(
                 reason: r.reason,
             });
         }
-        if dead_letters {
+        if *dead_letters {
             let refused_ids: std::collections::HashSet<&str> =
                 set_aside.iter().map(|s| s.godata_id.as_str()).collect();
             let landed: Vec<&str> = row_recs
@@ -528,6 +529,8 @@ async fn write_page<'a>(
             dead_letter::resolve(tx, &t.table, &landed).await?;
         }
         if !set_aside.is_empty() {
+            // A record set aside now may come again later in this poll.
+            *dead_letters = true;
             let fresh = dead_letter::record(tx, &t.table, label, &set_aside).await?;
             metrics::inc(
                 metrics::WRITEBACK_REFUSED,

@@ -1057,8 +1057,18 @@ pub async fn write_guarded(
             continue;
         }
         tx.batch_execute("SAVEPOINT godata_bridge_part").await?;
-        let picked: Vec<Vec<Option<String>>> = part.iter().map(|&i| rows[i].clone()).collect();
-        match write(tx, target, &picked, &[], two_way, held).await {
+        // The whole page as it is (the fast path); a part as a copy.
+        let picked: Vec<Vec<Option<String>>> = if part.len() == rows.len() {
+            vec![]
+        } else {
+            part.iter().map(|&i| rows[i].clone()).collect()
+        };
+        let these = if part.len() == rows.len() {
+            rows
+        } else {
+            &picked
+        };
+        match write(tx, target, these, &[], two_way, held).await {
             Ok(n) => {
                 tx.batch_execute("RELEASE SAVEPOINT godata_bridge_part")
                     .await?;
