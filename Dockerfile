@@ -4,6 +4,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY crates ./crates
 COPY sql ./sql
 COPY examples ./examples
 RUN cargo build --release --locked --bin godata-bridge

@@ -947,7 +947,7 @@ async fn latency_in(quick: bool, mode: Mode, pace: Pace) -> anyhow::Result<Vec<R
             Some((p["id"].as_str()?.to_string(), t))
         })
         .collect();
-    let ids = crate::godata::ids::IdScheme::load(&c, crate::sim::DEFAULT_OUTBREAK_ID, None).await?;
+    let ids = crate::godata::ids::IdScheme::load(&c, godata_sim::DEFAULT_OUTBREAK_ID, None).await?;
     let mut ms: Vec<f64> = committed
         .iter()
         .filter_map(|(k, at)| {
@@ -1072,7 +1072,7 @@ async fn spawn_bridge_config(
         .env("GODATA_BRIDGE_GODATA_URL", sim_url)
         .env(
             "GODATA_BRIDGE_GODATA_PASSWORD",
-            crate::sim::DEFAULT_PASSWORD,
+            godata_sim::DEFAULT_PASSWORD,
         )
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
@@ -1171,7 +1171,7 @@ async fn throughput(quick: bool) -> anyhow::Result<Vec<Row>> {
     let http = reqwest::Client::new();
     let login: serde_json::Value = http
         .post(format!("{base_url}/api/users/login"))
-        .json(&json!({"email": crate::sim::DEFAULT_USER, "password": crate::sim::DEFAULT_PASSWORD}))
+        .json(&json!({"email": godata_sim::DEFAULT_USER, "password": godata_sim::DEFAULT_PASSWORD}))
         .send()
         .await?
         .json()
@@ -1179,7 +1179,7 @@ async fn throughput(quick: bool) -> anyhow::Result<Vec<Row>> {
     let token = login["id"].as_str().unwrap_or_default().to_string();
     let cases_url = format!(
         "{base_url}/api/outbreaks/{}/cases",
-        crate::sim::DEFAULT_OUTBREAK_ID
+        godata_sim::DEFAULT_OUTBREAK_ID
     );
     let started = Instant::now();
     for r in &rows {

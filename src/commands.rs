@@ -1026,7 +1026,7 @@ pub async fn demo(
     godata_listen: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
     use crate::pg_cluster::{Cluster, ClusterOptions};
-    use crate::sim::{Sim, SimConfig};
+    use godata_sim::{Sim, SimConfig};
     // Before anything is printed: a SIGTERM right after "demo ready" must
     // find the handler in place.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -1043,8 +1043,8 @@ pub async fn demo(
     };
     let users = vec![
         (
-            crate::sim::DEFAULT_USER.to_string(),
-            crate::sim::DEFAULT_PASSWORD.to_string(),
+            godata_sim::DEFAULT_USER.to_string(),
+            godata_sim::DEFAULT_PASSWORD.to_string(),
         ),
         (DEMO_TRACER.0.to_string(), DEMO_TRACER.1.to_string()),
     ];
@@ -1068,7 +1068,7 @@ pub async fn demo(
             match name {
                 "GODATA_BRIDGE_DATABASE_URL" => Some(self.0.clone()),
                 "GODATA_BRIDGE_GODATA_URL" => Some(self.1.clone()),
-                "GODATA_BRIDGE_GODATA_PASSWORD" => Some(crate::sim::DEFAULT_PASSWORD.into()),
+                "GODATA_BRIDGE_GODATA_PASSWORD" => Some(godata_sim::DEFAULT_PASSWORD.into()),
                 _ => None,
             }
         }
@@ -1167,7 +1167,7 @@ pub async fn demo(
         &sim.url(),
         DEMO_TRACER.0,
         crate::config::Secret::new(DEMO_TRACER.1),
-        crate::sim::DEFAULT_OUTBREAK_ID,
+        godata_sim::DEFAULT_OUTBREAK_ID,
         Duration::from_secs(10),
     );
     tracer
@@ -1205,8 +1205,8 @@ pub async fn demo(
     println!(
         "  Go.Data API: {}/api (user {}, password {})",
         sim.url(),
-        crate::sim::DEFAULT_USER,
-        crate::sim::DEFAULT_PASSWORD
+        godata_sim::DEFAULT_USER,
+        godata_sim::DEFAULT_PASSWORD
     );
     println!("Ctrl-C stops the demo and removes the throwaway database.");
     tokio::select! {

@@ -3,8 +3,8 @@
 //!
 //! The tree follows the pipeline (see README.md for the map):
 //! - [`capture`]: the HMIS side of flow 1 (trigger outbox SQL);
-//! - [`sim`]: the Go.Data API emulator (`godata-bridge sim`), the test bed and
-//!   demo peer, held to the real API contract;
+//! - the Go.Data API emulator (`godata-bridge sim`), the test bed and demo
+//!   peer, is its own crate, `crates/godata-sim`, with its contract tests;
 //! - [`pg_cluster`]: throwaway PostgreSQL clusters for tests, demo and bench;
 //! - [`telemetry`]: tracing setup shared by every command.
 
@@ -25,7 +25,6 @@ pub mod pg_cluster;
 pub mod pg_error;
 pub mod pg_tls;
 pub mod retry;
-pub mod sim;
 pub mod state;
 pub mod telemetry;
 pub mod writeback;

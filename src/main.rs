@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use godata_bridge::commands::{self, DeadLetterAction};
 use godata_bridge::config::{Config, ProcessEnv};
-use godata_bridge::sim::{self, Faults, Sim, SimConfig};
 use godata_bridge::telemetry::{self, LogFormat};
+use godata_sim::{self as sim, Faults, Sim, SimConfig};
 
 #[derive(Debug, Parser)]
 #[command(

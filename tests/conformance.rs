@@ -93,16 +93,16 @@ async fn the_go_data_contract_holds() {
             )
         }
         Err(_) => {
-            let sim = godata_bridge::sim::Sim::start(godata_bridge::sim::SimConfig::default())
+            let sim = godata_sim::Sim::start(godata_sim::SimConfig::default())
                 .await
                 .expect("the emulator starts");
             let url = format!("{}/api", sim.url());
             _sim = sim;
             (
                 url,
-                godata_bridge::sim::DEFAULT_USER.to_string(),
-                godata_bridge::sim::DEFAULT_PASSWORD.to_string(),
-                godata_bridge::sim::DEFAULT_OUTBREAK_ID.to_string(),
+                godata_sim::DEFAULT_USER.to_string(),
+                godata_sim::DEFAULT_PASSWORD.to_string(),
+                godata_sim::DEFAULT_OUTBREAK_ID.to_string(),
             )
         }
     };

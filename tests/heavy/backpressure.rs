@@ -49,7 +49,7 @@ async fn logical_backpressure_bounds_memory_and_the_slot_keeps_the_changes() {
     let config = config.to_str().unwrap();
     let (code, _, err) = bridge_cmd(&["install", "--config", config], &env).await;
     assert_eq!(code, Some(0), "{err}");
-    sim.set_faults(godata_bridge::sim::Faults {
+    sim.set_faults(godata_sim::Faults {
         error_rate: 1.0,
         ..Default::default()
     });
@@ -123,7 +123,7 @@ async fn logical_backpressure_bounds_memory_and_the_slot_keeps_the_changes() {
         "{text}"
     );
     assert!(metric(&text, "godata_bridge_slot_lag_bytes") > f64::from(1 << 20));
-    sim.set_faults(godata_bridge::sim::Faults::default());
+    sim.set_faults(godata_sim::Faults::default());
     wait_for(
         "every change delivered",
         Duration::from_secs(900),

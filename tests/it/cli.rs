@@ -3,7 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use godata_bridge::sim;
+use godata_sim as sim;
 use tokio::process::Command;
 
 use crate::support::bin::{
@@ -171,7 +171,7 @@ async fn kill_9_mid_burst_loses_and_duplicates_nothing(mode: Mode) {
             }
         })
     };
-    let cases = |sim: &godata_bridge::sim::Sim| sim.with_store(|s| s.persons.len());
+    let cases = |sim: &godata_sim::Sim| sim.with_store(|s| s.persons.len());
     wait_for(
         "some deliveries before the kill",
         Duration::from_secs(60),
@@ -551,7 +551,7 @@ async fn kill_9_during_the_pull_of_10000_cases_leaves_each_once() {
         for i in 0..10_000 {
             st.create_person(
                 sim::DEFAULT_OUTBREAK_ID,
-                godata_bridge::sim::store::Kind::Case,
+                godata_sim::store::Kind::Case,
                 &serde_json::json!({"firstName": format!("P{i}"), "gender": "LNG_REFERENCE_DATA_CATEGORY_GENDER_MALE"}),
                 &uid,
             )
@@ -1177,7 +1177,7 @@ async fn debug_logs_carry_no_row_values() {
     }
 }
 
-fn logins(sim: &godata_bridge::sim::Sim) -> usize {
+fn logins(sim: &godata_sim::Sim) -> usize {
     sim.requests()
         .iter()
         .filter(|r| r.path.ends_with("/users/login") || r.path.ends_with("/oauth/token"))

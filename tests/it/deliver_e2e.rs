@@ -7,7 +7,7 @@ use godata_bridge::capture::install;
 use godata_bridge::config::{Config, Secret};
 use godata_bridge::deliver::Deliverer;
 use godata_bridge::godata::client::Client;
-use godata_bridge::sim::{self, Faults, Sim};
+use godata_sim::{self as sim, Faults, Sim};
 use serde_json::{json, Value};
 
 use crate::support::{both_modes, fresh_db, settled, start_sim, wait_for, wal_mark, Mode, TestDb};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use godata_bridge::config::Secret;
 use godata_bridge::godata::client::{Client, Disposition, GodataError};
-use godata_bridge::sim::{self, Faults, Sim};
+use godata_sim::{self as sim, Faults, Sim};
 use serde_json::json;
 use uuid::Uuid;
 

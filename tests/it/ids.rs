@@ -10,7 +10,7 @@ use godata_bridge::config::{Config, Secret};
 use godata_bridge::deliver::Deliverer;
 use godata_bridge::godata::client::Client;
 use godata_bridge::godata::ids::{IdScheme, LEGACY_NAMESPACE};
-use godata_bridge::sim::{self, Sim};
+use godata_sim::{self as sim, Sim};
 use serde_json::json;
 
 use crate::deliver_e2e::prepare;

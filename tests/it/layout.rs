@@ -1,6 +1,6 @@
 //! The module graph has no cycle: capture sources feed delivery, delivery
 //! never reaches back into capture, and so on (a module is a top-level
-//! file, or a file under `capture/`, `writeback/`, `godata/`, `sim/`).
+//! file, or a file under `capture/`, `writeback/`, `godata/`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -10,7 +10,7 @@ use godata_bridge::capture::replication::{AuthMethod, ReplConn, ReplError};
 use godata_bridge::config::TruncatePolicy;
 use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
 use godata_bridge::pg_tls::Db;
-use godata_bridge::sim::Faults;
+use godata_sim::Faults;
 use serde_json::json;
 
 use crate::deliver_e2e::{case_in, count, outbox_len, prepare, start_bridge};

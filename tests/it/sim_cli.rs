@@ -36,14 +36,14 @@ async fn sim_command_serves_the_reference_contract() {
     for _ in 0..3 {
         banner.push(lines.next_line().await.unwrap().unwrap());
     }
-    assert!(banner[0].contains(godata_bridge::sim::DEFAULT_USER));
-    assert!(banner[1].contains(godata_bridge::sim::DEFAULT_OUTBREAK_ID));
+    assert!(banner[0].contains(godata_sim::DEFAULT_USER));
+    assert!(banner[1].contains(godata_sim::DEFAULT_OUTBREAK_ID));
 
     let mut api = Api::new(&url);
     let (s, login) = api
         .post(
             "/api/users/login",
-            json!({"email": godata_bridge::sim::DEFAULT_USER, "password": godata_bridge::sim::DEFAULT_PASSWORD}),
+            json!({"email": godata_sim::DEFAULT_USER, "password": godata_sim::DEFAULT_PASSWORD}),
         )
         .await;
     assert_eq!(s, 200);

@@ -191,7 +191,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 async fn godata_https_with_a_ca_file_or_loudly_without_verification() {
     use godata_bridge::config::Secret;
     use godata_bridge::godata::client::{Client, GodataTls};
-    use godata_bridge::sim;
+    use godata_sim as sim;
     let server = pki(&["localhost"]);
     let sim = crate::support::start_sim().await;
     let port = https_proxy(sim.addr(), &server).await;

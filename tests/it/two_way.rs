@@ -78,7 +78,7 @@ async fn hmis_case(s: &Setup, key: &str) -> (String, String, Option<String>) {
 }
 
 /// The case is in Go.Data and a pull has run after it was pushed.
-async fn pushed_and_pulled(s: &Setup, sim: &godata_bridge::sim::Sim, gid: &str) {
+async fn pushed_and_pulled(s: &Setup, sim: &godata_sim::Sim, gid: &str) {
     wait_for("pushed, then pulled", Duration::from_secs(30), || async {
         let pulled: Option<Value> =
             s.c.query_opt(
@@ -168,7 +168,7 @@ async fn a_tracers_edit_while_the_bridge_is_down_survives_in_both_systems(mode: 
         settled(&s.c, &mark).await
     })
     .await;
-    let polls = |sim: &godata_bridge::sim::Sim| {
+    let polls = |sim: &godata_sim::Sim| {
         sim.requests()
             .iter()
             .filter(|r| r.method == "GET" && r.path.ends_with("/cases"))

@@ -8,8 +8,8 @@ use godata_bridge::capture::install;
 use godata_bridge::config::{Config, Secret};
 use godata_bridge::deliver::Deliverer;
 use godata_bridge::godata::client::Client;
-use godata_bridge::sim::{self, Sim, SimConfig};
 use godata_bridge::writeback::pull;
+use godata_sim::{self as sim, Sim, SimConfig};
 use serde_json::{json, Value};
 
 use crate::support::{
@@ -219,7 +219,7 @@ async fn equal_timestamps_across_page_boundaries_miss_and_repeat_nothing() {
         let mut late = st
             .create_person(
                 sim::DEFAULT_OUTBREAK_ID,
-                godata_bridge::sim::store::Kind::Case,
+                godata_sim::store::Kind::Case,
                 &json!({"id": "00000000-late", "firstName": "Late"}),
                 &uid,
             )

@@ -2,7 +2,7 @@
 
 use std::process::Stdio;
 
-use godata_bridge::sim;
+use godata_sim as sim;
 use tokio::process::Command;
 
 use super::{fresh_db, Mode, TestDb};
@@ -13,7 +13,7 @@ pub const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bridge.
 /// A fresh database with the reference HMIS, and the environment that
 /// points the binary at it and at `sim`.
 pub async fn reference_hmis(
-    sim: &godata_bridge::sim::Sim,
+    sim: &godata_sim::Sim,
 ) -> (TestDb, tokio_postgres::Client, Vec<(&'static str, String)>) {
     reference_hmis_in(sim, Mode::Trigger).await
 }
@@ -21,7 +21,7 @@ pub async fn reference_hmis(
 /// The same, with capture in `mode` (logical: a slot named after the
 /// database, as slots are cluster-wide).
 pub async fn reference_hmis_in(
-    sim: &godata_bridge::sim::Sim,
+    sim: &godata_sim::Sim,
     mode: Mode,
 ) -> (TestDb, tokio_postgres::Client, Vec<(&'static str, String)>) {
     let db = fresh_db().await;

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
-use godata_bridge::sim::{self, Sim, SimConfig};
-use serde_json::{json, Value};
+pub use godata_sim::testing::{ob, Api};
+use godata_sim::{self as sim, Sim, SimConfig};
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
@@ -105,97 +105,6 @@ where
     }
 }
 
-/// A minimal Go.Data client written from the reference, for contract tests.
-pub struct Api {
-    pub base: String,
-    pub http: reqwest::Client,
-    pub token: Option<String>,
-}
-
-/// Status and JSON body (Null when empty).
-pub type Answer = (u16, Value);
-
-impl Api {
-    pub fn new(base: &str) -> Api {
-        Api {
-            base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
-            token: None,
-        }
-    }
-
-    pub fn for_sim(sim: &Sim) -> Api {
-        Api::new(&sim.url())
-    }
-
-    /// `POST /api/oauth/token` as the default user; keeps the token.
-    pub async fn login(&mut self) -> String {
-        self.login_as(sim::DEFAULT_USER, sim::DEFAULT_PASSWORD)
-            .await
-    }
-
-    pub async fn login_as(&mut self, user: &str, password: &str) -> String {
-        let (s, b) = self
-            .send(
-                "POST",
-                "/api/oauth/token",
-                Some(json!({"username": user, "password": password})),
-            )
-            .await;
-        assert_eq!(s, 200, "login: {b}");
-        let t = b["access_token"]
-            .as_str()
-            .expect("access_token")
-            .to_string();
-        self.token = Some(t.clone());
-        t
-    }
-
-    pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
-        let url = format!("{}{}", self.base, path);
-        let mut rb = self.http.request(method.parse().expect("method"), &url);
-        if let Some(t) = &self.token {
-            rb = rb.header("Authorization", t.as_str());
-        }
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let resp = rb.send().await.expect("request reaches the emulator");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("JSON body")
-        };
-        (status, v)
-    }
-
-    pub async fn get(&self, path: &str) -> Answer {
-        self.send("GET", path, None).await
-    }
-    pub async fn post(&self, path: &str, body: Value) -> Answer {
-        self.send("POST", path, Some(body)).await
-    }
-    pub async fn put(&self, path: &str, body: Value) -> Answer {
-        self.send("PUT", path, Some(body)).await
-    }
-    pub async fn delete(&self, path: &str) -> Answer {
-        self.send("DELETE", path, None).await
-    }
-
-    /// `GET …?filter=<json>` with the filter URL-encoded.
-    pub async fn list(&self, path: &str, filter: Value) -> Answer {
-        let enc: String = form_urlencoded::byte_serialize(filter.to_string().as_bytes()).collect();
-        self.get(&format!("{path}?filter={enc}")).await
-    }
-}
-
-/// `/api/outbreaks/{default}/` + rest.
-pub fn ob(rest: &str) -> String {
-    format!("/api/outbreaks/{}/{}", sim::DEFAULT_OUTBREAK_ID, rest)
-}
-
 /// The reference config (`examples/bridge.toml`) pointed at a test
 /// database and emulator, as its environment overrides would.
 pub fn reference_config(db_url: &str, godata_url: &str) -> godata_bridge::config::Config {
@@ -285,7 +194,7 @@ pub async fn settled(c: &tokio_postgres::Client, mark: &str) -> bool {
 /// How the bridge derives Go.Data ids in this HMIS (as `install` recorded
 /// it), for the emulator's default outbreak.
 pub async fn ids(c: &tokio_postgres::Client) -> godata_bridge::godata::ids::IdScheme {
-    godata_bridge::godata::ids::IdScheme::load(c, godata_bridge::sim::DEFAULT_OUTBREAK_ID, None)
+    godata_bridge::godata::ids::IdScheme::load(c, godata_sim::DEFAULT_OUTBREAK_ID, None)
         .await
         .unwrap()
 }

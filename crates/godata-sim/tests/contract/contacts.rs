@@ -1,6 +1,6 @@
 //! Emulator contract: contacts and relationships (`godata-api.md` §2.2).
 
-use godata_bridge::sim::Sim;
+use godata_sim::Sim;
 use serde_json::{json, Value};
 
 use crate::support::{ob, start_sim, Api};

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use crate::support::{ob, start_sim, Api};
 
-async fn logged_in(sim: &godata_bridge::sim::Sim) -> Api {
+async fn logged_in(sim: &godata_sim::Sim) -> Api {
     let mut api = Api::for_sim(sim);
     api.login().await;
     api

@@ -1,7 +1,7 @@
 //! Emulator contract: authentication (`godata-api.md` §1) and the
 //! active-outbreak rule (§2.0).
 
-use godata_bridge::sim::{self, SimConfig, DEFAULT_OUTBREAK_ID, OTHER_OUTBREAK_ID};
+use godata_sim::{self as sim, SimConfig, DEFAULT_OUTBREAK_ID, OTHER_OUTBREAK_ID};
 use serde_json::json;
 
 use crate::support::{ob, start_sim, start_sim_with, Api};

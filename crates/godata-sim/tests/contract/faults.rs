@@ -1,6 +1,6 @@
 //! Emulator fault injection and control routes.
 
-use godata_bridge::sim::Faults;
+use godata_sim::Faults;
 use serde_json::json;
 
 use crate::support::{ob, start_sim, Api};

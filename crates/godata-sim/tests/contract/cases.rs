@@ -1,6 +1,6 @@
 //! Emulator contract: cases (`godata-api.md` §2.1, §3).
 
-use godata_bridge::sim::{self, Sim, SimConfig};
+use godata_sim::{self as sim, Sim, SimConfig};
 use serde_json::{json, Value};
 
 use crate::support::{ob, start_sim, start_sim_with, Api};

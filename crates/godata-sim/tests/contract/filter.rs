@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::{ob, start_sim, wait_for, Api};
 
-async fn seeded() -> (godata_bridge::sim::Sim, Api) {
+async fn seeded() -> (godata_sim::Sim, Api) {
     let sim = start_sim().await;
     let mut api = Api::for_sim(&sim);
     api.login().await;

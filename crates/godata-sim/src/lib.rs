@@ -17,6 +17,7 @@ pub mod filter;
 pub mod mask;
 mod server;
 pub mod store;
+pub mod testing;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
