@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::capture::install as capture;
-use crate::pg_cluster::{Cluster, ClusterOptions};
+use crate::pg::cluster::{Cluster, ClusterOptions};
 
 /// One printed row.
 #[derive(Debug, Clone, Serialize)]
@@ -174,7 +174,7 @@ async fn fresh_hmis_in(cluster: &Cluster, name: &str, mode: Mode) -> anyhow::Res
                 slot: BENCH_SLOT.into(),
                 ..crate::config::Capture::default()
             };
-            let db = crate::pg_tls::Db::from(cluster.config(name));
+            let db = crate::pg::tls::Db::from(cluster.config(name));
             crate::capture::slot::install(&db, &c, &capture).await?;
         }
     }
@@ -484,7 +484,7 @@ async fn insert_n(cluster: &Cluster, db: &str, clients: usize, n: usize) -> anyh
 /// `pg_waldump --stats=record` in the cluster's own WAL (read-only
 /// transactions write none).
 fn wal_commits(cluster: &Cluster, start: &str, end: &str) -> anyhow::Result<f64> {
-    let bin = crate::pg_cluster::find_bindir()?.join("pg_waldump");
+    let bin = crate::pg::cluster::find_bindir()?.join("pg_waldump");
     let out = std::process::Command::new(bin)
         .arg("-p")
         .arg(cluster.data_dir().join("pg_wal"))

@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::capture::install as capture;
-use crate::config::{split_table, CaptureMode, Config};
+use crate::config::{CaptureMode, Config};
 use crate::deliver::Deliverer;
 use crate::godata::client::{AccessProblem, Client, Disposition, GodataError};
 use crate::ops;
+use crate::pg::Session;
 
 /// A config that does not fit the database: exit code 2, like a bad file.
 #[derive(Debug, thiserror::Error)]
@@ -26,11 +27,11 @@ pub struct CatalogMismatch {
 #[error("{0}")]
 pub struct ConfigProblem(pub String);
 
-fn pg_config(config: &Config) -> anyhow::Result<crate::pg_tls::Db> {
+fn pg_config(config: &Config) -> anyhow::Result<crate::pg::tls::Db> {
     // The URL may carry a password: the error names the problem, never it.
-    crate::pg_tls::Db::from_url(config.hmis.database_url.expose()).map_err(|e| {
+    crate::pg::tls::Db::from_url(config.hmis.database_url.expose()).map_err(|e| {
         ConfigProblem(match e {
-            crate::pg_tls::TlsConfigError::Url(_) => {
+            crate::pg::tls::TlsConfigError::Url(_) => {
                 "hmis database URL (GODATA_BRIDGE_DATABASE_URL or hmis.database_url_file): not a valid libpq URL".into()
             }
             other => format!("hmis database URL: {other}"),
@@ -39,26 +40,12 @@ fn pg_config(config: &Config) -> anyhow::Result<crate::pg_tls::Db> {
     })
 }
 
-pub async fn connect_hmis(config: &Config) -> anyhow::Result<tokio_postgres::Client> {
-    Ok(connect_hmis_owned(config).await?.0)
-}
-
-/// [`connect_hmis`], with the connection's driver task: awaiting it after
-/// dropping the client waits for the session to end cleanly (before the
-/// server goes, as the demo's teardown needs).
-async fn connect_hmis_owned(
-    config: &Config,
-) -> anyhow::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
-    let (client, conn) = pg_config(config)?
-        .connect()
+/// A session on the HMIS database for a command; [`Session::close`] ends
+/// it cleanly (the demo's teardown waits for that before the server goes).
+pub async fn connect_hmis(config: &Config) -> anyhow::Result<Session> {
+    Session::connect(&pg_config(config)?, "hmis-session", true)
         .await
-        .context("cannot connect to the HMIS database")?;
-    let task = tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %ops::describe_pg_error(&e), "hmis connection ended");
-        }
-    });
-    Ok((client, task))
+        .context("cannot connect to the HMIS database")
 }
 
 pub fn godata_client(config: &Config) -> anyhow::Result<Client> {
@@ -145,17 +132,14 @@ pub async fn install(config: &Config, file: &str, role: Option<&str>) -> anyhow:
 }
 
 /// A string as an SQL literal.
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+use crate::pg::{quote_ident, quote_literal as literal, TableName};
 
 /// `schema.table` of the config as a regclass expression.
-fn regclass(table: &str) -> String {
-    let (schema, name) = split_table(table).expect("validated");
+fn regclass(table: &TableName) -> String {
     format!(
         "format('%I.%I', {}, {})::regclass",
-        literal(schema),
-        literal(name)
+        literal(table.schema()),
+        literal(table.name())
     )
 }
 
@@ -214,8 +198,8 @@ fn grant_sql(config: &Config, role: &str) -> String {
         ));
     }
     for t in &config.pull.target {
-        let (schema, table) = split_table(&t.table).expect("validated");
-        let qt = format!("{}.{}", quote_ident(schema), quote_ident(table));
+        let schema = t.table.schema();
+        let qt = t.table.quoted();
         sql.push_str(&format!(
             "GRANT USAGE ON SCHEMA {} TO {r}; GRANT SELECT ON {qt} TO {r};\n",
             quote_ident(schema)
@@ -371,10 +355,6 @@ pub struct CredentialsRefused {
     pub blocked: bool,
 }
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
 pub async fn run(
     config: Config,
     file: &str,
@@ -422,7 +402,7 @@ pub async fn run(
             Ok(l) => l,
             Err(e) => {
                 failures += 1;
-                tracing::warn!(error = %ops::describe_pg_error(&e), attempt = failures, "cannot take the leader lock; hmis database unreachable?");
+                tracing::warn!(error = %crate::pg::error::describe(&e), attempt = failures, "cannot take the leader lock; hmis database unreachable?");
                 tokio::select! {
                     _ = tokio::time::sleep(crate::retry::backoff(failures, 10)) => continue,
                     _ = tokio::signal::ctrl_c() => break,
@@ -472,16 +452,22 @@ pub async fn run(
             rx.clone(),
         );
         let pull = (!config.pull.target.is_empty()).then(|| {
-            tokio::spawn(crate::writeback::pull::run(
-                config.clone(),
-                client.clone(),
-                db.clone(),
-                rx,
-                flow1.pending.clone(),
-            ))
+            crate::task::spawn(
+                "pull",
+                crate::writeback::pull::run(
+                    config.clone(),
+                    client.clone(),
+                    db.clone(),
+                    rx,
+                    flow1.pending.clone(),
+                ),
+            )
         });
         let task = flow1.task;
-        let login_report = tokio::spawn(report_login(config.clone(), client.clone(), rx_login));
+        let login_report = crate::task::spawn(
+            "login-report",
+            report_login(config.clone(), client.clone(), rx_login),
+        );
         let lost = tokio::select! {
             _ = tokio::signal::ctrl_c() => false,
             _ = term.recv() => false,
@@ -522,7 +508,7 @@ pub async fn run(
 
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let pg = connect_hmis(config).await?;
-    let s = ops::status(&pg)
+    let s = ops::status(&*pg)
         .await
         .context("reading godata_bridge state (is it installed?)")?;
     let logical = config.capture.mode == CaptureMode::Logical;
@@ -532,11 +518,11 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         None
     };
     let window = if logical {
-        ops::logical_window(&pg).await?
+        ops::logical_window(&*pg).await?
     } else {
         None
     };
-    let login = ops::godata_login(&pg).await?;
+    let login = ops::godata_login(&*pg).await?;
     if json {
         let mut v = serde_json::to_value(&s)?;
         v["godata_login"] = serde_json::to_value(&login)?;
@@ -809,8 +795,8 @@ pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::R
     let mut pg = connect_hmis(config).await?;
     match action {
         DeadLetterAction::List { json } => {
-            let push = ops::dead_letters(&pg).await?;
-            let pull = pull_dl::list(&pg, &[]).await?;
+            let push = ops::dead_letters(&*pg).await?;
+            let pull = pull_dl::list(&*pg, &[]).await?;
             if json {
                 let all: Vec<Listed> = push
                     .into_iter()
@@ -871,7 +857,7 @@ pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::R
                 println!("{n} dead letter(s) back in the outbox");
             }
             if ids.all() || !ids.pull.is_empty() {
-                let n = pull_dl::request_retry(&pg, &ids.pull).await?;
+                let n = pull_dl::request_retry(&*pg, &ids.pull).await?;
                 println!(
                     "{n} write-back dead letter(s) marked: the running bridge reads them from Go.Data again at its next pull (every {} s)",
                     config.pull.interval_secs
@@ -883,7 +869,7 @@ pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::R
                 anyhow::bail!("--create is for push dead letters (a write-back dead letter has no record to create)");
             }
             let scheme = crate::godata::ids::IdScheme::load(
-                &pg,
+                &*pg,
                 config.godata.outbreak_id.as_deref().unwrap_or_default(),
                 config.godata.id_namespace,
             )
@@ -903,11 +889,11 @@ pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::R
         }
         DeadLetterAction::Discard(ids) => {
             if ids.all() || !ids.push.is_empty() {
-                let n = ops::discard_dead_letters(&pg, &ids.push).await?;
+                let n = ops::discard_dead_letters(&*pg, &ids.push).await?;
                 println!("{n} dead letter(s) discarded");
             }
             if ids.all() || !ids.pull.is_empty() {
-                let n = pull_dl::discard(&pg, &ids.pull).await?;
+                let n = pull_dl::discard(&*pg, &ids.pull).await?;
                 println!("{n} write-back dead letter(s) discarded");
             }
         }
@@ -917,25 +903,22 @@ pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::R
 
 pub async fn backfill(config: &Config, table: Option<&str>, chunk: i32) -> anyhow::Result<()> {
     let pg = connect_hmis(config).await?;
-    let tables: Vec<&str> = match table {
-        Some(t) => {
-            if !config.push.iter().any(|p| p.table == t) {
-                anyhow::bail!("--table {t}: not a [[push]] table of the config");
-            }
-            vec![t]
-        }
+    let tables: Vec<&crate::pg::TableName> = match table {
+        Some(t) => match config.push.iter().find(|p| p.table == t) {
+            Some(p) => vec![&p.table],
+            None => anyhow::bail!("--table {t}: not a [[push]] table of the config"),
+        },
         // Cases before contacts, in config order.
-        None => config.push.iter().map(|p| p.table.as_str()).collect(),
+        None => config.push.iter().map(|p| &p.table).collect(),
     };
     let tty = std::io::stderr().is_terminal();
     for t in tables {
-        let (schema, name) = split_table(t).expect("validated");
-        let total = ops::backfill(&pg, schema, name, chunk, |n| {
+        let total = ops::backfill(&*pg, t.schema(), t.name(), chunk, |n| {
             if tty {
                 eprint!("\rbackfill {t}: {n} rows enqueued");
                 let _ = std::io::stderr().flush();
             } else {
-                tracing::info!(table = t, enqueued = n, "backfill progress");
+                tracing::info!(table = %t, enqueued = n, "backfill progress");
             }
         })
         .await
@@ -971,17 +954,17 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
         Err(e) => report(false, "hmis database", format!("{e:#}")),
         Ok(pg) => {
             report(true, "hmis database", String::new());
-            let problems = ops::catalog_problems(&pg, config).await?;
+            let problems = ops::catalog_problems(&*pg, config).await?;
             report(
                 problems.is_empty(),
                 "tables and columns",
                 problems.join("; "),
             );
             // Warnings: the bridge runs, but some values may be refused.
-            for w in ops::narrow_columns(&pg, config).await? {
+            for w in ops::narrow_columns(&*pg, config).await? {
                 println!("warn {w}");
             }
-            let installed = ops::status(&pg).await;
+            let installed = ops::status(&*pg).await;
             let is_installed = installed.is_ok();
             match installed {
                 Ok(s) => report(
@@ -1025,7 +1008,7 @@ pub async fn demo(
     database_url: Option<String>,
     godata_listen: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
-    use crate::pg_cluster::{Cluster, ClusterOptions};
+    use crate::pg::cluster::{Cluster, ClusterOptions};
     use godata_sim::{Sim, SimConfig};
     // Before anything is printed: a SIGTERM right after "demo ready" must
     // find the handler in place.
@@ -1079,7 +1062,7 @@ pub async fn demo(
         file,
         &DemoEnv(url.clone(), sim.url()),
     )?;
-    let (pg, pg_task) = connect_hmis_owned(&config).await?;
+    let pg = connect_hmis(&config).await?;
     pg.batch_execute(include_str!("../examples/hmis.sql"))
         .await
         .context("loading examples/hmis.sql")?;
@@ -1092,13 +1075,16 @@ pub async fn demo(
         pg_config(&config)?,
         rx.clone(),
     );
-    let puller = tokio::spawn(crate::writeback::pull::run(
-        config.clone(),
-        client,
-        pg_config(&config)?,
-        rx,
-        flow1.pending,
-    ));
+    let puller = crate::task::spawn(
+        "pull",
+        crate::writeback::pull::run(
+            config.clone(),
+            client,
+            pg_config(&config)?,
+            rx,
+            flow1.pending,
+        ),
+    );
     let bridge = flow1.task;
     let count =
         |sim: &Sim| sim.with_store(|s| s.persons.values().filter(|p| p["deleted"] != true).count());
@@ -1116,7 +1102,7 @@ pub async fn demo(
     .await?;
     println!("  INSERT hmis.cases BO-2024-0002 (suspected)");
     let ids = crate::godata::ids::IdScheme::load(
-        &pg,
+        &*pg,
         config.godata.outbreak_id.as_deref().unwrap_or_default(),
         config.godata.id_namespace,
     )
@@ -1216,8 +1202,7 @@ pub async fn demo(
     let _ = stop.send(true);
     let _ = bridge.await;
     let _ = puller.await;
-    drop(pg);
-    let _ = pg_task.await;
+    pg.close().await;
     if let Some(c) = cluster {
         tokio::task::spawn_blocking(move || drop(c)).await?;
     }

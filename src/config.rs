@@ -14,6 +14,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::mapping::Rule;
+pub use crate::pg::TableName;
 
 /// A string that never prints.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -382,7 +383,7 @@ pub enum Resource {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ParentCase {
-    pub table: String,
+    pub table: TableName,
     pub column: String,
 }
 
@@ -391,7 +392,7 @@ pub struct ParentCase {
 #[serde(deny_unknown_fields)]
 pub struct Push {
     /// `schema.table`.
-    pub table: String,
+    pub table: TableName,
     pub resource: Resource,
     /// Key columns; empty means the primary key.
     #[serde(default)]
@@ -408,15 +409,6 @@ pub struct Push {
     #[serde(default)]
     pub check_duplicates: bool,
 }
-
-impl Push {
-    /// (schema, table) of `table`.
-    pub fn schema_table(&self) -> Option<(&str, &str)> {
-        split_table(&self.table)
-    }
-}
-
-pub use crate::names::split_table;
 
 /// A bad config: where (file and field) and what.
 #[derive(Debug, thiserror::Error)]
@@ -636,7 +628,7 @@ impl Config {
         let mut seen = std::collections::HashSet::new();
         for (i, p) in self.push.iter().enumerate() {
             let at = |f: &str| format!("push[{i}].{f}");
-            if p.schema_table().is_none() {
+            if !p.table.is_valid() {
                 bad(at("table"), format!("`{}` is not `schema.table`", p.table));
             }
             if !seen.insert(p.table.as_str()) {

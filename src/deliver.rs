@@ -41,7 +41,7 @@ use crate::writeback::target::Owner;
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
     #[error("HMIS database error: {0}")]
-    Db(#[source] crate::pg_error::PgError),
+    Db(#[source] crate::pg::error::PgError),
     #[error("Go.Data needs an operator")]
     Operator(#[source] GodataError),
 }
@@ -484,7 +484,7 @@ impl Deliverer {
             .pull
             .target
             .iter()
-            .filter_map(|t| Some((t.table.clone(), t.hmis_updated_column.clone()?)))
+            .filter_map(|t| Some((t.table.to_string(), t.hmis_updated_column.clone()?)))
             .collect();
         let ids = crate::godata::ids::IdScheme {
             namespace: config
@@ -613,14 +613,11 @@ impl Deliverer {
             if case_keys.is_empty() {
                 continue;
             }
-            let Some([key_col]) = self.keys.get(&contacts.table).map(Vec::as_slice) else {
+            let Some([key_col]) = self.keys.get(contacts.table.as_str()).map(Vec::as_slice) else {
                 continue;
             };
-            let Some((schema, table)) = contacts.schema_table() else {
-                continue;
-            };
-            let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-            let qualified = format!("{}.{}", q(schema), q(table));
+            let q = crate::pg::quote_ident;
+            let qualified = contacts.table.quoted();
             let sql = format!(
                 "WITH moved AS (
                     DELETE FROM godata_bridge.dead_letter d
@@ -830,8 +827,8 @@ impl Deliverer {
             None => pg.query(READ, &[&table, &keys]).await?,
             Some(id) => {
                 pg.batch_execute(&format!(
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{}'",
-                    id.replace('\'', "''")
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
+                    crate::pg::quote_literal(&id)
                 ))
                 .await?;
                 let r = pg.query(READ, &[&table, &keys]).await;
@@ -1383,7 +1380,7 @@ impl Deliverer {
     fn case_of_contact(&self, push: &crate::config::Push, image: &Value) -> Result<Uuid, Failure> {
         let parent = push.case.as_ref().expect("validated: contacts have a case");
         let value = image.get(&parent.column).cloned().unwrap_or(Value::Null);
-        match self.keys.get(&parent.table).map(Vec::as_slice) {
+        match self.keys.get(parent.table.as_str()).map(Vec::as_slice) {
             Some([col]) => Ok(self.derived_id(&parent.table, &json!({ col.as_str(): value }))),
             _ => Err(Failure::config(format!(
                 "case table {} is not tracked with a one-column key",
@@ -1397,7 +1394,7 @@ impl Deliverer {
 fn field_owners(config: &Config) -> HashMap<String, HashMap<String, Owner>> {
     let mut out: HashMap<String, HashMap<String, Owner>> = HashMap::new();
     for push in &config.push {
-        let fields = out.entry(push.table.clone()).or_default();
+        let fields = out.entry(push.table.to_string()).or_default();
         for rule in &push.map {
             let owner = config
                 .pull

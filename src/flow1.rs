@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::capture::{self, logical};
 use crate::config::CaptureMode;
 use crate::deliver::Deliverer;
-use crate::pg_tls::Db;
+use crate::pg::tls::Db;
 use crate::writeback::pull::PendingHmis;
 
 /// Flow 1, running.
@@ -28,20 +28,29 @@ pub struct Flow1 {
 pub fn spawn(deliverer: Deliverer, db: Db, shutdown: tokio::sync::watch::Receiver<bool>) -> Flow1 {
     match deliverer.config.capture.mode {
         CaptureMode::Trigger => Flow1 {
-            task: tokio::spawn(capture::trigger::run(deliverer, db, shutdown)),
+            task: crate::task::spawn(
+                "trigger-capture",
+                capture::trigger::run(deliverer, db, shutdown),
+            ),
             pending: None,
         },
         CaptureMode::Logical => {
             let shared = Arc::new(logical::Shared::new(&deliverer.config.capture));
-            let consumer = tokio::spawn(logical::consume(
-                deliverer.config.clone(),
-                db.clone(),
-                shared.clone(),
-                shutdown.clone(),
-            ));
-            let delivery = tokio::spawn(logical::deliver(deliverer, db, shared.clone(), shutdown));
+            let consumer = crate::task::spawn(
+                "logical-consumer",
+                logical::consume(
+                    deliverer.config.clone(),
+                    db.clone(),
+                    shared.clone(),
+                    shutdown.clone(),
+                ),
+            );
+            let delivery = crate::task::spawn(
+                "logical-delivery",
+                logical::deliver(deliverer, db, shared.clone(), shutdown),
+            );
             Flow1 {
-                task: tokio::spawn(async move {
+                task: crate::task::spawn("flow1", async move {
                     let _ = consumer.await;
                     let _ = delivery.await;
                 }),

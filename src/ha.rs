@@ -33,7 +33,7 @@ impl Drop for Leadership {
 
 /// Waits until this instance holds the leader lock. TCP keepalives make a
 /// cut network end the session (and free the lock) within seconds.
-pub async fn acquire(db: &crate::pg_tls::Db) -> Result<Leadership, tokio_postgres::Error> {
+pub async fn acquire(db: &crate::pg::tls::Db) -> Result<Leadership, tokio_postgres::Error> {
     let mut cfg = db.clone();
     cfg.config
         .keepalives(true)
@@ -42,7 +42,7 @@ pub async fn acquire(db: &crate::pg_tls::Db) -> Result<Leadership, tokio_postgre
         .keepalives_retries(3)
         .application_name("godata-bridge leader");
     let (client, conn) = cfg.connect().await?;
-    let lost = tokio::spawn(async move {
+    let lost = crate::task::spawn("leader-session", async move {
         let _ = conn.await;
     });
     client

@@ -19,7 +19,7 @@ use crate::metrics;
 
 /// What the endpoint needs to answer.
 pub struct Probe {
-    pub db: crate::pg_tls::Db,
+    pub db: crate::pg::tls::Db,
     pub client: Arc<Client>,
     /// Logical mode: the replication slot, for its lag.
     pub slot: Option<String>,
@@ -28,15 +28,14 @@ pub struct Probe {
 /// How long a readiness or scrape query may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-async fn pg(probe: &Probe) -> Option<tokio_postgres::Client> {
-    let (c, conn) = tokio::time::timeout(PROBE_TIMEOUT, probe.db.connect())
-        .await
-        .ok()?
-        .ok()?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Some(c)
+async fn pg(probe: &Probe) -> Option<crate::pg::Session> {
+    tokio::time::timeout(
+        PROBE_TIMEOUT,
+        crate::pg::Session::connect(&probe.db, "probe-session", false),
+    )
+    .await
+    .ok()?
+    .ok()
 }
 
 async fn gauges(probe: &Probe) -> Vec<(&'static str, f64)> {
@@ -190,7 +189,7 @@ pub async fn serve(addr: SocketAddr, probe: Probe) -> std::io::Result<tokio::tas
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "http endpoint listening");
     let probe = Arc::new(probe);
-    Ok(tokio::spawn(async move {
+    Ok(crate::task::spawn("http", async move {
         let mut conns = JoinSet::new();
         loop {
             tokio::select! {

@@ -5,7 +5,9 @@
 //! - [`capture`]: the HMIS side of flow 1 (trigger outbox SQL);
 //! - the Go.Data API emulator (`godata-bridge sim`), the test bed and demo
 //!   peer, is its own crate, `crates/godata-sim`, with its contract tests;
-//! - [`pg_cluster`]: throwaway PostgreSQL clusters for tests, demo and bench;
+//! - [`pg`]: PostgreSQL helpers (TLS, sessions, quoting, errors, throwaway
+//!   clusters for tests, demo and bench);
+//! - [`task`]: every spawned task has a name;
 //! - [`telemetry`]: tracing setup shared by every command.
 
 pub mod bench;
@@ -19,12 +21,10 @@ pub mod ha;
 pub mod http;
 pub mod mapping;
 pub mod metrics;
-pub mod names;
 pub mod ops;
-pub mod pg_cluster;
-pub mod pg_error;
-pub mod pg_tls;
+pub mod pg;
 pub mod retry;
 pub mod state;
+pub mod task;
 pub mod telemetry;
 pub mod writeback;

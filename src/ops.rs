@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::GenericClient;
 
-use crate::config::{split_table, Config};
+use crate::config::Config;
 
 /// What `status` reports.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -292,7 +292,7 @@ pub async fn narrow_columns(
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut out = vec![];
     for (i, t) in config.pull.target.iter().enumerate() {
-        let (schema, table) = split_table(&t.table).expect("validated");
+        let (schema, table) = (t.table.schema(), t.table.name());
         for (j, c) in t.columns.iter().enumerate() {
             let r = pg
                 .query_opt(
@@ -330,7 +330,7 @@ pub async fn catalog_problems(
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut out = vec![];
     for (i, p) in config.push.iter().enumerate() {
-        let (schema, table) = split_table(&p.table).expect("validated");
+        let (schema, table) = (p.table.schema(), p.table.name());
         let cols = table_columns(pg, schema, table).await?;
         if cols.is_empty() {
             out.push(format!(
@@ -358,7 +358,7 @@ pub async fn catalog_problems(
         }
     }
     for (i, t) in config.pull.target.iter().enumerate() {
-        let (schema, table) = split_table(&t.table).expect("validated");
+        let (schema, table) = (t.table.schema(), t.table.name());
         let cols = table_columns(pg, schema, table).await?;
         if cols.is_empty() {
             out.push(format!(
@@ -401,5 +401,3 @@ pub async fn caught_up(pg: &impl GenericClient, mark: &str) -> Result<bool, toki
         .await?
         .get(0))
 }
-
-pub use crate::pg_error::describe as describe_pg_error;

@@ -53,7 +53,7 @@ use crate::capture::window::{Limits, RowChange, Stats, Taken, Window};
 use crate::config::{Config, TruncatePolicy};
 use crate::deliver::{self, DeliverError, Delivered, Deliverer, Drained, MustSee, Op, Outcome};
 use crate::metrics;
-use crate::pg_tls::Db;
+use crate::pg::tls::Db;
 use crate::retry::backoff;
 
 pub use crate::capture::slot::LogicalError;
@@ -163,7 +163,7 @@ struct Converted {
 /// Consumer state across the messages of one session.
 struct Consumer<'a> {
     config: &'a Config,
-    pg: PgClient,
+    pg: crate::pg::Session,
     shared: &'a Shared,
     tracked: HashMap<String, Vec<String>>,
     relations: HashMap<u32, Rel>,
@@ -596,11 +596,7 @@ async fn stream(
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), LogicalError> {
     let slot = &config.capture.slot;
-    let (pg, conn) = db.connect().await?;
-    let conn_task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let _guard = AbortOnDrop(conn_task);
+    let pg = crate::pg::Session::connect(db, "logical-stats-session", false).await?;
     // This session writes only the window's stats for `status`: losing
     // one in a crash loses nothing.
     pg.batch_execute("SET synchronous_commit = off").await?;
@@ -784,7 +780,7 @@ pub async fn deliver(
             Ok(c) => c,
             Err(e) => {
                 failures += 1;
-                tracing::warn!(error = %crate::ops::describe_pg_error(&e), attempt = failures, "cannot connect to the hmis database");
+                tracing::warn!(error = %crate::pg::error::describe(&e), attempt = failures, "cannot connect to the hmis database");
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => return,
@@ -801,7 +797,7 @@ pub async fn deliver(
             deliverer.refresh(&pg).await
         };
         if let Err(e) = setup.await {
-            tracing::warn!(error = %crate::ops::describe_pg_error(&e), "hmis database error; reconnecting");
+            tracing::warn!(error = %crate::pg::error::describe(&e), "hmis database error; reconnecting");
             continue;
         }
         failures = 0;

@@ -2,7 +2,7 @@
 //! (tokio-postgres has no replication support). Enough for one logical
 //! slot: startup with `replication=database`; trust, cleartext, MD5 and
 //! SCRAM-SHA-256 authentication; TLS with libpq's `sslmode` meanings (the
-//! same [`crate::pg_tls::PgTls`] as every other connection); simple queries
+//! same [`crate::pg::tls::PgTls`] as every other connection); simple queries
 //! (`IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT`, …); and the CopyBoth
 //! stream of `START_REPLICATION`: XLogData (`w`) and primary keepalive
 //! (`k`) in, standby status updates (`r`) out. Framing is our own because
@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::config::Host;
 
 use crate::capture::pgoutput::Lsn;
-use crate::pg_tls::{Db, SslMode};
+use crate::pg::tls::{Db, SslMode};
 
 /// A frame larger than this is a protocol error, not an allocation.
 const MAX_FRAME: usize = 1 << 30;
@@ -427,9 +427,9 @@ impl ReplConn {
     /// config); they are quoted here all the same.
     pub async fn start_logical(&mut self, slot: &str, publication: &str) -> Result<(), ReplError> {
         let sql = format!(
-            "START_REPLICATION SLOT \"{}\" LOGICAL 0/0 (proto_version '1', publication_names '\"{}\"', messages 'true')",
-            slot.replace('"', "\"\""),
-            publication.replace('"', "\"\"").replace('\'', "''"),
+            "START_REPLICATION SLOT {} LOGICAL 0/0 (proto_version '1', publication_names {}, messages 'true')",
+            crate::pg::quote_ident(slot),
+            crate::pg::quote_literal(&crate::pg::quote_ident(publication)),
         );
         frontend::query(&sql, &mut self.wbuf)?;
         self.send().await?;

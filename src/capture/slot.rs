@@ -4,7 +4,7 @@
 
 use crate::capture::pgoutput;
 use crate::capture::replication::{ReplConn, ReplError};
-use crate::pg_tls::Db;
+use crate::pg::tls::Db;
 
 /// What stops the consumer until an operator acts.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +24,7 @@ pub enum LogicalError {
     #[error(transparent)]
     Repl(#[from] ReplError),
     #[error("HMIS database: {0}")]
-    Db(#[source] crate::pg_error::PgError),
+    Db(#[source] crate::pg::error::PgError),
     #[error(transparent)]
     Decode(#[from] pgoutput::DecodeError),
     #[error(
@@ -43,7 +43,7 @@ impl LogicalError {
                 | LogicalError::WrongPlugin { .. }
                 | LogicalError::KeyNotInStream { .. }
         ) || matches!(self, LogicalError::Repl(ReplError::Auth(_)))
-            || matches!(self, LogicalError::Db(e) if e.disposition() == crate::pg_error::PgDisposition::Operator)
+            || matches!(self, LogicalError::Db(e) if e.disposition() == crate::pg::error::PgDisposition::Operator)
     }
 }
 
@@ -101,8 +101,8 @@ pub async fn create_slot(
     }
     let mut repl = ReplConn::connect(db).await?;
     repl.simple_query(&format!(
-        "CREATE_REPLICATION_SLOT \"{}\" LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-        slot.replace('"', "\"\"")
+        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+        crate::pg::quote_ident(slot)
     ))
     .await?;
     Ok(true)

@@ -88,7 +88,7 @@ async fn wake_cycle(
 /// between drains: a drain in progress finishes its batch first.
 pub async fn run(
     mut deliverer: Deliverer,
-    db: crate::pg_tls::Db,
+    db: crate::pg::tls::Db,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let safety = Duration::from_secs(deliverer.config.capture.safety_poll_secs);
@@ -98,7 +98,7 @@ pub async fn run(
             Ok(c) => c,
             Err(e) => {
                 failures += 1;
-                tracing::warn!(error = %crate::ops::describe_pg_error(&e), attempt = failures, "cannot connect to the hmis database");
+                tracing::warn!(error = %crate::pg::error::describe(&e), attempt = failures, "cannot connect to the hmis database");
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => return,
@@ -108,7 +108,7 @@ pub async fn run(
         };
         let (conn_task, mut wake) = listen_task(conn);
         if let Err(e) = pg.batch_execute("LISTEN godata_bridge").await {
-            tracing::warn!(error = %crate::ops::describe_pg_error(&e), "listen failed");
+            tracing::warn!(error = %crate::pg::error::describe(&e), "listen failed");
             conn_task.abort();
             continue;
         }
@@ -179,7 +179,7 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (wake_tx, wake) = tokio::sync::mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
+    let task = crate::task::spawn("listen-session", async move {
         while let Some(msg) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
             match msg {
                 Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
@@ -207,9 +207,9 @@ pub fn log_drained(d: &Drained) {
 
 /// A database error in a long-running loop: ERROR when an operator must
 /// act (credentials, a missing object or privilege), WARN otherwise.
-pub fn log_db(e: &crate::pg_error::PgError, what: &str) {
+pub fn log_db(e: &crate::pg::error::PgError, what: &str) {
     match e.disposition() {
-        crate::pg_error::PgDisposition::Operator => {
+        crate::pg::error::PgDisposition::Operator => {
             tracing::error!(error = %e, "{what}; an operator must fix the database setup")
         }
         _ => tracing::warn!(error = %e, "{what}"),

@@ -30,7 +30,7 @@ fn cursor_name(r: Resource) -> &'static str {
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
     #[error("HMIS database error: {0}")]
-    Db(#[source] crate::pg_error::PgError),
+    Db(#[source] crate::pg::error::PgError),
     #[error("Go.Data: {0}")]
     Godata(#[from] GodataError),
     #[error("the pull cursor moved under us (another bridge pulling?)")]
@@ -694,21 +694,18 @@ async fn two_way(
 pub async fn run(
     config: Config,
     client: Arc<Client>,
-    db: impl Into<crate::pg_tls::Db>,
+    db: impl Into<crate::pg::tls::Db>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     pending: Option<Arc<dyn PendingHmis>>,
 ) {
-    let db: crate::pg_tls::Db = db.into();
+    let db: crate::pg::tls::Db = db.into();
     let interval = Duration::from_secs(config.pull.interval_secs);
-    let mut pg: Option<tokio_postgres::Client> = None;
+    let mut pg: Option<crate::pg::Session> = None;
     let mut memory = PullMemory::default();
     while !*shutdown.borrow() {
         if pg.as_ref().is_none_or(|c| c.is_closed()) {
-            pg = match db.connect().await {
-                Ok((c, conn)) => {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
+            pg = match crate::pg::Session::connect(&db, "pull-session", false).await {
+                Ok(c) => {
                     // Logical capture sees every committed row; the
                     // write-back's transactions carry the bridge's origin
                     // so the slot consumer drops them (no echo).
@@ -723,7 +720,7 @@ pub async fn run(
                         {
                             Ok(_) => Some(c),
                             Err(e) => {
-                                tracing::error!(error = %crate::ops::describe_pg_error(&e), "pull: cannot mark the write-back with the replication origin (run `godata-bridge install`; the role needs EXECUTE on pg_replication_origin_session_setup); not writing, to avoid an echo");
+                                tracing::error!(error = %crate::pg::error::describe(&e), "pull: cannot mark the write-back with the replication origin (run `godata-bridge install`; the role needs EXECUTE on pg_replication_origin_session_setup); not writing, to avoid an echo");
                                 None
                             }
                         },
@@ -731,7 +728,7 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %crate::ops::describe_pg_error(&e), "pull: cannot connect to the hmis database");
+                    tracing::warn!(error = %crate::pg::error::describe(&e), "pull: cannot connect to the hmis database");
                     None
                 }
             };
@@ -746,7 +743,7 @@ pub async fn run(
                     tracing::error!(error = %g, status = g.status(), code = g.code(), "pull: go.data refuses the bridge; fix the account or outbreak");
                 }
                 Err(PullError::Db(e))
-                    if e.disposition() == crate::pg_error::PgDisposition::Operator =>
+                    if e.disposition() == crate::pg::error::PgDisposition::Operator =>
                 {
                     tracing::error!(error = %e, "pull: the hmis database refuses the write-back; an operator must fix the database setup (retrying at the next interval)");
                 }

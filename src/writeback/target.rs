@@ -110,7 +110,7 @@ pub enum Resource {
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// `schema.table`.
-    pub table: String,
+    pub table: crate::pg::TableName,
     #[serde(default)]
     pub resource: Resource,
     /// The key column (it must have a unique index for upserts).
@@ -141,7 +141,7 @@ impl Column {
 impl Target {
     pub fn problems(&self) -> Vec<String> {
         let mut out = vec![];
-        if crate::names::split_table(&self.table).is_none() {
+        if !self.table.is_valid() {
             out.push(format!("table: `{}` is not `schema.table`", self.table));
         }
         if !self.columns.iter().any(|c| c.column == self.key) {
@@ -514,14 +514,7 @@ pub fn row_checked(
     }
 }
 
-fn qi(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn qtable(t: &str) -> String {
-    let (s, n) = crate::names::split_table(t).expect("validated");
-    format!("{}.{}", qi(s), qi(n))
-}
+use crate::pg::{quote_ident as qi, quote_literal, TableName};
 
 /// Each column of `table` with its type as SQL spells it, without the
 /// type modifier: values are cast to the base type (`character varying`,
@@ -530,13 +523,13 @@ fn qtable(t: &str) -> String {
 /// `varchar(40)` would cut the value silently.
 async fn column_types(
     tx: &tokio_postgres::Transaction<'_>,
-    table: &str,
+    table: &TableName,
 ) -> Result<BTreeMap<String, String>, tokio_postgres::Error> {
     Ok(tx
         .query(
             "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute
               WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
-            &[&qtable(table)],
+            &[&table.quoted()],
         )
         .await?
         .iter()
@@ -598,7 +591,7 @@ pub async fn write(
     two_way: Option<&TwoWay>,
     held: Option<&dyn PendingHmis>,
 ) -> Result<u64, tokio_postgres::Error> {
-    let table = qtable(&target.table);
+    let table = target.table.quoted();
     let cols: Vec<String> = target.columns.iter().map(|c| qi(&c.column)).collect();
     let col_list = cols.join(", ");
     let key = qi(&target.key);
@@ -684,21 +677,21 @@ pub async fn write(
             .collect(),
         None => vec![],
     };
-    let link_name = two_way.map(|tw| tw.link_name.replace('\'', "''"));
-    let key_lit = target.key.replace('\'', "''");
+    let link_name = quote_literal(two_way.map_or("", |tw| &tw.link_name));
+    let key_lit = quote_literal(&target.key);
     let synced_of = |alias: &str| {
         format!(
-            "(SELECT l.synced FROM godata_bridge.link l WHERE l.table_name = '{}' AND l.row_key = jsonb_build_object('{key_lit}', {alias}.{key}))",
-            link_name.as_deref().unwrap_or_default()
+            "(SELECT l.synced FROM godata_bridge.link l WHERE l.table_name = {} AND l.row_key = jsonb_build_object({key_lit}, {alias}.{key}))",
+            link_name
         )
     };
     // The HMIS's (`t`) or Go.Data's (`src`) value of column `c` equals the
     // synced one.
     let same = |alias: &str, c: &Column, syn: &str| {
         format!(
-            "coalesce(to_jsonb({alias}.{}), 'null') = coalesce({syn}->'{}', 'null')",
+            "coalesce(to_jsonb({alias}.{}), 'null') = coalesce({syn}->{}, 'null')",
             qi(&c.column),
-            c.column.replace('\'', "''")
+            quote_literal(&c.column)
         )
     };
     let godata_newer = |src: &str| {
@@ -791,7 +784,7 @@ pub async fn write(
         let outbox_name: String = tx
             .query_one(
                 "SELECT godata_bridge.qualified($1::text::regclass)",
-                &[&qtable(&target.table)],
+                &[&target.table.quoted()],
             )
             .await?
             .get(0);
@@ -799,14 +792,12 @@ pub async fn write(
             held_keys = h.keys(&outbox_name);
         }
         let (name, k, col) = (
-            outbox_name.replace('\'', "''"),
-            target.key.replace('\'', "''"),
+            quote_literal(&outbox_name),
+            quote_literal(&target.key),
             key.clone(),
         );
         Some(move |alias: &str| {
-            format!(
-                "o.table_name = '{name}' AND o.row_key = jsonb_build_object('{k}', {alias}.{col})"
-            )
+            format!("o.table_name = {name} AND o.row_key = jsonb_build_object({k}, {alias}.{col})")
         })
     } else {
         None
@@ -816,8 +807,8 @@ pub async fn write(
     let held_param = width + 1;
     let held_of = |alias: &str| {
         format!(
-            "jsonb_build_object('{}', {alias}.{key}) = ANY(${held_param}::jsonb[])",
-            target.key.replace('\'', "''")
+            "jsonb_build_object({}, {alias}.{key}) = ANY(${held_param}::jsonb[])",
+            quote_literal(&target.key)
         )
     };
     let sql = match target.mode {
@@ -841,8 +832,8 @@ pub async fn write(
                 String::new()
             } else {
                 format!(
-                    " LEFT JOIN godata_bridge.link ls ON ls.table_name = '{}' AND ls.row_key = jsonb_build_object('{key_lit}', s.{key})",
-                    link_name.as_deref().unwrap_or_default()
+                    " LEFT JOIN godata_bridge.link ls ON ls.table_name = {} AND ls.row_key = jsonb_build_object({key_lit}, s.{key})",
+                    link_name
                 )
             };
             format!(
@@ -891,7 +882,7 @@ pub async fn write(
         sql
     } else {
         let tw = two_way.expect("per-field columns come from it");
-        let name = link_name.as_deref().unwrap_or_default();
+        let name = &link_name;
         let hmis_time = match &hmis_updated {
             Some(hu) => format!("t.{hu}"),
             None => "NULL::timestamptz".into(),
@@ -904,8 +895,8 @@ pub async fn write(
                     _ => "true".into(),
                 };
                 format!(
-                    "('{}', NOT {} AND NOT {} AND {won})",
-                    tw.fields[&c.column].replace('\'', "''"),
+                    "({}, NOT {} AND NOT {} AND {won})",
+                    quote_literal(&tw.fields[&c.column]),
                     same("t", c, "l.synced"),
                     same("s", c, "l.synced"),
                 )
@@ -922,8 +913,8 @@ pub async fn write(
             .enumerate()
             .map(|(i, c)| {
                 format!(
-                    "('{}', w.v{i} IS NOT DISTINCT FROM s.{}, to_jsonb(w.v{i}))",
-                    c.column.replace('\'', "''"),
+                    "({}, w.v{i} IS NOT DISTINCT FROM s.{}, to_jsonb(w.v{i}))",
+                    quote_literal(&c.column),
                     qi(&c.column)
                 )
             })
@@ -934,7 +925,7 @@ pub async fn write(
                 INSERT INTO godata_bridge.conflict (table_name, row_key, godata_id, field, hmis_changed_at, godata_updated_at, winner)
                 SELECT l.table_name, l.row_key, l.godata_id, x.f, {hmis_time}, s.{STAGED_UPDATED}, 'godata'
                   FROM {stage} JOIN {table} AS t ON t.{key} = s.{key}
-                  JOIN godata_bridge.link l ON l.table_name = '{name}' AND l.row_key = jsonb_build_object('{key_lit}', t.{key})
+                  JOIN godata_bridge.link l ON l.table_name = {name} AND l.row_key = jsonb_build_object({key_lit}, t.{key})
                   CROSS JOIN LATERAL (VALUES {conflicts}) AS x(f, hit)
                  WHERE l.synced IS NOT NULL AND x.hit
                 ON CONFLICT DO NOTHING
@@ -946,7 +937,7 @@ pub async fn write(
                    SET synced = l.synced || (SELECT coalesce(jsonb_object_agg(z.n, z.v), '{{}}'::jsonb)
                                                FROM (VALUES {agreed}) AS z(n, ok, v) WHERE z.ok)
                   FROM w JOIN {stage} ON s.{key} = w.k
-                 WHERE l.table_name = '{name}' AND l.row_key = jsonb_build_object('{key_lit}', w.k)
+                 WHERE l.table_name = {name} AND l.row_key = jsonb_build_object({key_lit}, w.k)
                    AND l.synced IS NOT NULL
              )
              SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM c)"
@@ -1016,7 +1007,7 @@ pub struct Refusal {
     /// column).
     pub other_godata_id: Option<String>,
     /// The server's message with values left out (SQLSTATE and what
-    /// failed; see [`crate::pg_error::describe`]).
+    /// failed; see [`crate::pg::error::describe`]).
     pub reason: String,
 }
 
@@ -1093,7 +1084,7 @@ pub async fn write_guarded(
                         constraint,
                         column: db.and_then(|d| d.column()).map(String::from),
                         other_godata_id,
-                        reason: crate::pg_error::describe(&e),
+                        reason: crate::pg::error::describe(&e),
                     });
                 } else {
                     // Later halves are popped last: rows keep their order.
@@ -1135,7 +1126,7 @@ async fn holder(
                JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
               WHERE x.indrelid = $1::text::regclass AND i.relname = $2
               ORDER BY k.ord",
-            &[&qtable(&target.table), &constraint],
+            &[&target.table.quoted(), &constraint],
         )
         .await?
         .iter()
@@ -1162,7 +1153,7 @@ async fn holder(
     let sql = format!(
         "SELECT t.{}::text FROM {} t WHERE {} LIMIT 1",
         qi(&id_col),
-        qtable(&target.table),
+        target.table.quoted(),
         conds.join(" AND ")
     );
     let p: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params

@@ -846,7 +846,7 @@ async fn a_standby_takes_over_when_the_leader_is_killed(mode: Mode) {
 
 #[tokio::test]
 async fn readiness_follows_postgres_going_away_and_back() {
-    use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
+    use godata_bridge::pg::cluster::{Cluster, ClusterOptions};
     let sim = start_sim().await;
     let mut cluster =
         tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()).unwrap())
@@ -1057,7 +1057,7 @@ async fn install_print_applied_with_psql_gives_working_capture(mode: Mode) {
         sql.contains("godata_bridge.track"),
         "the tables are tracked too"
     );
-    let psql = godata_bridge::pg_cluster::find_bindir()
+    let psql = godata_bridge::pg::cluster::find_bindir()
         .unwrap()
         .join("psql");
     let mut child = Command::new(psql)

@@ -450,7 +450,7 @@ async fn emulator_faults_lose_and_duplicate_nothing(mode: Mode) {
 }
 
 async fn a_postgres_restart_is_survived(mode: Mode) {
-    use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
+    use godata_bridge::pg::cluster::{Cluster, ClusterOptions};
     // Its own cluster: restarting the shared one would hit other tests.
     let mut cluster =
         tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()).unwrap())

@@ -8,8 +8,8 @@ use std::time::Duration;
 use godata_bridge::capture::pgoutput::{self, Datum, Message};
 use godata_bridge::capture::replication::{AuthMethod, ReplConn, ReplError};
 use godata_bridge::config::TruncatePolicy;
-use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
-use godata_bridge::pg_tls::Db;
+use godata_bridge::pg::cluster::{Cluster, ClusterOptions};
+use godata_bridge::pg::tls::Db;
 use godata_sim::Faults;
 use serde_json::json;
 

@@ -1,7 +1,7 @@
 //! TLS with certificates made here: PostgreSQL with every sslmode.
 
-use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
-use godata_bridge::pg_tls::Db;
+use godata_bridge::pg::cluster::{Cluster, ClusterOptions};
+use godata_bridge::pg::tls::Db;
 
 /// A CA and a server certificate it signed for `names`.
 pub struct Pki {

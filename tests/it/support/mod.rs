@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use godata_bridge::pg_cluster::{Cluster, ClusterOptions};
+use godata_bridge::pg::cluster::{Cluster, ClusterOptions};
 pub use godata_sim::testing::{ob, Api};
 use godata_sim::{self as sim, Sim, SimConfig};
 
@@ -174,7 +174,7 @@ pub async fn install_capture(
     if mode == Mode::Logical {
         config.capture.mode = godata_bridge::config::CaptureMode::Logical;
         config.capture.slot = format!("gb_{}", pg.get_dbname().unwrap());
-        let db = godata_bridge::pg_tls::Db::from(pg.clone());
+        let db = godata_bridge::pg::tls::Db::from(pg.clone());
         godata_bridge::capture::slot::install(&db, c, &config.capture)
             .await
             .unwrap();
