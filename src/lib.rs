@@ -15,6 +15,7 @@ pub mod capture;
 pub mod commands;
 pub mod config;
 pub mod deliver;
+pub mod demo;
 pub mod flow1;
 pub mod godata;
 pub mod ha;

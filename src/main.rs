@@ -382,7 +382,7 @@ fn main() -> ExitCode {
             Command::Demo {
                 database_url,
                 godata_listen,
-            } => commands::demo(database_url, godata_listen).await,
+            } => godata_bridge::demo::run(database_url, godata_listen).await,
         }
     });
     match result {
