@@ -10,8 +10,8 @@ use crate::capture::install as capture;
 use crate::config::{CaptureMode, Config};
 use crate::deliver::Deliverer;
 use crate::godata::client::{AccessProblem, Client, Disposition, GodataError};
-use crate::ops;
 use crate::pg::Session;
+use crate::store;
 
 /// A config that does not fit the database: exit code 2, like a bad file.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,7 @@ async fn check_catalog(
     config: &Config,
     file: &str,
 ) -> anyhow::Result<()> {
-    let problems = ops::catalog_problems(pg, config).await?;
+    let problems = crate::check::catalog_problems(pg, config).await?;
     if problems.is_empty() {
         return Ok(());
     }
@@ -83,14 +83,7 @@ async fn check_catalog(
 /// `run` needs the schema this release installs: an upgrade that skipped
 /// `install` stops here (exit 2) instead of failing on a missing table.
 async fn check_schema_version(pg: &tokio_postgres::Client) -> anyhow::Result<()> {
-    let have: i32 = pg
-        .query_one(
-            "SELECT CASE WHEN to_regclass('godata_bridge.schema_version') IS NULL THEN 0
-                         ELSE (SELECT coalesce(max(version), 0) FROM godata_bridge.schema_version) END",
-            &[],
-        )
-        .await?
-        .get(0);
+    let have = store::status::schema_version(pg).await?;
     if have >= capture::SCHEMA_VERSION {
         return Ok(());
     }
@@ -302,18 +295,8 @@ async fn install_logical(
 /// triggers and the godata_bridge schema.
 pub async fn uninstall(config: &Config, force: bool) -> anyhow::Result<()> {
     let mut pg = connect_hmis(config).await?;
-    let installed = pg
-        .query_one(
-            "SELECT to_regclass('godata_bridge.outbox') IS NOT NULL",
-            &[],
-        )
-        .await?
-        .get::<_, bool>(0);
-    if installed && !force {
-        let pending: i64 = pg
-            .query_one("SELECT count(*) FROM godata_bridge.outbox", &[])
-            .await?
-            .get(0);
+    let pending = store::outbox::pending_count(pg.client()).await?;
+    if let Some(pending) = pending.filter(|_| !force) {
         if pending > 0 {
             anyhow::bail!("{pending} change(s) still wait in the outbox; let the bridge deliver them, or pass --force to lose them");
         }
@@ -508,7 +491,7 @@ pub async fn run(
 
 pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let pg = connect_hmis(config).await?;
-    let s = ops::status(&*pg)
+    let s = store::status::status(&*pg)
         .await
         .context("reading godata_bridge state (is it installed?)")?;
     let logical = config.capture.mode == CaptureMode::Logical;
@@ -518,11 +501,11 @@ pub async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         None
     };
     let window = if logical {
-        ops::logical_window(&*pg).await?
+        store::status::logical_window(&*pg).await?
     } else {
         None
     };
-    let login = ops::godata_login(&*pg).await?;
+    let login = store::status::godata_login(&*pg).await?;
     if json {
         let mut v = serde_json::to_value(&s)?;
         v["godata_login"] = serde_json::to_value(&login)?;
@@ -669,14 +652,7 @@ async fn report_login(
             "refused_in_a_row": now.1,
             "next_try_in_secs": client.login_wait().map(|w| w.as_secs_f64()),
         });
-        match c
-            .execute(
-                "INSERT INTO godata_bridge.state (name, value) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-                &[&ops::GODATA_LOGIN_STATE, &value],
-            )
-            .await
-        {
+        match store::state::put(c.client(), store::state::GODATA_LOGIN, &value).await {
             Ok(_) => reported = Some(now),
             Err(_) => pg = None,
         }
@@ -740,62 +716,39 @@ async fn link_and_retry(
     ids: &[i64],
     to: impl Fn(&str, &serde_json::Value) -> uuid::Uuid,
 ) -> anyhow::Result<u64> {
-    let rows = pg
-        .query(
-            "SELECT id, table_name, row_key FROM godata_bridge.dead_letter
-              WHERE cardinality($1::int8[]) = 0 OR id = ANY($1)",
-            &[&ids],
-        )
-        .await?;
+    let rows = store::dead_letter::keys(&*pg, ids).await?;
     let outbreak = config.godata.outbreak_id.as_deref().unwrap_or_default();
     let tx = pg.transaction().await?;
     let mut moved = vec![];
-    for r in &rows {
-        let (id, table, key): (i64, String, serde_json::Value) = (r.get(0), r.get(1), r.get(2));
-        let resource = match config
-            .push
-            .iter()
-            .find(|p| p.table == table)
-            .map(|p| p.resource)
-        {
-            Some(crate::config::Resource::Contact) => "contact",
-            Some(crate::config::Resource::Case) => "case",
-            None => anyhow::bail!(
-                "dead letter {id}: table {table} is not a [[push]] table of this config"
-            ),
+    for (id, table, key) in &rows {
+        let Some(push) = config.push.iter().find(|p| p.table == *table) else {
+            anyhow::bail!("dead letter {id}: table {table} is not a [[push]] table of this config");
         };
-        tx.execute(
-            "INSERT INTO godata_bridge.link (table_name, row_key, resource, godata_id, outbreak_id)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (table_name, row_key) DO UPDATE
-                SET godata_id = EXCLUDED.godata_id, outbreak_id = EXCLUDED.outbreak_id,
-                    content_hash = NULL, synced = NULL, resource = EXCLUDED.resource",
-            &[&table, &key, &resource, &to(&table, &key), &outbreak],
-        )
-        .await?;
-        moved.push(id);
+        let godata_id = to(table, key);
+        store::link::set(&tx, table, key, push.resource.name(), godata_id, outbreak).await?;
+        moved.push(*id);
     }
     tx.commit().await?;
     if moved.is_empty() {
         return Ok(0);
     }
-    Ok(ops::retry_dead_letters(pg, &moved).await?)
+    Ok(store::dead_letter::retry(pg, &moved).await?)
 }
 
 /// One dead letter of either direction, for `dead-letter list --json`.
 #[derive(serde::Serialize)]
 #[serde(tag = "direction", rename_all = "lowercase")]
 enum Listed {
-    Push(ops::DeadLetter),
-    Pull(crate::writeback::dead_letter::Entry),
+    Push(store::dead_letter::DeadLetter),
+    Pull(crate::store::writeback_dead_letter::Entry),
 }
 
 pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::Result<()> {
-    use crate::writeback::dead_letter as pull_dl;
+    use crate::store::writeback_dead_letter as pull_dl;
     let mut pg = connect_hmis(config).await?;
     match action {
         DeadLetterAction::List { json } => {
-            let push = ops::dead_letters(&*pg).await?;
+            let push = store::dead_letter::list(&*pg).await?;
             let pull = pull_dl::list(&*pg, &[]).await?;
             if json {
                 let all: Vec<Listed> = push
@@ -853,7 +806,7 @@ pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::R
         }
         DeadLetterAction::Retry(ids) => {
             if ids.all() || !ids.push.is_empty() {
-                let n = ops::retry_dead_letters(&mut pg, &ids.push).await?;
+                let n = store::dead_letter::retry(&mut pg, &ids.push).await?;
                 println!("{n} dead letter(s) back in the outbox");
             }
             if ids.all() || !ids.pull.is_empty() {
@@ -889,7 +842,7 @@ pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::R
         }
         DeadLetterAction::Discard(ids) => {
             if ids.all() || !ids.push.is_empty() {
-                let n = ops::discard_dead_letters(&*pg, &ids.push).await?;
+                let n = store::dead_letter::discard(&*pg, &ids.push).await?;
                 println!("{n} dead letter(s) discarded");
             }
             if ids.all() || !ids.pull.is_empty() {
@@ -913,7 +866,7 @@ pub async fn backfill(config: &Config, table: Option<&str>, chunk: i32) -> anyho
     };
     let tty = std::io::stderr().is_terminal();
     for t in tables {
-        let total = ops::backfill(&*pg, t.schema(), t.name(), chunk, |n| {
+        let total = store::outbox::backfill(&*pg, t.schema(), t.name(), chunk, |n| {
             if tty {
                 eprint!("\rbackfill {t}: {n} rows enqueued");
                 let _ = std::io::stderr().flush();
@@ -954,17 +907,17 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
         Err(e) => report(false, "hmis database", format!("{e:#}")),
         Ok(pg) => {
             report(true, "hmis database", String::new());
-            let problems = ops::catalog_problems(&*pg, config).await?;
+            let problems = crate::check::catalog_problems(&*pg, config).await?;
             report(
                 problems.is_empty(),
                 "tables and columns",
                 problems.join("; "),
             );
             // Warnings: the bridge runs, but some values may be refused.
-            for w in ops::narrow_columns(&*pg, config).await? {
+            for w in crate::check::narrow_columns(&*pg, config).await? {
                 println!("warn {w}");
             }
-            let installed = ops::status(&*pg).await;
+            let installed = store::status::status(&*pg).await;
             let is_installed = installed.is_ok();
             match installed {
                 Ok(s) => report(

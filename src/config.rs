@@ -371,12 +371,7 @@ impl Default for Delivery {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Resource {
-    Case,
-    Contact,
-}
+pub use crate::resource::Resource;
 
 /// The case a contact row belongs to: the case table and the contact
 /// column holding the case's key.

@@ -92,12 +92,11 @@ pub enum Op {
 }
 
 impl Op {
-    /// The outbox's `op` column: `I`, `U` or `D`.
-    pub fn from_outbox(op: &str) -> Op {
-        if op == "D" {
-            Op::Delete
-        } else {
-            Op::Upsert
+    /// From the outbox's `op` column.
+    pub fn from_outbox(op: crate::store::outbox::OutboxOp) -> Op {
+        match op {
+            crate::store::outbox::OutboxOp::Delete => Op::Delete,
+            _ => Op::Upsert,
         }
     }
     fn label(self) -> &'static str {
@@ -544,15 +543,8 @@ impl Deliverer {
     /// keys, and the dead-letter retry mark (a retry drops cached
     /// locations: the operator may have fixed them in Go.Data).
     pub async fn refresh(&mut self, pg: &PgClient) -> Result<(), tokio_postgres::Error> {
-        for row in pg
-            .query(
-                "SELECT table_name, key_columns FROM godata_bridge.tracked",
-                &[],
-            )
-            .await?
-        {
-            self.keys.insert(row.get(0), row.get(1));
-        }
+        self.keys
+            .extend(crate::store::link::tracked_keys(pg).await?);
         if !self.ids_loaded {
             self.ids = crate::godata::ids::IdScheme::load(
                 pg,
@@ -562,13 +554,7 @@ impl Deliverer {
             .await?;
             self.ids_loaded = true;
         }
-        let mark: Option<Value> = pg
-            .query_opt(
-                "SELECT value FROM godata_bridge.state WHERE name = $1",
-                &[&crate::state::DEAD_LETTER_RETRY],
-            )
-            .await?
-            .map(|r| r.get(0));
+        let mark = crate::store::state::get(pg, crate::store::state::DEAD_LETTER_RETRY).await?;
         if mark != self.retry_mark {
             self.retry_mark = mark;
             self.locations.write().expect("locations lock").1 = None;
@@ -616,26 +602,15 @@ impl Deliverer {
             let Some([key_col]) = self.keys.get(contacts.table.as_str()).map(Vec::as_slice) else {
                 continue;
             };
-            let q = crate::pg::quote_ident;
-            let qualified = contacts.table.quoted();
-            let sql = format!(
-                "WITH moved AS (
-                    DELETE FROM godata_bridge.dead_letter d
-                     WHERE d.table_name = godata_bridge.qualified($1::text::regclass)
-                       AND d.godata_code = ANY($2::text[])
-                       AND EXISTS (SELECT 1 FROM {qt} c
-                                    WHERE d.row_key = jsonb_build_object($4::text, c.{kc})
-                                      AND c.{cc}::text = ANY($3::text[]))
-                    RETURNING table_name, op, row_key, id)
-                 INSERT INTO godata_bridge.outbox (table_name, op, row_key)
-                 SELECT table_name, op, row_key FROM moved ORDER BY id",
-                qt = qualified,
-                kc = q(key_col),
-                cc = q(&parent.column),
-            );
-            let n = pg
-                .execute(&sql, &[&qualified, &DEPENDENT_CODES, &case_keys, key_col])
-                .await?;
+            let n = crate::store::dead_letter::revive_waiting_on_cases(
+                pg,
+                &contacts.table,
+                key_col,
+                &parent.column,
+                DEPENDENT_CODES,
+                &case_keys,
+            )
+            .await?;
             if n > 0 {
                 tracing::info!(table = %contacts.table, changes = n, "dead letters whose case changed go back to the outbox");
             }
@@ -738,21 +713,14 @@ impl Deliverer {
     ) -> Result<HashMap<(String, String), Link>, tokio_postgres::Error> {
         let tables: Vec<&str> = batch.iter().map(|c| c.table.as_str()).collect();
         let keys: Vec<&Value> = batch.iter().map(|c| &c.key).collect();
-        let rows = pg
-            .query(
-                "SELECT l.table_name, l.row_key, l.godata_id, l.content_hash, l.synced
-                   FROM unnest($1::text[], $2::jsonb[]) AS w(t, k)
-                   JOIN godata_bridge.link l ON l.table_name = w.t AND l.row_key = w.k
-                  WHERE l.outbreak_id IS NULL OR l.outbreak_id = $3",
-                &[&tables, &keys, &self.client.outbreak_id()],
-            )
-            .await?;
+        let rows =
+            crate::store::link::links_of(pg, &tables, &keys, self.client.outbreak_id()).await?;
         Ok(rows
-            .iter()
-            .map(|r| {
+            .into_iter()
+            .map(|l| {
                 (
-                    (r.get::<_, String>(0), r.get::<_, Value>(1).to_string()),
-                    ((r.get(2), r.get(3)), r.get(4)),
+                    (l.table, l.key.to_string()),
+                    ((l.godata_id, l.content_hash), l.synced),
                 )
             })
             .collect())
@@ -819,37 +787,21 @@ impl Deliverer {
         table: &str,
         keys: &[&Value],
     ) -> Result<(Option<Snapshot>, Vec<(Value, Value)>), tokio_postgres::Error> {
-        const READ: &str = "SELECT s::text, f.row_key, f.row_image
-                              FROM pg_current_snapshot() AS s
-                              LEFT JOIN LATERAL godata_bridge.fetch_rows($1::text::regclass, $2) AS f ON true";
         let hook = self.read_snapshot.lock().expect("hook lock").clone();
-        let rows = match hook {
-            None => pg.query(READ, &[&table, &keys]).await?,
+        let (snap, found) = match hook {
+            None => crate::store::link::fetch_rows(pg, table, keys).await?,
             Some(id) => {
                 pg.batch_execute(&format!(
                     "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
                     crate::pg::quote_literal(&id)
                 ))
                 .await?;
-                let r = pg.query(READ, &[&table, &keys]).await;
+                let r = crate::store::link::fetch_rows(pg, table, keys).await;
                 pg.batch_execute("COMMIT").await?;
                 r?
             }
         };
-        let snap = rows
-            .first()
-            .and_then(|r| Snapshot::parse(&r.get::<_, String>(0)));
-        let found = rows
-            .iter()
-            .filter_map(|r| {
-                let key: Option<Value> = r.get(1);
-                let image: Option<Value> = r.get(2);
-                match (key, image) {
-                    (Some(k), Some(m @ Value::Object(_))) => Some((k, m)),
-                    _ => None,
-                }
-            })
-            .collect();
+        let snap = snap.as_deref().and_then(Snapshot::parse);
         Ok((snap, found))
     }
 
@@ -1002,10 +954,7 @@ impl Deliverer {
         };
         let id = p.id;
         let last_hash = p.linked.as_ref().and_then(|(_, h)| h.as_deref());
-        let collection = match push.resource {
-            Resource::Case => "cases",
-            Resource::Contact => "contacts",
-        };
+        let collection = push.resource.collection();
         if c.op == Op::Delete {
             self.client.delete(collection, id).await?;
             // The link is not crash-safe (see `record`): without it, a case
@@ -1446,24 +1395,19 @@ fn with_nulls(push: &crate::config::Push, synced: &Value) -> Value {
 /// Records what Go.Data acknowledged — link, content hash, Go.Data's
 /// `updatedAt`; a deleted record's link goes — and removes `outbox_ids`
 /// (trigger mode: the acknowledged changes' outbox rows), in one
-/// statement. The link is bookkeeping: losing it costs a re-send, which
-/// the deterministic ids make harmless.
+/// statement ([`crate::store::link::record`]). The link is bookkeeping:
+/// losing it costs a re-send, which the deterministic ids make harmless.
 pub async fn record<'a, T: 'a>(
     pg: &impl tokio_postgres::GenericClient,
     outbreak_id: &str,
     acked: impl IntoIterator<Item = (&'a Change<T>, &'a Acked)>,
     outbox_ids: &[i64],
 ) -> Result<(), tokio_postgres::Error> {
-    let (mut tables, mut keys, mut kinds) = (vec![], vec![], vec![]);
-    let (mut resources, mut gids, mut hashes, mut updated) = (vec![], vec![], vec![], vec![]);
-    let (mut synced, mut prevs) = (vec![], vec![]);
-    let (mut c_tables, mut c_keys, mut c_ids, mut c_fields) = (vec![], vec![], vec![], vec![]);
-    let (mut c_hmis, mut c_godata, mut c_winners) = (vec![], vec![], vec![]);
-    let (mut c_prev, mut c_cols) = (vec![], vec![]);
+    let mut acks = crate::store::link::Acks::default();
     for (c, a) in acked {
-        let (kind, res, gid, hash, upd, syn, prev) = match a {
-            Acked::Unchanged => continue,
-            Acked::Deleted => ("d", None, None, None, None, None, None),
+        match a {
+            Acked::Unchanged => {}
+            Acked::Deleted => acks.deleted(&c.table, &c.key),
             Acked::Upserted {
                 id,
                 hash,
@@ -1474,98 +1418,32 @@ pub async fn record<'a, T: 'a>(
                 conflicts,
             } => {
                 for k in conflicts {
-                    c_tables.push(c.table.as_str());
-                    c_keys.push(&c.key);
-                    c_ids.push(*id);
-                    c_fields.push(k.field.as_str());
-                    c_hmis.push(k.hmis_changed_at.as_str());
-                    c_godata.push(k.godata_updated_at.as_deref());
-                    c_winners.push(k.winner);
-                    c_prev.push(prev.as_ref());
-                    c_cols.push(json!(k.columns));
+                    acks.conflict(crate::store::link::ConflictRow {
+                        table: &c.table,
+                        key: &c.key,
+                        godata_id: *id,
+                        field: &k.field,
+                        hmis_changed_at: &k.hmis_changed_at,
+                        godata_updated_at: k.godata_updated_at.as_deref(),
+                        winner: k.winner,
+                        prev: prev.as_ref(),
+                        columns: json!(k.columns),
+                    });
                 }
-                (
-                    "u",
-                    Some(match resource {
-                        Resource::Case => "case",
-                        Resource::Contact => "contact",
-                    }),
-                    Some(*id),
-                    Some(hash.as_str()),
-                    updated_at.as_deref(),
-                    Some(synced),
-                    prev.as_ref(),
-                )
+                acks.upserted(crate::store::link::LinkRow {
+                    table: &c.table,
+                    key: &c.key,
+                    resource: resource.name(),
+                    godata_id: *id,
+                    hash,
+                    updated_at: updated_at.as_deref(),
+                    synced,
+                    prev: prev.as_ref(),
+                });
             }
-        };
-        tables.push(c.table.as_str());
-        keys.push(&c.key);
-        kinds.push(kind);
-        resources.push(res);
-        gids.push(gid);
-        hashes.push(hash);
-        updated.push(upd);
-        synced.push(syn);
-        prevs.push(prev);
+        }
     }
-    if tables.is_empty() && outbox_ids.is_empty() {
-        return Ok(());
-    }
-    // The synced columns go back column by column where the write-back
-    // did not change them since this push read them (it may have written
-    // Go.Data's value meanwhile: that one stands). A conflict stands only
-    // where its columns are untouched likewise; the write-back logs the
-    // conflicts it settles itself. Every part sees the links as they were
-    // before the statement.
-    let logged = pg
-        .query(
-            "WITH s AS (SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::text[], $5::uuid[], $6::text[],
-                                             $7::text[], $9::jsonb[], $10::jsonb[])
-                          AS s(t, k, kind, res, gid, hash, upd, syn, prev)),
-                  gone AS (DELETE FROM godata_bridge.outbox WHERE id = ANY($8)),
-                  unlinked AS (DELETE FROM godata_bridge.link l USING s
-                                WHERE s.kind = 'd' AND l.table_name = s.t AND l.row_key = s.k),
-                  conf AS (INSERT INTO godata_bridge.conflict
-                                  (table_name, row_key, godata_id, field, hmis_changed_at, godata_updated_at, winner)
-                           SELECT c.t, c.k, c.g, c.f, c.h::timestamptz, c.u::timestamptz, c.w
-                             FROM unnest($11::text[], $12::jsonb[], $13::uuid[], $14::text[], $15::text[],
-                                         $16::text[], $17::text[], $18::jsonb[], $19::jsonb[])
-                                  AS c(t, k, g, f, h, u, w, prev, cols)
-                             LEFT JOIN godata_bridge.link l ON l.table_name = c.t AND l.row_key = c.k
-                            WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements_text(c.cols) AS col
-                                               WHERE l.synced->col IS DISTINCT FROM c.prev->col)
-                           ON CONFLICT DO NOTHING
-                           RETURNING winner),
-                  upd AS (UPDATE godata_bridge.link l
-                             SET godata_id = s.gid, content_hash = s.hash,
-                                 godata_updated_at = coalesce(s.upd::timestamptz, l.godata_updated_at),
-                                 pushed_at = now(), outbreak_id = $20,
-                                 synced = CASE WHEN l.synced IS NULL OR s.prev IS NULL THEN s.syn
-                                               ELSE (SELECT coalesce(jsonb_object_agg(x.k, x.v), '{}')
-                                                       FROM (SELECT ks.k, CASE WHEN l.synced->ks.k IS NOT DISTINCT FROM s.prev->ks.k
-                                                                               THEN s.syn->ks.k ELSE l.synced->ks.k END AS v
-                                                               FROM (SELECT jsonb_object_keys(s.syn)
-                                                                     UNION SELECT jsonb_object_keys(s.prev)
-                                                                     UNION SELECT jsonb_object_keys(l.synced)) AS ks(k)) AS x
-                                                      WHERE x.v IS NOT NULL) END
-                            FROM s WHERE s.kind = 'u' AND l.table_name = s.t AND l.row_key = s.k
-                           RETURNING l.table_name, l.row_key),
-                  ins AS (INSERT INTO godata_bridge.link
-                                 (table_name, row_key, resource, godata_id, content_hash, godata_updated_at, pushed_at, synced, outbreak_id)
-                          SELECT t, k, res, gid, hash, upd::timestamptz, now(), syn, $20 FROM s
-                           WHERE kind = 'u'
-                             AND NOT EXISTS (SELECT 1 FROM upd WHERE upd.table_name = s.t AND upd.row_key = s.k)
-                          ON CONFLICT (table_name, row_key) DO NOTHING)
-             SELECT winner FROM conf",
-            &[
-                &tables, &keys, &kinds, &resources, &gids, &hashes, &updated, &outbox_ids, &synced,
-                &prevs, &c_tables, &c_keys, &c_ids, &c_fields, &c_hmis, &c_godata, &c_winners,
-                &c_prev, &c_cols, &outbreak_id,
-            ],
-        )
-        .await?;
-    for r in logged {
-        let winner: String = r.get(0);
+    for winner in crate::store::link::record(pg, outbreak_id, &acks, outbox_ids).await? {
         metrics::inc(metrics::CONFLICTS, &[("winner", &winner)], 1.0);
     }
     Ok(())

@@ -56,22 +56,12 @@ async fn gauges(probe: &Probe) -> Vec<(&'static str, f64)> {
         },
     ));
     let Some(c) = pg(probe).await else { return out };
-    let q = c
-        .query_one(
-            "SELECT (SELECT count(*) FROM godata_bridge.outbox)::float8,
-                    coalesce((SELECT extract(epoch FROM now() - min(captured_at)) FROM godata_bridge.outbox), 0)::float8,
-                    (SELECT count(*) FROM godata_bridge.dead_letter)::float8,
-                    (SELECT extract(epoch FROM now() - updated_at)::float8 FROM godata_bridge.state WHERE name = $1),
-                    (SELECT count(*) FROM godata_bridge.writeback_dead_letter)::float8",
-            &[&crate::state::PULL_CURSOR_CASE],
-        )
-        .await;
-    if let Ok(r) = q {
-        out.push((metrics::OUTBOX_DEPTH, r.get(0)));
-        out.push((metrics::OUTBOX_OLDEST_AGE, r.get(1)));
-        out.push((metrics::DEAD_LETTERS, r.get(2)));
-        out.push((metrics::WRITEBACK_DEAD_LETTERS, r.get(4)));
-        if let Some(age) = r.get::<_, Option<f64>>(3) {
+    if let Ok(g) = crate::store::status::gauges(c.client()).await {
+        out.push((metrics::OUTBOX_DEPTH, g.outbox_depth));
+        out.push((metrics::OUTBOX_OLDEST_AGE, g.outbox_oldest_age_secs));
+        out.push((metrics::DEAD_LETTERS, g.dead_letters));
+        out.push((metrics::WRITEBACK_DEAD_LETTERS, g.writeback_dead_letters));
+        if let Some(age) = g.pull_cursor_age_secs {
             out.push((metrics::PULL_CURSOR_AGE, age));
         }
     }

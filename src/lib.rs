@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod capture;
+pub mod check;
 pub mod commands;
 pub mod config;
 pub mod deliver;
@@ -22,10 +23,10 @@ pub mod ha;
 pub mod http;
 pub mod mapping;
 pub mod metrics;
-pub mod ops;
 pub mod pg;
+pub mod resource;
 pub mod retry;
-pub mod state;
+pub mod store;
 pub mod task;
 pub mod telemetry;
 pub mod writeback;

@@ -236,7 +236,7 @@ pub(super) async fn capture_wal(quick: bool) -> anyhow::Result<Vec<Row>> {
             wait_drained(&c, Duration::from_secs(60)).await?;
         }
         c.batch_execute("CHECKPOINT").await?;
-        let start = crate::ops::wal_position(&c).await?;
+        let start = crate::store::wal::wal_position(&c).await?;
         insert_n(&cluster, "bench_wal", 4, n).await?;
         if mode != Mode::None {
             wait_drained(&c, Duration::from_secs(300)).await?;
@@ -244,7 +244,7 @@ pub(super) async fn capture_wal(quick: bool) -> anyhow::Result<Vec<Row>> {
         // The bridge's last bookkeeping commits without waiting for the
         // flush; the WAL writer has it within wal_writer_delay (200 ms).
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let end = crate::ops::wal_position(&c).await?;
+        let end = crate::store::wal::wal_position(&c).await?;
         let bytes: f64 = c
             .query_one(
                 "SELECT pg_wal_lsn_diff($2::text::pg_lsn, $1::text::pg_lsn)::float8",

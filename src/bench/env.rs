@@ -373,11 +373,11 @@ pub(super) async fn wait_drained(
     limit: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
-    let mark = crate::ops::wal_position(c).await?;
+    let mark = crate::store::wal::wal_position(c).await?;
     loop {
         // Cheap on a large outbox (no count): the poll must not load the
         // database it measures.
-        if crate::ops::caught_up(c, &mark).await? {
+        if crate::store::wal::caught_up(c, &mark).await? {
             return Ok(());
         }
         if Instant::now() > deadline {

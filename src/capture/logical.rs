@@ -196,14 +196,7 @@ fn catalog_char(c: i8) -> char {
 
 impl Consumer<'_> {
     async fn relation(&mut self, r: pgoutput::Relation) -> Result<(), LogicalError> {
-        let name: Option<String> = self
-            .pg
-            .query_one(
-                "SELECT godata_bridge.qualified($1::oid::regclass)",
-                &[&r.id],
-            )
-            .await?
-            .get(0);
+        let name = crate::store::link::qualified_name(&*self.pg, r.id).await?;
         let table = name.filter(|n| self.tracked.contains_key(n));
         let mut columns = vec![];
         let mut keys = vec![];
@@ -530,13 +523,7 @@ impl Consumer<'_> {
             "confirmed_lsn": fmt_lsn(live.confirmed),
             "received_lsn": fmt_lsn(live.received),
         });
-        self.pg
-            .execute(
-                "INSERT INTO godata_bridge.state (name, value) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-                &[&crate::ops::LOGICAL_WINDOW_STATE, &value],
-            )
-            .await?;
+        crate::store::state::put(&*self.pg, crate::store::state::LOGICAL_WINDOW, &value).await?;
         self.published = Some(live);
         Ok(())
     }
@@ -620,17 +607,8 @@ async fn stream(
         .as_deref()
         .and_then(pgoutput::parse_lsn)
         .unwrap_or(0);
-    let mut tracked = HashMap::new();
-    for r in pg
-        .query(
-            "SELECT table_name, key_columns FROM godata_bridge.tracked",
-            &[],
-        )
-        .await?
-    {
-        tracked.insert(r.get::<_, String>(0), r.get::<_, Vec<String>>(1));
-    }
-    let unpublished = unpublished_tables(&pg, &config.capture.publication).await?;
+    let tracked = crate::store::link::tracked_keys(&*pg).await?;
+    let unpublished = unpublished_tables(&*pg, &config.capture.publication).await?;
     if !unpublished.is_empty() {
         tracing::error!(
             tables = %unpublished.join(", "),
@@ -909,11 +887,7 @@ async fn round(
     let barrier = shared.lock().window.barrier_ready().cloned();
     if let Some(b) = &barrier {
         if !b.enqueued {
-            pg.execute(
-                "SELECT godata_bridge.enqueue_truncate($1::text::regclass, now())",
-                &[&b.table],
-            )
-            .await?;
+            crate::store::outbox::enqueue_truncate(pg, &b.table).await?;
             shared.lock().window.barrier_enqueued();
             *outbox_due = true;
         }
@@ -927,13 +901,7 @@ async fn round(
         total.add(r?);
     }
     if let Some(b) = barrier.filter(|b| b.enqueued) {
-        let left: bool = pg
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM godata_bridge.outbox WHERE table_name = $1)",
-                &[&b.table],
-            )
-            .await?
-            .get(0);
+        let left = crate::store::outbox::any_pending_for(pg, &b.table).await?;
         if !left {
             shared.lock().window.lift_barrier();
             shared.progress.notify_one();
@@ -962,17 +930,17 @@ async fn persist(pg: &PgClient, delivered: &Delivered<Taken>) -> Result<(), toki
         &[],
     )
     .await?;
-    let mut dead = (
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-        vec![],
-    );
+    let mut dead = crate::store::dead_letter::StreamDead {
+        tables: vec![],
+        ops: vec![],
+        keys: vec![],
+        xids: vec![],
+        captured: vec![],
+        attempts: vec![],
+        http_status: vec![],
+        godata_code: vec![],
+        reason: vec![],
+    };
     for (c, o) in &delivered.outcomes {
         if let Outcome::Dead {
             status,
@@ -980,35 +948,27 @@ async fn persist(pg: &PgClient, delivered: &Delivered<Taken>) -> Result<(), toki
             reason,
         } = o
         {
-            dead.0.push(c.table.as_str());
-            dead.1.push(if c.op == Op::Delete { "D" } else { "U" });
-            dead.2.push(&c.key);
-            dead.3.push(c.tag.xid.to_string());
-            dead.4.push(c.captured);
-            dead.5.push(c.attempts + 1);
-            dead.6.push(status.map(i32::from));
-            dead.7.push(code.as_deref());
-            dead.8.push(reason.as_str());
+            use crate::store::outbox::OutboxOp;
+            dead.tables.push(c.table.as_str());
+            dead.ops.push(match c.op {
+                Op::Delete => OutboxOp::Delete.code(),
+                Op::Upsert => OutboxOp::Update.code(),
+            });
+            dead.keys.push(&c.key);
+            dead.xids.push(c.tag.xid.to_string());
+            dead.captured.push(c.captured);
+            dead.attempts.push(c.attempts + 1);
+            dead.http_status.push(status.map(i32::from));
+            dead.godata_code.push(code.as_deref());
+            dead.reason.push(reason.as_str());
         }
     }
-    if dead.0.is_empty() {
+    if dead.tables.is_empty() {
         return Ok(());
     }
     pg.batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
         .await?;
-    let r = pg
-        .execute(
-            "INSERT INTO godata_bridge.dead_letter
-                   (id, table_name, op, row_key, txid, captured_at, attempts, http_status, godata_code, reason)
-             SELECT nextval(pg_get_serial_sequence('godata_bridge.outbox', 'id')), t, op::\"char\", k, x::xid8,
-                    to_timestamp(c), a, s, code, r
-               FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::float8[], $6::int4[],
-                           $7::int4[], $8::text[], $9::text[]) AS d(t, op, k, x, c, a, s, code, r)",
-            &[
-                &dead.0, &dead.1, &dead.2, &dead.3, &dead.4, &dead.5, &dead.6, &dead.7, &dead.8,
-            ],
-        )
-        .await;
+    let r = crate::store::dead_letter::record_from_stream(pg, &dead).await;
     match r {
         Ok(_) => pg.batch_execute("COMMIT").await,
         Err(e) => {

@@ -12,13 +12,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
-use serde_json::Value;
 use tokio_postgres::Client as PgClient;
 
 use crate::deliver::{self, Change, DeliverError, Deliverer, Drained, Image, MustSee, Op, Outcome};
 use crate::metrics;
+use crate::store::outbox as store;
 
 /// An outbox change's handle: every outbox id coalesced into it.
 #[derive(Debug, Default)]
@@ -70,49 +69,24 @@ pub async fn drain(
 }
 
 /// When the earliest deferred outbox row comes due.
-pub async fn next_due(pg: &PgClient) -> Result<Option<Duration>, tokio_postgres::Error> {
-    let due: Option<f64> = pg
-        .query_one(
-            "SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
-               FROM godata_bridge.outbox WHERE next_attempt_at > now()",
-            &[],
-        )
-        .await?
-        .get(0);
-    Ok(due.map(|s| Duration::from_secs_f64(s.max(0.0))))
-}
+pub use crate::store::outbox::next_due;
 
 /// Up to `limit` due outbox rows, coalesced per record (latest op wins).
 async fn read_due(pg: &PgClient, limit: i64) -> Result<Vec<Change<Ids>>, tokio_postgres::Error> {
-    let rows = pg
-        .query(
-            "SELECT id, table_name, op::text, row_key, attempts, extract(epoch FROM captured_at)::float8
-               FROM godata_bridge.outbox
-              WHERE next_attempt_at IS NULL OR next_attempt_at <= now()
-              ORDER BY id LIMIT $1",
-            &[&limit],
-        )
-        .await?;
+    let rows = store::read_due(pg, limit).await?;
     let seen = MAX_SEEN.load(Ordering::SeqCst);
     let mut records: BTreeMap<(String, String), Change<Ids>> = BTreeMap::new();
-    for r in &rows {
-        let id: i64 = r.get(0);
-        let table: String = r.get(1);
-        let op = Op::from_outbox(r.get(2));
+    for r in rows {
+        let (id, table, key) = (r.id, r.table, r.key);
+        let op = Op::from_outbox(r.op);
         if id > seen {
-            let what = match r.get::<_, &str>(2) {
-                "I" => "insert",
-                "U" => "update",
-                _ => "delete",
-            };
             metrics::inc(
                 metrics::CHANGES_CAPTURED,
-                &[("table", &table), ("op", what)],
+                &[("table", &table), ("op", r.op.label())],
                 1.0,
             );
             MAX_SEEN.fetch_max(id, Ordering::SeqCst);
         }
-        let key: Value = r.get(3);
         let c = records
             .entry((table.clone(), key.to_string()))
             .or_insert(Change {
@@ -127,9 +101,9 @@ async fn read_due(pg: &PgClient, limit: i64) -> Result<Vec<Change<Ids>>, tokio_p
             });
         c.op = op;
         c.tag.0.push(id);
-        c.attempts = c.attempts.max(r.get(4));
-        c.captured = c.captured.min(r.get(5));
-        c.changed = c.changed.max(r.get(5));
+        c.attempts = c.attempts.max(r.attempts);
+        c.captured = c.captured.min(r.captured);
+        c.changed = c.changed.max(r.captured);
     }
     Ok(records.into_values().collect())
 }
@@ -163,30 +137,11 @@ async fn settle(
                 code,
                 reason,
             } => {
-                pg.execute(
-                    "WITH moved AS (
-                        DELETE FROM godata_bridge.outbox WHERE id = ANY($1)
-                        RETURNING *)
-                     INSERT INTO godata_bridge.dead_letter
-                           (id, table_name, op, row_key, txid, captured_at, attempts, http_status, godata_code, reason)
-                     SELECT id, table_name, op, row_key, txid, captured_at, attempts + 1, $2, $3, $4 FROM moved
-                     ON CONFLICT (id) DO NOTHING",
-                    &[&c.tag.0, &status.map(i32::from), code, reason],
-                )
-                .await?;
+                store::dead_letter(pg, &c.tag.0, status.map(i32::from), code.as_deref(), reason)
+                    .await?;
             }
         }
     }
     deliver::record(pg, outbreak_id, acked, &gone).await?;
-    if !ids.is_empty() {
-        pg.execute(
-            "UPDATE godata_bridge.outbox o
-                SET attempts = o.attempts + 1, next_attempt_at = now() + d.secs * interval '1 second', last_error = d.err
-               FROM unnest($1::bigint[], $2::float8[], $3::text[]) AS d(id, secs, err)
-              WHERE o.id = d.id",
-            &[&ids, &delays, &errors],
-        )
-        .await?;
-    }
-    Ok(())
+    store::defer(pg, &ids, &delays, &errors).await
 }

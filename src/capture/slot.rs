@@ -152,28 +152,9 @@ pub async fn drop_slot(
 pub async fn identity_problems(
     pg: &tokio_postgres::Client,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
-    let rows = pg
-        .query(
-            "SELECT t.table_name, c.relreplident::text,
-                    coalesce((SELECT array_agg(a.attname::text)
-                                FROM pg_index i
-                                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-                               WHERE i.indrelid = c.oid
-                                 AND ((c.relreplident = 'd' AND i.indisprimary)
-                                   OR (c.relreplident = 'i' AND i.indisreplident))), '{}') AS ident,
-                    t.key_columns
-               FROM godata_bridge.tracked t
-               JOIN pg_class c ON c.oid = to_regclass(t.table_name)
-              ORDER BY 1",
-            &[],
-        )
-        .await?;
+    let rows = crate::store::link::tracked_identities(pg).await?;
     let mut problems = vec![];
-    for r in rows {
-        let table: String = r.get(0);
-        let ident: String = r.get(1);
-        let cols: Vec<String> = r.get(2);
-        let keys: Vec<String> = r.get(3);
+    for (table, ident, cols, keys) in rows {
         if ident == "f" {
             continue;
         }
@@ -304,19 +285,4 @@ pub async fn check(
 }
 
 /// Tracked tables that the publication does not carry.
-pub(crate) async fn unpublished_tables(
-    pg: &tokio_postgres::Client,
-    publication: &str,
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    Ok(pg
-        .query_one(
-            "SELECT coalesce(array_agg(t.table_name ORDER BY t.table_name), '{}')
-               FROM godata_bridge.tracked t
-              WHERE NOT EXISTS (SELECT 1 FROM pg_publication_tables p
-                                 WHERE p.pubname = $1
-                                   AND format('%I.%I', p.schemaname, p.tablename) = t.table_name)",
-            &[&publication],
-        )
-        .await?
-        .get(0))
-}
+pub(crate) use crate::store::link::unpublished_tables;

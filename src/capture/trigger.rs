@@ -39,17 +39,9 @@ async fn wake_cycle(
     // Trigger mode's reads need no visibility wait: an outbox row commits
     // with its data row.
     let mut must_see = MustSee::default();
-    pg.execute(
-        "SELECT pg_advisory_lock(godata_bridge.awake_lock_key())",
-        &[],
-    )
-    .await?;
+    crate::store::outbox::hold_awake_lock(pg).await?;
     let first = outbox::drain(deliverer, pg, &mut must_see).await;
-    pg.execute(
-        "SELECT pg_advisory_unlock(godata_bridge.awake_lock_key())",
-        &[],
-    )
-    .await?;
+    crate::store::outbox::release_awake_lock(pg).await?;
     let mut total = first?;
     let now_running: Vec<String> = pg
         .query_one(

@@ -39,7 +39,7 @@ pub struct IdScheme {
 }
 
 /// The `godata_bridge.state` row of [`IdScheme`].
-pub const ID_SCHEME_STATE: &str = crate::state::ID_SCHEME;
+pub const ID_SCHEME_STATE: &str = crate::store::state::ID_SCHEME;
 
 impl IdScheme {
     /// The Go.Data id of the row of `table` with `key`.
@@ -59,13 +59,7 @@ impl IdScheme {
         outbreak: &str,
         explicit: Option<Uuid>,
     ) -> Result<IdScheme, tokio_postgres::Error> {
-        let v: Option<Value> = pg
-            .query_opt(
-                "SELECT value FROM godata_bridge.state WHERE name = $1",
-                &[&ID_SCHEME_STATE],
-            )
-            .await?
-            .map(|r| r.get(0));
+        let v = crate::store::state::get(pg, ID_SCHEME_STATE).await?;
         let stored = v
             .as_ref()
             .and_then(|v| v["namespace"].as_str())

@@ -14,18 +14,11 @@ use serde_json::{json, Value};
 use crate::config::Config;
 use crate::godata::client::{Client, GodataError};
 use crate::metrics;
-use crate::writeback::dead_letter;
+use crate::store::writeback_dead_letter as dead_letter;
 use crate::writeback::fhir::{case_bundle, contact_bundle, FhirOptions};
 use crate::writeback::target::{self, OnDelete, Resource, Sources};
 
 const PERSON_TYPE_CASE: &str = "LNG_REFERENCE_DATA_CATEGORY_PERSON_TYPE_CASE";
-
-fn cursor_name(r: Resource) -> &'static str {
-    match r {
-        Resource::Case => crate::state::PULL_CURSOR_CASE,
-        Resource::Contact => crate::state::PULL_CURSOR_CONTACT,
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -225,9 +218,9 @@ async fn pull_resource(
     memory: &mut PullMemory,
 ) -> Result<usize, PullError> {
     let o = fhir_options(config);
-    let name = cursor_name(resource);
+    let name = resource.cursor_key();
     let mut fetched = 0;
-    let collection = collection_of(resource);
+    let collection = resource.collection();
     let (targets, two_ways) = targets_of(pg, config, resource).await?;
     let mut dead_letters = dead_letter::any(pg).await?;
     let mut total = 0;
@@ -237,13 +230,7 @@ async fn pull_resource(
     // re-read records change nothing (newer-and-different writes only).
     // The overlap is re-read only while the cursor is new: a quiet Go.Data
     // must not cost a re-read of the last burst on every poll.
-    let stored: Option<Value> = pg
-        .query_opt(
-            "SELECT value FROM godata_bridge.state WHERE name = $1",
-            &[&name],
-        )
-        .await?
-        .map(|r| r.get::<_, Value>(0));
+    let stored = crate::store::state::get(pg, name).await?;
     let mut pos: Option<Value> = stored.map(|c| {
         let reads = match memory.overlap.get(name) {
             Some((at, n)) if *at == c => *n,
@@ -257,13 +244,7 @@ async fn pull_resource(
         }
     });
     loop {
-        let cursor: Option<Value> = pg
-            .query_opt(
-                "SELECT value FROM godata_bridge.state WHERE name = $1",
-                &[&name],
-            )
-            .await?
-            .map(|r| r.get(0));
+        let cursor = crate::store::state::get(pg, name).await?;
         let page = client
             .list(
                 collection,
@@ -287,8 +268,7 @@ async fn pull_resource(
             Resource::Contact => contact_bundles(client, &page, &o).await?,
         };
         let tx = pg.transaction().await?;
-        tx.batch_execute("SET LOCAL godata_bridge.origin = 'godata'")
-            .await?;
+        crate::store::outbox::mark_from_godata(&tx).await?;
         let written = write_page(
             &tx,
             config,
@@ -301,15 +281,7 @@ async fn pull_resource(
             &mut dead_letters,
         )
         .await?;
-        let moved = tx
-            .execute(
-                "INSERT INTO godata_bridge.state (name, value) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
-                  WHERE godata_bridge.state.value IS NOT DISTINCT FROM $3",
-                &[&name, &next, &cursor],
-            )
-            .await?;
-        if moved != 1 {
+        if !crate::store::state::compare_and_set(&tx, name, &next, cursor.as_ref()).await? {
             return Err(PullError::CursorMoved);
         }
         tx.commit().await?;
@@ -319,7 +291,7 @@ async fn pull_resource(
             .sum::<usize>();
         metrics::inc(
             metrics::RECORDS_PULLED,
-            &[("resource", resource_label(resource))],
+            &[("resource", resource.name())],
             page.len() as f64,
         );
         for (table, n) in written {
@@ -365,14 +337,14 @@ async fn retry_dead_letters(
     resource: Resource,
     pending: Option<&dyn PendingHmis>,
 ) -> Result<usize, PullError> {
-    let label = resource_label(resource);
+    let label = resource.name();
     let ids = dead_letter::retry_requested(pg, label).await?;
     if ids.is_empty() {
         return Ok(0);
     }
     let (targets, two_ways) = targets_of(pg, config, resource).await?;
     let o = fhir_options(config);
-    let collection = collection_of(resource);
+    let collection = resource.collection();
     let mut total = 0;
     for chunk in ids.chunks(100) {
         let page = client
@@ -391,8 +363,7 @@ async fn retry_dead_letters(
             .cloned()
             .collect();
         let tx = pg.transaction().await?;
-        tx.batch_execute("SET LOCAL godata_bridge.origin = 'godata'")
-            .await?;
+        crate::store::outbox::mark_from_godata(&tx).await?;
         let written = write_page(
             &tx, config, resource, &targets, &two_ways, &page, &bundles, pending, &mut true,
         )
@@ -409,13 +380,6 @@ async fn retry_dead_letters(
         total += usize::try_from(n).unwrap_or(usize::MAX);
     }
     Ok(total)
-}
-
-fn collection_of(r: Resource) -> &'static str {
-    match r {
-        Resource::Case => "cases",
-        Resource::Contact => "contacts",
-    }
 }
 
 /// Writes one page of Go.Data records (with their FHIR bundles) to every
@@ -438,7 +402,7 @@ async fn write_page<'a>(
     dead_letters: &mut bool,
 ) -> Result<Vec<(&'a str, u64)>, PullError> {
     let tz = fhir_options(config).timezone;
-    let label = resource_label(resource);
+    let label = resource.name();
     let mut written = vec![];
     for (t, two_way) in targets.iter().zip(two_ways) {
         let mut rows = vec![];
@@ -583,17 +547,7 @@ async fn merged_rows(
     if all.is_empty() {
         return Ok(0);
     }
-    let links: Vec<(String, Value)> = tx
-        .query(
-            "SELECT l.godata_id::text, l.row_key FROM godata_bridge.link l
-              WHERE l.table_name = godata_bridge.qualified(to_regclass($1))
-                AND l.godata_id::text = ANY($2::text[])",
-            &[&t.table, &all],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let links = crate::store::link::linked_to(tx, &t.table, &all).await?;
     let mut added = 0;
     for i in 0..recs.len() {
         let rec = recs[i];
@@ -627,13 +581,7 @@ async fn merged_rows(
             added += 1;
         }
         if let Ok(s) = survivor.parse::<uuid::Uuid>() {
-            tx.execute(
-                "UPDATE godata_bridge.link SET godata_id = $3, content_hash = NULL
-                  WHERE table_name = godata_bridge.qualified(to_regclass($1))
-                    AND godata_id::text = ANY($2::text[])",
-                &[&t.table, &merged, &s],
-            )
-            .await?;
+            crate::store::link::relink_merged(tx, &t.table, &merged, s).await?;
         }
     }
     Ok(added)
@@ -643,13 +591,6 @@ fn id_of(rec: &Value) -> String {
     match &rec["id"] {
         Value::String(s) => s.clone(),
         other => other.to_string(),
-    }
-}
-
-fn resource_label(r: Resource) -> &'static str {
-    match r {
-        Resource::Case => "case",
-        Resource::Contact => "contact",
     }
 }
 
@@ -664,15 +605,9 @@ async fn two_way(
     let Some(push) = config.push.iter().find(|p| p.table == t.table) else {
         return Ok(None);
     };
-    let r = pg
-        .query_opt(
-            "SELECT tr.table_name, tr.key_columns FROM godata_bridge.tracked tr
-              WHERE tr.table_name = godata_bridge.qualified(to_regclass($1))",
-            &[&t.table],
-        )
-        .await?;
-    let Some(r) = r else { return Ok(None) };
-    let keys: Vec<String> = r.get(1);
+    let Some((link_name, keys)) = crate::store::link::tracked_keys_of(pg, &t.table).await? else {
+        return Ok(None);
+    };
     if keys != [t.key.clone()] {
         return Ok(None);
     }
@@ -684,10 +619,7 @@ async fn two_way(
             Some((col.clone(), crate::mapping::top_field(&rule.to).to_string()))
         })
         .collect();
-    Ok(Some(target::TwoWay {
-        link_name: r.get(0),
-        fields,
-    }))
+    Ok(Some(target::TwoWay { link_name, fields }))
 }
 
 /// Polls every `pull.interval_secs` until `shutdown` flips.

@@ -94,16 +94,8 @@ pub enum Owner {
     Newest,
 }
 
-/// Which Go.Data records a target takes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Resource {
-    /// Cases: Bundle [Patient, Condition].
-    #[default]
-    Case,
-    /// Contacts: Bundle [Patient, RelatedPerson → the case's Patient].
-    Contact,
-}
+/// Which Go.Data records a target takes (cases by default).
+pub use crate::resource::Resource;
 
 /// One `[[pull.target]]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -303,11 +295,7 @@ pub fn check_path(path: &str, resource: Resource) -> Result<(), String> {
                     Resource::Contact => "Patient, RelatedPerson",
                 };
                 return Err(format!(
-                    "`{alt}`: starts with `{root}`; a path starts with godata, bundle or a resource the {} Bundle carries ({carried})",
-                    match resource {
-                        Resource::Case => "case",
-                        Resource::Contact => "contact",
-                    }
+                    "`{alt}`: starts with `{root}`; a path starts with godata, bundle or a resource the {resource} Bundle carries ({carried})"
                 ));
             };
             Some(e)
@@ -781,13 +769,7 @@ pub async fn write(
     // backlog; a literal, ~30 ms).
     let mut held_keys: Vec<Value> = Vec::new();
     let pending = if reads_outbox {
-        let outbox_name: String = tx
-            .query_one(
-                "SELECT godata_bridge.qualified($1::text::regclass)",
-                &[&target.table.quoted()],
-            )
-            .await?
-            .get(0);
+        let outbox_name = crate::store::link::qualified_table(tx, &target.table).await?;
         if let Some(h) = held {
             held_keys = h.keys(&outbox_name);
         }

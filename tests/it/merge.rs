@@ -143,7 +143,7 @@ async fn a_merged_record_is_never_restored_and_both_rows_follow_the_survivor(mod
             .unwrap()
             .get(0);
     assert_eq!(dead, 0);
-    let status = godata_bridge::ops::status(&s.c).await.unwrap();
+    let status = godata_bridge::store::status::status(&s.c).await.unwrap();
     assert_eq!(status.merged_links, 2, "both rows share the survivor");
     stop(running).await;
 }

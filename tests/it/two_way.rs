@@ -266,7 +266,7 @@ async fn same_field_on_both_sides(mode: Mode, owner: Owner, hmis_last: bool) -> 
     stop(run).await;
     assert_eq!(logged.len(), 1, "one conflict entry: {logged:?}");
     assert_eq!(logged[0].0, "classification");
-    let status = godata_bridge::ops::status(&s.c).await.unwrap();
+    let status = godata_bridge::store::status::status(&s.c).await.unwrap();
     assert_eq!(status.conflicts, 1, "status counts it");
     (
         case_in(&sim, &gid).unwrap()["classification"].clone(),

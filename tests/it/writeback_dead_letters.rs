@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use godata_bridge::writeback::{dead_letter, pull};
+use godata_bridge::store::writeback_dead_letter as dead_letter;
+use godata_bridge::writeback::pull;
 use serde_json::{json, Value};
 
 use crate::support::{both_modes, ob, wait_for, Mode};

@@ -183,12 +183,12 @@ pub async fn install_capture(
 
 /// The WAL position now: whatever was committed before is behind it.
 pub async fn wal_mark(c: &tokio_postgres::Client) -> String {
-    godata_bridge::ops::wal_position(c).await.unwrap()
+    godata_bridge::store::wal::wal_position(c).await.unwrap()
 }
 
-/// Everything committed before `mark` is settled (see `ops::caught_up`).
+/// Everything committed before `mark` is settled (see `store::wal::caught_up`).
 pub async fn settled(c: &tokio_postgres::Client, mark: &str) -> bool {
-    godata_bridge::ops::caught_up(c, mark).await.unwrap()
+    godata_bridge::store::wal::caught_up(c, mark).await.unwrap()
 }
 
 /// How the bridge derives Go.Data ids in this HMIS (as `install` recorded
