@@ -307,7 +307,7 @@ fn main() -> ExitCode {
                 let config = config.expect("install names a config");
                 print!(
                     "{}",
-                    godata_bridge::commands::install_script(&config, role.as_deref())
+                    godata_bridge::capture::script::install_script(&config, role.as_deref())
                 );
                 Ok(())
             }

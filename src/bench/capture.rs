@@ -25,13 +25,9 @@ pub(super) async fn capture_overhead(quick: bool) -> anyhow::Result<Vec<Row>> {
         for _ in 0..rounds {
             base.push(insert_tps(&cluster, "bench_none", clients, round_secs).await?);
             notify_all.push(insert_tps(&cluster, "bench_trigger", clients, round_secs).await?);
-            awake
-                .batch_execute("SELECT pg_advisory_lock(godata_bridge.awake_lock_key())")
-                .await?;
+            crate::store::outbox::hold_awake_lock(&awake).await?;
             skipping.push(insert_tps(&cluster, "bench_trigger", clients, round_secs).await?);
-            awake
-                .batch_execute("SELECT pg_advisory_unlock(godata_bridge.awake_lock_key())")
-                .await?;
+            crate::store::outbox::release_awake_lock(&awake).await?;
         }
         let (base, notify_all, skipping) = (median(base), median(notify_all), median(skipping));
         out.push(row(

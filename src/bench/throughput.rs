@@ -16,8 +16,7 @@ pub(super) async fn throughput(quick: bool) -> anyhow::Result<Vec<Row>> {
     let cluster = durable_cluster().await?;
     fresh_hmis(&cluster, "bench_tp", true).await?;
     let c = connect(&cluster, "bench_tp").await?;
-    c.batch_execute("SELECT godata_bridge.track('hmis.contacts')")
-        .await?;
+    crate::capture::install::track(&c, "hmis", "contacts", &[]).await?;
     let (inserts, updates, deletes) = (n * 6 / 10, n * 3 / 10, n / 10);
     let (cases, contacts) = (inserts * 3 / 4, inserts - inserts * 3 / 4);
     c.batch_execute(&format!(
@@ -29,13 +28,7 @@ pub(super) async fn throughput(quick: bool) -> anyhow::Result<Vec<Row>> {
          DELETE FROM hmis.cases WHERE case_id IN (SELECT 'TP-' || g FROM generate_series({cases} - {deletes} + 1, {cases}) g);"
     ))
     .await?;
-    let counts = c
-        .query_one(
-            "SELECT count(*), count(DISTINCT (table_name, row_key)) FROM godata_bridge.outbox",
-            &[],
-        )
-        .await?;
-    let (changes, records): (i64, i64) = (counts.get(0), counts.get(1));
+    let (changes, records) = crate::store::outbox::pending_records(&c).await?;
     let (_sim, sim_url) = spawn_sim(&[]).await?;
     let dir = tempfile::tempdir()?;
     let started = Instant::now();

@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod pgoutput;
 pub mod replication;
 pub mod rowimage;
+pub mod script;
 pub mod slot;
 pub mod trigger;
 pub mod window;

@@ -237,3 +237,15 @@ pub async fn mark_from_godata(
     tx.batch_execute("SET LOCAL godata_bridge.origin = 'godata'")
         .await
 }
+
+/// Pending changes and the distinct records they touch (the bench's
+/// count of what a drain coalesces).
+pub async fn pending_records(pg: &impl GenericClient) -> Result<(i64, i64), tokio_postgres::Error> {
+    let r = pg
+        .query_one(
+            "SELECT count(*), count(DISTINCT (table_name, row_key)) FROM godata_bridge.outbox",
+            &[],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1)))
+}
