@@ -56,10 +56,10 @@ pub fn godata_client(config: &Config) -> anyhow::Result<Client> {
         insecure_skip_verify: g.insecure_skip_verify,
     };
     Ok(Client::with_tls(
-        g.url.as_deref().expect("validated"),
-        g.user.as_deref().expect("validated"),
+        g.url.as_str(),
+        g.user.as_str(),
         g.password.clone(),
-        g.outbreak_id.as_deref().expect("validated"),
+        g.outbreak_id.as_str(),
         Duration::from_secs(g.request_timeout_secs),
         &tls,
     )?)
@@ -279,7 +279,7 @@ pub async fn run(
                 )) => {
                     let (state, _) = client.login_state();
                     let refused = CredentialsRefused {
-                        user: config.godata.user.clone().unwrap_or_default(),
+                        user: config.godata.user.clone(),
                         blocked: state == crate::godata::client::LoginState::Locked,
                     };
                     if !keep_running_on_refused_login {
@@ -580,7 +580,7 @@ async fn link_and_retry(
     to: impl Fn(&str, &serde_json::Value) -> uuid::Uuid,
 ) -> anyhow::Result<u64> {
     let rows = store::dead_letter::keys(&*pg, ids).await?;
-    let outbreak = config.godata.outbreak_id.as_deref().unwrap_or_default();
+    let outbreak = config.godata.outbreak_id.as_str();
     let tx = pg.transaction().await?;
     let mut moved = vec![];
     for (id, table, key) in &rows {
@@ -686,7 +686,7 @@ pub async fn dead_letter(config: &Config, action: DeadLetterAction) -> anyhow::R
             }
             let scheme = crate::godata::ids::IdScheme::load(
                 &*pg,
-                config.godata.outbreak_id.as_deref().unwrap_or_default(),
+                config.godata.outbreak_id.as_str(),
                 config.godata.id_namespace,
             )
             .await?;

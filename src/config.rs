@@ -3,7 +3,10 @@
 //! Loading order: the file, then environment overrides
 //! (`GODATA_BRIDGE_DATABASE_URL`, `GODATA_BRIDGE_GODATA_URL`,
 //! `GODATA_BRIDGE_GODATA_USER`, `GODATA_BRIDGE_GODATA_PASSWORD`,
-//! `GODATA_BRIDGE_OUTBREAK_ID`, `GODATA_BRIDGE_CAPTURE`), then `validate()`.
+//! `GODATA_BRIDGE_OUTBREAK_ID`, `GODATA_BRIDGE_CAPTURE`), then validation,
+//! which reports every problem at once and turns the file as written
+//! (`RawConfig`) into a [`Config`] whose required values are not optional.
+//! Defaults are written once, in each section's `Default`.
 //! Secrets (the Go.Data password, a database URL that may carry one) come
 //! from the environment or a file, never from the TOML, and are held in
 //! [`Secret`], whose `Debug` and `Display` never show them.
@@ -59,59 +62,52 @@ pub const DEFAULT_MAX_BACKOFF_SECS: u64 = 60;
 /// One Go.Data request may take this long before it counts as failed.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The configuration as the bridge uses it: read, overlaid with the
+/// environment and validated ([`Config::parse`]); what is required is
+/// there (not optional).
+#[derive(Debug, Clone)]
 pub struct Config {
-    #[serde(default)]
     pub hmis: Hmis,
-    #[serde(default)]
     pub godata: Godata,
-    #[serde(default)]
     pub capture: Capture,
-    #[serde(default)]
     pub delivery: Delivery,
-    #[serde(default)]
     pub push: Vec<Push>,
-    #[serde(default)]
     pub pull: Pull,
-    #[serde(default)]
     pub fhir: Fhir,
+}
+
+/// The file as written, before the environment overlay and validation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    hmis: Hmis,
+    godata: RawGodata,
+    capture: Capture,
+    delivery: Delivery,
+    push: Vec<Push>,
+    pull: Pull,
+    fhir: Fhir,
 }
 
 /// Go.Data → HMIS: how often and how much to pull, and where to write.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Pull {
-    #[serde(default = "default_pull_interval")]
     pub interval_secs: u64,
-    #[serde(default = "default_page_size")]
     pub page_size: i64,
     /// Each poll re-reads this far before the cursor (same-millisecond
     /// stamps that land late); re-read records change nothing.
-    #[serde(default = "default_overlap")]
     pub overlap_ms: u64,
-    #[serde(default)]
     pub target: Vec<crate::writeback::target::Target>,
 }
 
 /// Go.Data stamps have ms resolution; a second covers late same-ms writes.
 pub const DEFAULT_OVERLAP_MS: u64 = 1000;
 
-fn default_overlap() -> u64 {
-    DEFAULT_OVERLAP_MS
-}
-
 /// Go.Data has no webhooks: changes are polled this often.
 pub const DEFAULT_PULL_INTERVAL_SECS: u64 = 5;
 /// Records per page (and per write-back transaction).
 pub const DEFAULT_PAGE_SIZE: i64 = 500;
-
-fn default_pull_interval() -> u64 {
-    DEFAULT_PULL_INTERVAL_SECS
-}
-fn default_page_size() -> i64 {
-    DEFAULT_PAGE_SIZE
-}
 
 impl Default for Pull {
     fn default() -> Self {
@@ -126,40 +122,23 @@ impl Default for Pull {
 
 /// FHIR R4 output settings.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Fhir {
     /// The Go.Data server's timezone as an offset (`+00:00`): dates are cut
     /// to `YYYY-MM-DD` there.
-    #[serde(default = "default_tz")]
     pub timezone: String,
-    #[serde(default = "default_system_base")]
     pub system_base: String,
-    #[serde(default = "default_hmis_key_system")]
     pub hmis_key_system: String,
-    #[serde(default = "default_disease")]
     pub disease: String,
-}
-
-fn default_tz() -> String {
-    "+00:00".into()
-}
-fn default_system_base() -> String {
-    "urn:godata".into()
-}
-fn default_hmis_key_system() -> String {
-    "urn:hmis:key".into()
-}
-fn default_disease() -> String {
-    "Outbreak disease".into()
 }
 
 impl Default for Fhir {
     fn default() -> Self {
         Fhir {
-            timezone: default_tz(),
-            system_base: default_system_base(),
-            hmis_key_system: default_hmis_key_system(),
-            disease: default_disease(),
+            timezone: "+00:00".into(),
+            system_base: "urn:godata".into(),
+            hmis_key_system: "urn:hmis:key".into(),
+            disease: "Outbreak disease".into(),
         }
     }
 }
@@ -184,44 +163,53 @@ pub struct Hmis {
     pub database_url: Secret,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[godata]`, validated.
+#[derive(Debug, Clone)]
 pub struct Godata {
     /// Base URL, without `/api`.
-    #[serde(default)]
-    pub url: Option<String>,
+    pub url: String,
     /// The bridge's own Go.Data account (every login revokes its other tokens).
-    #[serde(default)]
-    pub user: Option<String>,
-    /// File holding the password; or env `GODATA_BRIDGE_GODATA_PASSWORD`.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    #[serde(skip)]
+    pub user: String,
     pub password: Secret,
-    #[serde(default)]
-    pub outbreak_id: Option<String>,
+    pub outbreak_id: String,
     /// Replaces the namespace of Go.Data ids that `install` generated
     /// (see [`crate::godata::ids::IdScheme`]).
-    #[serde(default)]
     pub id_namespace: Option<Uuid>,
-    #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
     /// PEM file of a CA to trust for Go.Data's HTTPS (besides the built-in
     /// roots), e.g. a ministry's own CA.
-    #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Set by `--insecure-skip-verify` only (never from the file).
-    #[serde(skip)]
     pub insecure_skip_verify: bool,
 }
 
-fn default_request_timeout() -> u64 {
-    DEFAULT_REQUEST_TIMEOUT_SECS
+/// `[godata]` as written: the URL, user and outbreak may come from the
+/// environment instead.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGodata {
+    url: Option<String>,
+    user: Option<String>,
+    /// File holding the password; or env `GODATA_BRIDGE_GODATA_PASSWORD`.
+    password_file: Option<PathBuf>,
+    #[serde(skip)]
+    password: Secret,
+    outbreak_id: Option<String>,
+    /// Replaces the namespace of Go.Data ids that `install` generated
+    /// (see [`crate::godata::ids::IdScheme`]).
+    id_namespace: Option<Uuid>,
+    request_timeout_secs: u64,
+    /// PEM file of a CA to trust for Go.Data's HTTPS (besides the built-in
+    /// roots), e.g. a ministry's own CA.
+    ca_file: Option<PathBuf>,
+    /// Set by `--insecure-skip-verify` only (never from the file).
+    #[serde(skip)]
+    insecure_skip_verify: bool,
 }
 
-impl Default for Godata {
+impl Default for RawGodata {
     fn default() -> Self {
-        Godata {
+        RawGodata {
             url: None,
             user: None,
             password_file: None,
@@ -255,54 +243,23 @@ pub enum TruncatePolicy {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Capture {
-    #[serde(default)]
     pub mode: CaptureMode,
-    #[serde(default = "default_safety_poll")]
     pub safety_poll_secs: u64,
     /// Logical mode: the replication slot's name.
-    #[serde(default = "default_slot")]
     pub slot: String,
     /// Logical mode: the publication's name.
-    #[serde(default = "default_slot")]
     pub publication: String,
     /// Logical mode: seconds between standby status updates (below the
     /// server's `wal_sender_timeout`, 60 s by default).
-    #[serde(default = "default_status_interval")]
     pub status_interval_secs: u64,
-    #[serde(default)]
     pub truncate: TruncatePolicy,
     /// Logical mode: records held in memory, pending or in flight, before
     /// the bridge stops reading the stream (the slot keeps the WAL).
-    #[serde(default = "default_window_records")]
     pub window_records: usize,
     /// Logical mode: MiB of row images held in memory, likewise.
-    #[serde(default = "default_window_mib")]
     pub window_mib: usize,
-}
-
-/// 10,000 records of about 1 kB: 10 MB, and large enough batches for
-/// Go.Data's throughput.
-fn default_window_records() -> usize {
-    10_000
-}
-
-/// The byte bound for wide rows (large text or jsonb columns).
-fn default_window_mib() -> usize {
-    64
-}
-
-fn default_slot() -> String {
-    "godata_bridge".into()
-}
-
-fn default_status_interval() -> u64 {
-    10
-}
-
-fn default_safety_poll() -> u64 {
-    DEFAULT_SAFETY_POLL_SECS
 }
 
 impl Default for Capture {
@@ -310,54 +267,38 @@ impl Default for Capture {
         Capture {
             mode: CaptureMode::Trigger,
             safety_poll_secs: DEFAULT_SAFETY_POLL_SECS,
-            slot: default_slot(),
-            publication: default_slot(),
-            status_interval_secs: default_status_interval(),
+            slot: "godata_bridge".into(),
+            publication: "godata_bridge".into(),
+            status_interval_secs: 10,
             truncate: TruncatePolicy::Ignore,
-            window_records: default_window_records(),
-            window_mib: default_window_mib(),
+            // 10,000 records of about 1 kB: 10 MB, and large enough
+            // batches for Go.Data's throughput.
+            window_records: 10_000,
+            // The byte bound for wide rows (large text or jsonb columns).
+            window_mib: 64,
         }
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct Delivery {
-    #[serde(default = "default_lanes")]
     pub lanes: usize,
-    #[serde(default = "default_batch")]
     pub batch_size: i64,
-    #[serde(default = "default_backoff")]
     pub max_backoff_secs: u64,
     /// Before creating a case the bridge never pushed, look for a live
     /// Go.Data case with the row's key as EXTERNAL_ID document (entered by
     /// hand before the bridge) and adopt it. Off by default: it costs a
     /// filtered list request (a collection scan in Go.Data) per new case.
-    #[serde(default)]
     pub adopt_by_external_id: bool,
     /// On SIGTERM/SIGINT, how long the in-flight work (a batch, a pull
     /// page) may take to finish before the bridge stops without it (it is
     /// retried after the restart; nothing is lost).
-    #[serde(default = "default_grace")]
     pub shutdown_grace_secs: u64,
-}
-
-fn default_grace() -> u64 {
-    DEFAULT_SHUTDOWN_GRACE_SECS
 }
 
 /// See [`Delivery::shutdown_grace_secs`].
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 20;
-
-fn default_lanes() -> usize {
-    DEFAULT_LANES
-}
-fn default_batch() -> i64 {
-    DEFAULT_BATCH_SIZE
-}
-fn default_backoff() -> u64 {
-    DEFAULT_MAX_BACKOFF_SECS
-}
 
 impl Default for Delivery {
     fn default() -> Self {
@@ -456,13 +397,38 @@ impl Config {
     }
 
     pub fn parse(text: &str, file: &str, env: &dyn Env) -> Result<Config, ConfigError> {
-        let mut c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut c: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: file.to_string(),
             message: e.to_string(),
         })?;
         c.apply_env(file, env)?;
         c.validate(file)?;
-        Ok(c)
+        Ok(c.validated())
+    }
+}
+
+impl RawConfig {
+    /// After [`RawConfig::validate`]: the required values are present.
+    fn validated(self) -> Config {
+        let g = self.godata;
+        Config {
+            hmis: self.hmis,
+            godata: Godata {
+                url: g.url.unwrap_or_default(),
+                user: g.user.unwrap_or_default(),
+                password: g.password,
+                outbreak_id: g.outbreak_id.unwrap_or_default(),
+                id_namespace: g.id_namespace,
+                request_timeout_secs: g.request_timeout_secs,
+                ca_file: g.ca_file,
+                insecure_skip_verify: g.insecure_skip_verify,
+            },
+            capture: self.capture,
+            delivery: self.delivery,
+            push: self.push,
+            pull: self.pull,
+            fhir: self.fhir,
+        }
     }
 
     fn apply_env(&mut self, file: &str, env: &dyn Env) -> Result<(), ConfigError> {
@@ -516,7 +482,7 @@ impl Config {
     }
 
     /// Field-level checks that need no database.
-    pub fn validate(&self, file: &str) -> Result<(), ConfigError> {
+    fn validate(&self, file: &str) -> Result<(), ConfigError> {
         // Every problem, not the first: an operator fixes them in one go.
         let mut problems: Vec<(String, String)> = vec![];
         let mut bad = |field: String, message: String| problems.push((field, message));

@@ -120,7 +120,7 @@ pub async fn run(
     println!("  INSERT hmis.cases BO-2024-0002 (suspected)");
     let ids = crate::godata::ids::IdScheme::load(
         &*pg,
-        config.godata.outbreak_id.as_deref().unwrap_or_default(),
+        config.godata.outbreak_id.as_str(),
         config.godata.id_namespace,
     )
     .await?;

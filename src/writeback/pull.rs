@@ -51,13 +51,8 @@ pub fn fhir_options(config: &Config) -> FhirOptions {
         disease: config.fhir.disease.clone(),
         source: format!(
             "{}/api/outbreaks/{}",
-            config
-                .godata
-                .url
-                .as_deref()
-                .unwrap_or_default()
-                .trim_end_matches('/'),
-            config.godata.outbreak_id.as_deref().unwrap_or_default()
+            config.godata.url.trim_end_matches('/'),
+            config.godata.outbreak_id.as_str()
         ),
         namespace: config
             .godata

@@ -43,7 +43,7 @@ fn start(
     tokio::task::JoinHandle<()>,
 ) {
     let mut config = config.clone();
-    config.godata.outbreak_id = Some(outbreak.into());
+    config.godata.outbreak_id = outbreak.into();
     let client = Client::new(
         &sim.url(),
         user.0,
