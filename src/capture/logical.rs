@@ -48,7 +48,7 @@ use crate::capture::pgoutput::{self, fmt_lsn, Datum, Lsn, Message};
 use crate::capture::replication::{CopyMessage, ReplConn, ReplError, PG_EPOCH_OFFSET_MICROS};
 use crate::capture::rowimage::{self, Kind, PgType};
 use crate::capture::slot::{slot_info, unpublished_tables};
-use crate::capture::trigger::{listen_task, log_drained, log_operator, DUE_SLACK};
+use crate::capture::trigger::{listening_session, log_drained, log_operator, DUE_SLACK};
 use crate::capture::window::{Limits, RowChange, Stats, Taken, Window};
 use crate::config::{Config, TruncatePolicy};
 use crate::deliver::{self, DeliverError, Delivered, Deliverer, Drained, MustSee, Op, Outcome};
@@ -754,19 +754,11 @@ pub async fn deliver(
     let safety = Duration::from_secs(deliverer.config.capture.safety_poll_secs);
     let mut failures = 0;
     while !*shutdown.borrow() {
-        let (pg, conn) = match db.connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %crate::pg::error::describe(&e), attempt = failures, "cannot connect to the hmis database");
-                tokio::select! {
-                    biased;
-                    _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(backoff(failures, 30)) => continue,
-                }
-            }
+        let Some((pg, conn_task, mut wake)) =
+            listening_session(&db, &mut shutdown, &mut failures).await
+        else {
+            return;
         };
-        let (conn_task, mut wake) = listen_task(conn);
         let _guard = AbortOnDrop(conn_task);
         // NOTIFY here comes only from backfill and dead-letter retries.
         let setup = async {

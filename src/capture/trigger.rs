@@ -86,19 +86,11 @@ pub async fn run(
     let safety = Duration::from_secs(deliverer.config.capture.safety_poll_secs);
     let mut failures = 0;
     while !*shutdown.borrow() {
-        let (pg, conn) = match db.connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %crate::pg::error::describe(&e), attempt = failures, "cannot connect to the hmis database");
-                tokio::select! {
-                    biased;
-                    _ = shutdown.changed() => return,
-                    _ = tokio::time::sleep(backoff(failures, 30)) => continue,
-                }
-            }
+        let Some((pg, conn_task, mut wake)) =
+            listening_session(&db, &mut shutdown, &mut failures).await
+        else {
+            return;
         };
-        let (conn_task, mut wake) = listen_task(conn);
         if let Err(e) = pg.batch_execute("LISTEN godata_bridge").await {
             tracing::warn!(error = %crate::pg::error::describe(&e), "listen failed");
             conn_task.abort();
@@ -155,6 +147,42 @@ pub async fn run(
             }
         }
         conn_task.abort();
+    }
+}
+
+/// A session for a delivery loop woken by `NOTIFY godata_bridge`:
+/// connects, retrying with capped backoff while the database is
+/// unreachable (`failures` counts the failures in a row; the caller resets
+/// it once the session works), and spawns the driver that turns
+/// notifications into wake-ups. `None` once `shutdown` flips.
+pub async fn listening_session(
+    db: &crate::pg::tls::Db,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    failures: &mut i32,
+) -> Option<(
+    PgClient,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+)> {
+    loop {
+        if *shutdown.borrow() {
+            return None;
+        }
+        match db.connect().await {
+            Ok((pg, conn)) => {
+                let (task, wake) = listen_task(conn);
+                return Some((pg, task, wake));
+            }
+            Err(e) => {
+                *failures += 1;
+                tracing::warn!(error = %crate::pg::error::describe(&e), attempt = *failures, "cannot connect to the hmis database");
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return None,
+                    _ = tokio::time::sleep(backoff(*failures, 30)) => {}
+                }
+            }
+        }
     }
 }
 
