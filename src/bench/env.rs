@@ -25,7 +25,7 @@ pub(super) async fn durable_cluster() -> anyhow::Result<Cluster> {
 
 pub(super) async fn connect(cluster: &Cluster, db: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (c, conn) = cluster.config(db).connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
+    crate::task::spawn("bench-session", async move {
         let _ = conn.await;
     });
     Ok(c)
@@ -124,7 +124,7 @@ pub(super) async fn insert_tps(
     for w in 0..clients {
         let c = connect(cluster, db).await?;
         let (stop, done) = (stop.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.push(crate::task::spawn("bench-writer", async move {
             let st = c
                 .prepare(
                     "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, district_code, reported_at, classification)
@@ -185,7 +185,7 @@ pub(super) async fn insert_n(
     for w in 0..clients {
         let c = connect(cluster, db).await?;
         let mine = n / clients + usize::from(w < n % clients);
-        tasks.push(tokio::spawn(async move {
+        tasks.push(crate::task::spawn("bench-writer", async move {
             let st = c
                 .prepare(
                     "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, district_code, reported_at, classification)
@@ -288,7 +288,9 @@ pub(super) async fn spawn_sim(extra: &[&str]) -> anyhow::Result<(Child, String)>
         .map(|u| u.trim_end_matches("/api").to_string())
         .ok_or_else(|| anyhow::anyhow!("the emulator did not print its address"))?;
     // Keep the pipe drained so the emulator never blocks on stdout.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    crate::task::spawn("bench-sim-stdout", async move {
+        while let Ok(Some(_)) = lines.next_line().await {}
+    });
     Ok((Child(sim), url))
 }
 

@@ -77,3 +77,44 @@ fn a_throwaway_cluster_is_outside_our_process_group() {
     assert!(!theirs.is_empty(), "the postmaster {postmaster} runs");
     assert_ne!(ours, theirs);
 }
+
+/// A `pg::Session` ends its server session when dropped (its driver task
+/// is stopped) and when closed (cleanly).
+#[tokio::test]
+async fn a_session_ends_on_drop_and_on_close() {
+    use godata_bridge::pg::Session;
+    let db = fresh_db().await;
+    let watcher = db.client().await;
+    let tls: godata_bridge::pg::tls::Db = db.config.clone().into();
+    let gone = |pid: i32| {
+        let w = &watcher;
+        async move {
+            !w.query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        }
+    };
+    for close in [false, true] {
+        let s = Session::connect(&tls, "test-session", false).await.unwrap();
+        let pid: i32 = s
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!gone(pid).await);
+        match close {
+            true => s.close().await,
+            false => drop(s),
+        }
+        crate::support::wait_for(
+            "the session to end",
+            std::time::Duration::from_secs(10),
+            || gone(pid),
+        )
+        .await;
+    }
+}
