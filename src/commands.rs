@@ -812,6 +812,74 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `reconcile` found drift (exit 1; the report says what).
+#[derive(Debug, thiserror::Error)]
+#[error("drift found")]
+pub struct DriftFound;
+
+/// `reconcile` could not compare (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("reconcile failed")]
+pub struct ReconcileFailed;
+
+/// `reconcile`: compares, repairs if asked (then compares again), prints
+/// the report. Returns the drift left.
+pub async fn reconcile(
+    config: &Config,
+    options: &crate::reconcile::Options,
+    repair: bool,
+    json: bool,
+) -> anyhow::Result<u64> {
+    use crate::reconcile;
+    let mut pg = connect_hmis(config).await?;
+    let client = godata_client(config)?;
+    let mut report = reconcile::compare(pg.client_mut(), config, &client, options).await?;
+    let mut repaired = None;
+    if repair && report.total() > 0 {
+        let before = report.total();
+        // The push first: what it changes in Go.Data, the pull then sees.
+        let mut done = reconcile::repair(pg.client_mut(), config, &client, &report, "push").await?;
+        if done.enqueued > 0 || done.dead_letters_retried > 0 {
+            // The running bridge delivers what was enqueued.
+            if !reconcile::wait_delivered(pg.client(), Duration::from_secs(60)).await? {
+                eprintln!("the outbox is not empty after 60 s: is the bridge running? (what was enqueued stays queued)");
+            }
+        }
+        if options.direction != reconcile::Direction::Push {
+            let pull_only = reconcile::Options {
+                direction: reconcile::Direction::Pull,
+                ..options.clone()
+            };
+            let now = reconcile::compare(pg.client_mut(), config, &client, &pull_only).await?;
+            let d = reconcile::repair(pg.client_mut(), config, &client, &now, "pull").await?;
+            done.repulled_rows += d.repulled_rows;
+        }
+        repaired = Some((done, before));
+        report = reconcile::compare(pg.client_mut(), config, &client, options).await?;
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "in_sync": report.total() == 0,
+                "drift": report.total(),
+                "repaired": repaired.as_ref().map(|(d, before)| serde_json::json!({"before": before, "actions": d})),
+                "tables": report.tables,
+                "merged_links": report.merged_links,
+            }))?
+        );
+    } else {
+        if let Some((d, before)) = &repaired {
+            println!(
+                "repair: {before} difference(s) found; {} change(s) enqueued, {} dead letter(s) retried, {} row(s) pulled again; compared again:",
+                d.enqueued, d.dead_letters_retried, d.repulled_rows
+            );
+        }
+        print!("{}", report.text());
+    }
+    Ok(report.total())
+}
+
 /// `fhir <case-id>`: the Bundle one Go.Data case becomes, for implementers
 /// checking their mapping.
 pub async fn fhir(config: &Config, case_id: &str) -> anyhow::Result<()> {

@@ -24,6 +24,7 @@ pub mod http;
 pub mod mapping;
 pub mod metrics;
 pub mod pg;
+pub mod reconcile;
 pub mod resource;
 pub mod retry;
 pub mod store;

@@ -92,6 +92,27 @@ enum Command {
     },
     /// Check config, database catalog, Go.Data login and outbreak access.
     Check(ConfigArg),
+    /// Compare the HMIS with Go.Data, both ways: exit 0 in sync, 1 drift
+    /// found (after --repair: drift left), 2 error.
+    Reconcile {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this table (a [[push]] or [[pull.target]] table).
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long, value_enum, default_value = "both")]
+        direction: godata_bridge::reconcile::Direction,
+        /// Enqueue the push keys that differ (the running bridge delivers
+        /// them), pull the records that differ again, then compare again.
+        #[arg(long)]
+        repair: bool,
+        /// Example keys shown per category.
+        #[arg(long, default_value_t = 10)]
+        examples: usize,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the FHIR R4 Bundle one Go.Data case becomes.
     Fhir {
         #[command(flatten)]
@@ -269,6 +290,7 @@ fn main() -> ExitCode {
         | Command::Status { config, .. }
         | Command::DeadLetter { config, .. }
         | Command::Backfill { config, .. }
+        | Command::Reconcile { config, .. }
         | Command::Fhir { config, .. } => Some(config.config.clone()),
     };
     // `install --print` connects to nothing: its secrets may be unset.
@@ -356,6 +378,25 @@ fn main() -> ExitCode {
                 commands::backfill(cfg(), table.as_deref(), chunk).await
             }
             Command::Check(_) => commands::check(cfg(), &file).await,
+            Command::Reconcile {
+                table,
+                direction,
+                repair,
+                examples,
+                json,
+                ..
+            } => {
+                let options = godata_bridge::reconcile::Options {
+                    table,
+                    direction,
+                    examples,
+                };
+                match commands::reconcile(cfg(), &options, repair, json).await {
+                    Ok(0) => Ok(()),
+                    Ok(_) => Err(anyhow::Error::new(commands::DriftFound)),
+                    Err(e) => Err(e.context(commands::ReconcileFailed)),
+                }
+            }
             Command::Fhir { case_id, .. } => commands::fhir(cfg(), &case_id).await,
             Command::Bench {
                 scenario,
@@ -387,6 +428,12 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `reconcile`: 1 is drift (the report said so), 2 an error.
+        Err(e) if e.is::<commands::DriftFound>() => ExitCode::FAILURE,
+        Err(e) if e.is::<commands::ReconcileFailed>() => {
+            let _ = report(&e);
+            ExitCode::from(2)
+        }
         Err(e)
             if e.is::<commands::CatalogMismatch>()
                 || e.is::<commands::CredentialsRefused>()

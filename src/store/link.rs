@@ -415,3 +415,20 @@ pub async fn qualified_table(
         .await?
         .get(0))
 }
+
+/// Forgets what was last sent for these rows of `table`: their next push
+/// reads the Go.Data record and sends what differs (restoring a record
+/// deleted there), instead of trusting the content hash (`reconcile
+/// --repair`: the record changed behind the bridge's back).
+pub async fn forget_sent(
+    pg: &impl GenericClient,
+    table: &str,
+    keys: &[Value],
+) -> Result<u64, tokio_postgres::Error> {
+    pg.execute(
+        "UPDATE godata_bridge.link SET content_hash = NULL, synced = NULL
+          WHERE table_name = $1 AND row_key = ANY($2::jsonb[])",
+        &[&table, &keys],
+    )
+    .await
+}

@@ -249,3 +249,26 @@ pub async fn pending_records(pg: &impl GenericClient) -> Result<(i64, i64), toki
         .await?;
     Ok((r.get(0), r.get(1)))
 }
+
+/// Enqueues `op` (`U` or `D`) for each key of `table` (as the outbox
+/// names it) and wakes the running bridge. Returns how many rows went in.
+pub async fn enqueue(
+    pg: &impl GenericClient,
+    table: &str,
+    op: &str,
+    keys: &[Value],
+) -> Result<u64, tokio_postgres::Error> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let n = pg
+        .execute(
+            "INSERT INTO godata_bridge.outbox (table_name, op, row_key)
+             SELECT $1, $2::text::\"char\", k FROM unnest($3::jsonb[]) WITH ORDINALITY AS u(k, i) ORDER BY i",
+            &[&table, &op, &keys],
+        )
+        .await?;
+    pg.execute("SELECT pg_notify('godata_bridge', '')", &[])
+        .await?;
+    Ok(n)
+}

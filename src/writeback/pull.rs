@@ -168,7 +168,7 @@ pub async fn pull_once_remembering(
 
 /// Each contact's Bundle, with its relationship to a case (one request
 /// for the relationships of the whole page).
-async fn contact_bundles(
+pub(crate) async fn contact_bundles(
     client: &Client,
     page: &[Value],
     o: &FhirOptions,
@@ -304,7 +304,7 @@ async fn pull_resource(
 }
 
 /// The targets of `resource`, each with its two-way state.
-async fn targets_of<'a>(
+pub(crate) async fn targets_of<'a>(
     pg: &tokio_postgres::Client,
     config: &'a Config,
     resource: Resource,
@@ -337,6 +337,30 @@ async fn retry_dead_letters(
     if ids.is_empty() {
         return Ok(0);
     }
+    let n = repull(pg, config, client, resource, &ids, pending, true).await?;
+    tracing::info!(
+        resource = label,
+        records = ids.len(),
+        rows_changed = n,
+        "retried write-back dead letters"
+    );
+    Ok(n)
+}
+
+/// Reads the records `ids` of `resource` from Go.Data again (100 per
+/// request) and writes them as a page is (`reconcile --repair`, retried
+/// dead letters). With `retried`, the ids are write-back dead letters whose
+/// retry this completes. Returns how many HMIS rows changed.
+pub async fn repull(
+    pg: &mut tokio_postgres::Client,
+    config: &Config,
+    client: &Client,
+    resource: Resource,
+    ids: &[String],
+    pending: Option<&dyn PendingHmis>,
+    retried: bool,
+) -> Result<usize, PullError> {
+    let label = resource.name();
     let (targets, two_ways) = targets_of(pg, config, resource).await?;
     let o = fhir_options(config);
     let collection = resource.collection();
@@ -352,26 +376,22 @@ async fn retry_dead_letters(
             Resource::Case => page.iter().map(|c| case_bundle(c, &o)).collect(),
             Resource::Contact => contact_bundles(client, &page, &o).await?,
         };
-        let missing: Vec<String> = chunk
-            .iter()
-            .filter(|id| !page.iter().any(|r| r["id"].as_str() == Some(id.as_str())))
-            .cloned()
-            .collect();
         let tx = pg.transaction().await?;
         crate::store::outbox::mark_from_godata(&tx).await?;
         let written = write_page(
             &tx, config, resource, &targets, &two_ways, &page, &bundles, pending, &mut true,
         )
         .await?;
-        dead_letter::retried(&tx, label, chunk, &missing).await?;
+        if retried {
+            let missing: Vec<String> = chunk
+                .iter()
+                .filter(|id| !page.iter().any(|r| r["id"].as_str() == Some(id.as_str())))
+                .cloned()
+                .collect();
+            dead_letter::retried(&tx, label, chunk, &missing).await?;
+        }
         tx.commit().await?;
         let n: u64 = written.iter().map(|(_, n)| n).sum();
-        tracing::info!(
-            resource = label,
-            records = chunk.len(),
-            rows_changed = n,
-            "retried write-back dead letters"
-        );
         total += usize::try_from(n).unwrap_or(usize::MAX);
     }
     Ok(total)

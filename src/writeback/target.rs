@@ -509,8 +509,8 @@ use crate::pg::{quote_ident as qi, quote_literal, TableName};
 /// not `character varying(40)`) and the column's own assignment then
 /// refuses what does not fit (SQLSTATE 22001) where an explicit cast to
 /// `varchar(40)` would cut the value silently.
-async fn column_types(
-    tx: &tokio_postgres::Transaction<'_>,
+pub(crate) async fn column_types(
+    tx: &impl tokio_postgres::GenericClient,
     table: &TableName,
 ) -> Result<BTreeMap<String, String>, tokio_postgres::Error> {
     Ok(tx

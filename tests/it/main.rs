@@ -13,6 +13,7 @@ mod ids;
 mod layout;
 mod logical;
 mod merge;
+mod reconcile;
 mod sim_cli;
 mod tls;
 mod two_way;

@@ -1,0 +1,895 @@
+//! `godata-bridge reconcile`: are the HMIS and Go.Data in sync right now?
+//!
+//! Both directions are compared from their sources, not from the bridge's
+//! bookkeeping (the outbox, the cursor), so a change the bridge never saw
+//! shows up as well.
+//!
+//! - **Push**, per `[[push]]` table: every HMIS row (a server-side cursor,
+//!   one page at a time) is mapped as delivery would map it now and
+//!   compared with the Go.Data record it is (its link, else its derived
+//!   id), read with one filtered list per page (`id inq`, `fields`).
+//!   Only the fields the HMIS owns are compared: `create_only` fields of a
+//!   linked record and fields owned by `godata` or `newest` may differ
+//!   legitimately. Then one pass over the Go.Data collection (paged by id,
+//!   `fields` id and documents) finds the live records that carry a
+//!   bridge EXTERNAL_ID: with no HMIS row behind it the record is *extra*;
+//!   under another id than the row's own record it is a *duplicate*.
+//! - **Pull**, per `[[pull.target]]`: every Go.Data record of the
+//!   target's resource (paged by id) becomes the row the write-back would
+//!   write, and the page is compared with the table in one statement,
+//!   with the write-back's own casts: a missing row (upsert targets), a
+//!   column Go.Data owns that differs (*stale*), or a row that should be
+//!   gone (`on_delete = "delete"`, *extra*).
+//!
+//! Memory is bounded by the page size, whatever the table size. Reports
+//! carry counts and, per category, a few keys and ids — never values.
+//! `--repair` enqueues exactly the push keys that differ (the running
+//! bridge delivers them) and re-pulls the pull ids that differ, then
+//! compares again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::config::{Config, Push};
+use crate::godata::client::{Client, EXTERNAL_ID_DOCUMENT};
+use crate::godata::ids::{external_id, IdScheme};
+use crate::mapping::{map_row, top_field};
+use crate::pg::{quote_ident, TableName};
+use crate::resource::Resource;
+use crate::writeback::target::{self, Mode, OnDelete, Owner, Sources, Target};
+
+/// Rows (and Go.Data records) per page.
+const PAGE: usize = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Push,
+    Pull,
+    Both,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Only this table (a `[[push]]` table or a `[[pull.target]]` table).
+    pub table: Option<String>,
+    pub direction: Direction,
+    /// Example keys kept per category.
+    pub examples: usize,
+}
+
+/// Push categories.
+pub const MISSING_IN_GODATA: &str = "missing_in_godata";
+pub const STALE: &str = "stale";
+pub const EXTRA: &str = "extra";
+pub const DUPLICATE: &str = "duplicate";
+pub const DEAD_LETTER_CAUSE_GONE: &str = "dead_letter_cause_gone";
+/// Pull category.
+pub const MISSING_IN_HMIS: &str = "missing_in_hmis";
+
+/// One category of drift: how many, and a few examples (keys and ids).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Drift {
+    pub count: u64,
+    pub examples: Vec<Value>,
+}
+
+/// What one table compared.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub direction: &'static str,
+    pub table: String,
+    pub resource: &'static str,
+    /// HMIS rows (push) or Go.Data records (pull) compared.
+    pub checked: u64,
+    pub drift: BTreeMap<&'static str, Drift>,
+    /// Push: what `--repair` can do about it (keys to enqueue, by op);
+    /// pull: the Go.Data ids to pull again. Not reported.
+    #[serde(skip)]
+    pub repair: Repair,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Repair {
+    pub upsert: Vec<Value>,
+    pub delete: Vec<Value>,
+    pub dead_letters: Vec<i64>,
+    pub repull: Vec<String>,
+}
+
+impl TableReport {
+    fn new(direction: &'static str, table: &str, resource: Resource) -> TableReport {
+        TableReport {
+            direction,
+            table: table.to_string(),
+            resource: resource.name(),
+            checked: 0,
+            drift: BTreeMap::new(),
+            repair: Repair::default(),
+        }
+    }
+
+    fn note(&mut self, category: &'static str, example: Value, max: usize) {
+        let d = self.drift.entry(category).or_default();
+        d.count += 1;
+        if d.examples.len() < max {
+            d.examples.push(example);
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.drift.values().map(|d| d.count).sum()
+    }
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tables: Vec<TableReport>,
+    /// HMIS rows linked to a Go.Data record another row is linked to as
+    /// well (a merge in Go.Data): not drift, shown for the operator.
+    pub merged_links: i64,
+}
+
+impl Report {
+    pub fn total(&self) -> u64 {
+        self.tables.iter().map(TableReport::total).sum()
+    }
+
+    /// Drift per (direction, category), for the metrics.
+    pub fn by_category(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        let mut out = BTreeMap::new();
+        for t in &self.tables {
+            for (c, d) in &t.drift {
+                *out.entry((t.direction, *c)).or_default() += d.count;
+            }
+        }
+        out
+    }
+
+    /// The report as people read it.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for t in &self.tables {
+            out.push_str(&format!(
+                "{:<4} {:<28} {:>9} checked, {}\n",
+                t.direction,
+                t.table,
+                t.checked,
+                match t.total() {
+                    0 => "in sync".to_string(),
+                    n => format!("{n} differ"),
+                }
+            ));
+            for (c, d) in &t.drift {
+                let ex: Vec<String> = d.examples.iter().map(Value::to_string).collect();
+                out.push_str(&format!(
+                    "       {c:<24} {:>9}  e.g. {}\n",
+                    d.count,
+                    ex.join(", ")
+                ));
+            }
+        }
+        if self.merged_links > 0 {
+            out.push_str(&format!(
+                "merged links: {} HMIS row(s) share a Go.Data record with another row (merged in Go.Data)\n",
+                self.merged_links
+            ));
+        }
+        out.push_str(&match self.total() {
+            0 => "in sync\n".to_string(),
+            n => format!("{n} difference(s)\n"),
+        });
+        out
+    }
+}
+
+/// Shows progress on a terminal (stderr), nothing otherwise.
+struct Progress {
+    tty: bool,
+}
+
+impl Progress {
+    fn show(&self, what: &str, n: u64) {
+        if self.tty {
+            eprint!("\r{what}: {n}   ");
+            let _ = std::io::stderr().flush();
+        }
+    }
+    fn done(&self) {
+        if self.tty {
+            eprint!("\r{:<70}\r", "");
+        }
+    }
+}
+
+/// Compares what `options` selects. `pg` is a session on the HMIS.
+pub async fn compare(
+    pg: &mut tokio_postgres::Client,
+    config: &Config,
+    client: &Client,
+    options: &Options,
+) -> anyhow::Result<Report> {
+    let progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+    };
+    let wanted = |t: &TableName| options.table.as_deref().is_none_or(|w| t == w);
+    let mut tables = vec![];
+    if options.direction != Direction::Pull {
+        let ids =
+            IdScheme::load(&*pg, &config.godata.outbreak_id, config.godata.id_namespace).await?;
+        let locations = client.location_codes().await?;
+        for push in config.push.iter().filter(|p| wanted(&p.table)) {
+            let ctx = PushCtx {
+                config,
+                client,
+                push,
+                ids: &ids,
+                locations: &locations,
+                examples: options.examples,
+                progress: &progress,
+            };
+            tables.push(ctx.compare(pg).await?);
+        }
+    }
+    if options.direction != Direction::Push {
+        for t in config.pull.target.iter().filter(|t| wanted(&t.table)) {
+            tables.push(compare_target(pg, config, client, t, options.examples, &progress).await?);
+        }
+    }
+    progress.done();
+    if tables.is_empty() {
+        if let Some(t) = &options.table {
+            anyhow::bail!("--table {t}: not a [[push]] or [[pull.target]] table of the config");
+        }
+    }
+    let merged_links = crate::store::status::status(&*pg).await?.merged_links;
+    Ok(Report {
+        tables,
+        merged_links,
+    })
+}
+
+/// What `--repair` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Repaired {
+    pub enqueued: u64,
+    pub dead_letters_retried: u64,
+    pub repulled_rows: u64,
+}
+
+/// Repairs what `report` found in `direction` (`push` or `pull`): enqueues
+/// the push keys that differ (the running bridge delivers them) and
+/// retries dead letters whose cause has gone; pulls the records that
+/// differ again.
+pub async fn repair(
+    pg: &mut tokio_postgres::Client,
+    config: &Config,
+    client: &Client,
+    report: &Report,
+    direction: &str,
+) -> anyhow::Result<Repaired> {
+    let mut done = Repaired::default();
+    for t in report.tables.iter().filter(|t| t.direction == direction) {
+        let r = &t.repair;
+        match t.direction {
+            "push" => {
+                let name =
+                    crate::store::link::qualified_table(&*pg, &TableName::new(t.table.clone()))
+                        .await?;
+                crate::store::link::forget_sent(&*pg, &name, &r.upsert).await?;
+                done.enqueued += crate::store::outbox::enqueue(&*pg, &name, "U", &r.upsert).await?;
+                done.enqueued += crate::store::outbox::enqueue(&*pg, &name, "D", &r.delete).await?;
+                if !r.dead_letters.is_empty() {
+                    done.dead_letters_retried +=
+                        crate::store::dead_letter::retry(pg, &r.dead_letters).await?;
+                }
+            }
+            _ => {
+                let Some(target) = config.pull.target.iter().find(|x| x.table == t.table) else {
+                    continue;
+                };
+                if !r.repull.is_empty() {
+                    let n = crate::writeback::pull::repull(
+                        pg,
+                        config,
+                        client,
+                        target.resource,
+                        &r.repull,
+                        None,
+                        false,
+                    )
+                    .await?;
+                    done.repulled_rows += u64::try_from(n).unwrap_or(u64::MAX);
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Waits (at most `limit`) until the outbox holds nothing: the running
+/// bridge delivered what `repair` enqueued. False if it did not.
+pub async fn wait_delivered(pg: &tokio_postgres::Client, limit: Duration) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if crate::store::outbox::pending_count(pg).await?.unwrap_or(0) == 0 {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct PushCtx<'a> {
+    config: &'a Config,
+    client: &'a Client,
+    push: &'a Push,
+    ids: &'a IdScheme,
+    locations: &'a crate::mapping::Locations,
+    examples: usize,
+    progress: &'a Progress,
+}
+
+/// A value with its key, as an example.
+fn example(key: &Value, id: Option<Uuid>) -> Value {
+    match id {
+        Some(id) => json!({ "key": key, "godata_id": id }),
+        None => json!({ "key": key }),
+    }
+}
+
+impl PushCtx<'_> {
+    async fn compare(&self, pg: &mut tokio_postgres::Client) -> anyhow::Result<TableReport> {
+        let push = self.push;
+        let mut report = TableReport::new("push", &push.table, push.resource);
+        let Some((name, keys)) = crate::store::link::tracked_keys_of(&*pg, &push.table).await?
+        else {
+            anyhow::bail!("{} is not tracked: run `godata-bridge install`", push.table);
+        };
+        let collection = push.resource.collection();
+        let owners = owners_of(self.config, push);
+        // Dead letters of this table, by key.
+        let dead: HashMap<String, (i64, Option<i32>)> = crate::store::dead_letter::list(&*pg)
+            .await?
+            .into_iter()
+            .filter(|d| d.table == name)
+            .map(|d| (d.key.to_string(), (d.id, d.http_status)))
+            .collect();
+        let key_sql: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{}, t.{}", crate::pg::quote_literal(k), quote_ident(k)))
+            .collect();
+        let order: Vec<String> = keys
+            .iter()
+            .map(|k| format!("t.{}", quote_ident(k)))
+            .collect();
+        let sql = format!(
+            "SELECT jsonb_build_object({}), to_jsonb(t) FROM {} AS t ORDER BY {}",
+            key_sql.join(", "),
+            push.table.quoted(),
+            order.join(", ")
+        );
+        let tx = pg
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let portal = tx.bind(sql.as_str(), &[]).await?;
+        let max = i32::try_from(PAGE).unwrap_or(i32::MAX);
+        loop {
+            let rows = tx.query_portal(&portal, max).await?;
+            if rows.is_empty() {
+                break;
+            }
+            let page: Vec<(Value, Value)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            self.compare_page(&tx, &name, collection, &owners, &dead, &page, &mut report)
+                .await?;
+            report.checked += u64::try_from(page.len()).unwrap_or(0);
+            self.progress
+                .show(&format!("reconcile push {}", push.table), report.checked);
+            if rows.len() < PAGE {
+                break;
+            }
+        }
+        tx.commit().await?;
+        if let [key_col] = keys.as_slice() {
+            self.scan_godata(pg, &name, key_col, collection, &mut report)
+                .await?;
+        }
+        Ok(report)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn compare_page(
+        &self,
+        pg: &impl tokio_postgres::GenericClient,
+        name: &str,
+        collection: &str,
+        owners: &HashMap<String, Owner>,
+        dead: &HashMap<String, (i64, Option<i32>)>,
+        page: &[(Value, Value)],
+        report: &mut TableReport,
+    ) -> anyhow::Result<()> {
+        let tables: Vec<&str> = page.iter().map(|_| name).collect();
+        let keys: Vec<&Value> = page.iter().map(|(k, _)| k).collect();
+        let links: HashMap<String, Uuid> =
+            crate::store::link::links_of(pg, &tables, &keys, &self.config.godata.outbreak_id)
+                .await?
+                .into_iter()
+                .map(|l| (l.key.to_string(), l.godata_id))
+                .collect();
+        // (key, expected id, linked, mapped document or None when it does
+        // not map).
+        let mut expected = vec![];
+        let mut fields: Vec<String> = vec!["id".into(), "deleted".into(), "documents".into()];
+        for (key, image) in page {
+            let linked = links.get(&key.to_string()).copied();
+            let id = linked.unwrap_or_else(|| self.ids.id(name, key));
+            let rules: Vec<&crate::mapping::Rule> = self
+                .push
+                .map
+                .iter()
+                .filter(|r| !(linked.is_some() && r.create_only))
+                .collect();
+            let doc = map_row(rules.iter().copied(), image, self.locations).ok();
+            if let Some(o) = doc.as_ref().and_then(Value::as_object) {
+                for f in o.keys() {
+                    if !fields.contains(f) {
+                        fields.push(f.clone());
+                    }
+                }
+            }
+            expected.push((key, id, doc));
+        }
+        let ids: Vec<String> = expected.iter().map(|(_, id, _)| id.to_string()).collect();
+        let found = self
+            .client
+            .list(
+                collection,
+                &json!({ "where": { "id": { "inq": ids } }, "deleted": true, "fields": fields }),
+            )
+            .await?;
+        let found: HashMap<&str, &Value> = found
+            .iter()
+            .filter_map(|r| Some((r["id"].as_str()?, r)))
+            .collect();
+        let max = self.examples;
+        for (key, id, doc) in expected {
+            let record = found
+                .get(id.to_string().as_str())
+                .copied()
+                .filter(|r| r["deleted"] != true);
+            let dead_letter = dead.get(&key.to_string());
+            let Some(doc) = doc else {
+                // It does not map (a value no map knows): a dead letter says
+                // so already; without one it is drift the bridge missed.
+                if dead_letter.is_none() {
+                    report.note(STALE, example(key, Some(id)), max);
+                    report.repair.upsert.push(key.clone());
+                }
+                continue;
+            };
+            let agrees = record.is_some_and(|r| self.agrees(r, &doc, key, owners));
+            match (record, dead_letter) {
+                // Known already: a dead letter stands for it.
+                (_, Some(_)) if !agrees => {}
+                (_, Some((dl, status))) => {
+                    // In sync, or refused before any request and mapping
+                    // now: the dead letter's cause has gone.
+                    let _ = status;
+                    report.note(
+                        DEAD_LETTER_CAUSE_GONE,
+                        json!({ "key": key, "dead_letter": dl }),
+                        max,
+                    );
+                    report.repair.dead_letters.push(*dl);
+                }
+                (None, None) => {
+                    report.note(MISSING_IN_GODATA, example(key, Some(id)), max);
+                    report.repair.upsert.push(key.clone());
+                }
+                (Some(_), None) if !agrees => {
+                    report.note(STALE, example(key, Some(id)), max);
+                    report.repair.upsert.push(key.clone());
+                }
+                (Some(_), None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The fields of `doc` the HMIS owns agree with `record`.
+    fn agrees(
+        &self,
+        record: &Value,
+        doc: &Value,
+        key: &Value,
+        owners: &HashMap<String, Owner>,
+    ) -> bool {
+        let Some(o) = doc.as_object() else {
+            return false;
+        };
+        let ext = external_id(key);
+        let has_ext = record["documents"].as_array().is_some_and(|d| {
+            d.iter()
+                .any(|x| x["type"] == EXTERNAL_ID_DOCUMENT && x["number"] == ext.as_str())
+        });
+        has_ext
+            && o.iter()
+                .filter(|(f, _)| f.as_str() != "relationship")
+                .filter(|(f, _)| owners.get(f.as_str()).is_none_or(|w| *w == Owner::Hmis))
+                .all(|(f, v)| same(record.get(f), v))
+    }
+
+    /// One pass over the Go.Data collection: live records carrying a
+    /// bridge EXTERNAL_ID whose row is gone (extra) or that are not the
+    /// row's own record (duplicate).
+    async fn scan_godata(
+        &self,
+        pg: &tokio_postgres::Client,
+        name: &str,
+        key_col: &str,
+        collection: &str,
+        report: &mut TableReport,
+    ) -> anyhow::Result<()> {
+        let mut after: Option<String> = None;
+        let mut seen = 0u64;
+        let limit = PAGE * 2;
+        loop {
+            let mut filter = json!({
+                "order": "id ASC",
+                "limit": limit,
+                "fields": ["id", "documents", "deleted"],
+            });
+            if let Some(a) = &after {
+                filter["where"] = json!({ "id": { "gt": a } });
+            }
+            let page = self.client.list(collection, &filter).await?;
+            let Some(last) = page.last() else { break };
+            after = last["id"].as_str().map(String::from);
+            seen += u64::try_from(page.len()).unwrap_or(0);
+            self.progress.show(
+                &format!("reconcile push {} (Go.Data {collection})", self.push.table),
+                seen,
+            );
+            // (record id, external id) of live records with an EXTERNAL_ID.
+            let carried: Vec<(&str, &str)> = page
+                .iter()
+                .filter(|r| r["deleted"] != true)
+                .filter_map(|r| {
+                    let ext = r["documents"]
+                        .as_array()?
+                        .iter()
+                        .find(|d| d["type"] == EXTERNAL_ID_DOCUMENT)?["number"]
+                        .as_str()?;
+                    Some((r["id"].as_str()?, ext))
+                })
+                .collect();
+            if !carried.is_empty() {
+                let exts: Vec<&str> = carried.iter().map(|(_, e)| *e).collect();
+                let present = rows_present(pg, &self.push.table, key_col, &exts).await?;
+                let keys: Vec<Value> = exts.iter().map(|e| json!({ key_col: e })).collect();
+                let key_refs: Vec<&Value> = keys.iter().collect();
+                let tables: Vec<&str> = keys.iter().map(|_| name).collect();
+                let links: HashMap<String, Uuid> = crate::store::link::links_of(
+                    pg,
+                    &tables,
+                    &key_refs,
+                    &self.config.godata.outbreak_id,
+                )
+                .await?
+                .into_iter()
+                .map(|l| (l.key.to_string(), l.godata_id))
+                .collect();
+                for ((rid, ext), key) in carried.iter().zip(&keys) {
+                    let Ok(rid) = rid.parse::<Uuid>() else {
+                        continue;
+                    };
+                    match present.get(*ext) {
+                        None => {
+                            report.note(EXTRA, example(key, Some(rid)), self.examples);
+                            // Only the bridge's own record can be deleted
+                            // through the outbox (by the key's id).
+                            let own = links
+                                .get(&key.to_string())
+                                .copied()
+                                .unwrap_or_else(|| self.ids.id(name, key));
+                            if own == rid {
+                                report.repair.delete.push(key.clone());
+                            }
+                        }
+                        Some(key) => {
+                            let own = links
+                                .get(&key.to_string())
+                                .copied()
+                                .unwrap_or_else(|| self.ids.id(name, key));
+                            if own != rid {
+                                report.note(
+                                    DUPLICATE,
+                                    json!({ "key": key, "godata_id": rid, "row_record": own }),
+                                    self.examples,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            if page.len() < limit {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Of the external ids `exts` (one-column keys), those with a row in
+/// `table`, with the row's key object (its column's real JSON type).
+async fn rows_present(
+    pg: &tokio_postgres::Client,
+    table: &TableName,
+    key_col: &str,
+    exts: &[&str],
+) -> anyhow::Result<HashMap<String, Value>> {
+    let k = quote_ident(key_col);
+    let sql = format!(
+        "SELECT t.{k}::text, jsonb_build_object($2::text, t.{k}) FROM {} AS t WHERE t.{k}::text = ANY($1)",
+        table.quoted()
+    );
+    Ok(pg
+        .query(&sql, &[&exts, &key_col])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Who owns each Go.Data field of `push` (the write-back's targets on the
+/// same table decide; without one, the HMIS owns everything it maps).
+fn owners_of(config: &Config, push: &Push) -> HashMap<String, Owner> {
+    let mut out = HashMap::new();
+    for t in config.pull.target.iter().filter(|t| t.table == push.table) {
+        for rule in &push.map {
+            let Some(col) = rule.from.as_deref() else {
+                continue;
+            };
+            if let Some(c) = t.columns.iter().find(|c| c.column == col) {
+                out.insert(top_field(&rule.to).to_string(), c.owner(t));
+            }
+        }
+    }
+    out
+}
+
+/// `mine` is in `theirs` (Go.Data adds fields of its own; arrays by
+/// position), with instants compared as instants.
+fn same(theirs: Option<&Value>, mine: &Value) -> bool {
+    match (theirs, mine) {
+        (None | Some(Value::Null), Value::Null) => true,
+        (Some(Value::Object(t)), Value::Object(m)) => m.iter().all(|(k, v)| same(t.get(k), v)),
+        (Some(Value::Array(t)), Value::Array(m)) => {
+            t.len() >= m.len() && m.iter().zip(t).all(|(v, tv)| same(Some(tv), v))
+        }
+        (Some(Value::String(t)), Value::String(m)) if t != m => {
+            let instant = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+            matches!((instant(t), instant(m)), (Some(a), Some(b)) if a == b)
+        }
+        (Some(t), m) => t == m,
+        (None, _) => false,
+    }
+}
+
+/// Compares one `[[pull.target]]` with Go.Data.
+async fn compare_target(
+    pg: &mut tokio_postgres::Client,
+    config: &Config,
+    client: &Client,
+    t: &Target,
+    examples: usize,
+    progress: &Progress,
+) -> anyhow::Result<TableReport> {
+    let mut report = TableReport::new("pull", &t.table, t.resource);
+    let o = crate::writeback::pull::fhir_options(config);
+    let types = target::column_types(&*pg, &t.table).await?;
+    let two_way = config.push.iter().any(|p| p.table == t.table);
+    let key_at = t
+        .columns
+        .iter()
+        .position(|c| c.column == t.key)
+        .ok_or_else(|| anyhow::anyhow!("{}: key is not a column", t.table))?;
+    let collection = t.resource.collection();
+    let mut after: Option<String> = None;
+    loop {
+        let mut filter = json!({ "order": "id ASC", "limit": PAGE, "deleted": true });
+        if let Some(a) = &after {
+            filter["where"] = json!({ "id": { "gt": a } });
+        }
+        let page = client.list(collection, &filter).await?;
+        let Some(last) = page.last() else { break };
+        after = last["id"].as_str().map(String::from);
+        let bundles: Vec<Value> = match t.resource {
+            Resource::Case => page
+                .iter()
+                .map(|c| crate::writeback::fhir::case_bundle(c, &o))
+                .collect(),
+            Resource::Contact => crate::writeback::pull::contact_bundles(client, &page, &o).await?,
+        };
+        let mut live = vec![];
+        let mut gone = vec![];
+        let mut deleted = std::collections::HashSet::new();
+        for (rec, bundle) in page.iter().zip(&bundles) {
+            let Ok(row) = target::row_checked(
+                t,
+                &Sources {
+                    bundle,
+                    godata: rec,
+                },
+                o.timezone,
+            ) else {
+                // A value no map knows: a write-back dead letter says so.
+                continue;
+            };
+            let id = rec["id"].as_str().unwrap_or_default().to_string();
+            match (rec["deleted"] == true, t.on_delete) {
+                (true, OnDelete::Ignore) => {}
+                (true, OnDelete::Delete) => gone.push((id, row[key_at].clone())),
+                (true, OnDelete::MarkInactive) => {
+                    // Marked where its row is; no row is written for it.
+                    deleted.insert(id.clone());
+                    live.push((id, row));
+                }
+                (false, _) => live.push((id, row)),
+            }
+        }
+        let differ = page_differs(&*pg, t, &types, two_way, key_at, &live).await?;
+        for (id, key, missing) in differ {
+            let ex = json!({ "key": key, "godata_id": id });
+            match missing {
+                true if t.mode == Mode::UpdateOnly || deleted.contains(&id) => continue,
+                true => report.note(MISSING_IN_HMIS, ex, examples),
+                false => report.note(STALE, ex, examples),
+            }
+            report.repair.repull.push(id);
+        }
+        for (id, key) in rows_still_there(&*pg, t, &types, &gone).await? {
+            report.note(EXTRA, json!({ "key": key, "godata_id": id }), examples);
+            report.repair.repull.push(id);
+        }
+        report.checked += u64::try_from(page.len()).unwrap_or(0);
+        progress.show(&format!("reconcile pull {}", t.table), report.checked);
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Of `live` (Go.Data id, the row the write-back would write), those whose
+/// row is missing or differs in a column Go.Data owns: (id, key, missing).
+async fn page_differs(
+    pg: &tokio_postgres::Client,
+    t: &Target,
+    types: &BTreeMap<String, String>,
+    two_way: bool,
+    key_at: usize,
+    live: &[(String, Vec<Option<String>>)],
+) -> anyhow::Result<Vec<(String, Option<String>, bool)>> {
+    if live.is_empty() {
+        return Ok(vec![]);
+    }
+    let width = t.columns.len() + 1;
+    let mut arrays: Vec<Vec<Option<&str>>> = vec![Vec::with_capacity(live.len()); width + 1];
+    for (id, row) in live {
+        arrays[0].push(Some(id.as_str()));
+        for (i, v) in row.iter().enumerate().take(width) {
+            arrays[i + 1].push(v.as_deref());
+        }
+    }
+    let ty = |c: &str| types.get(c).cloned().unwrap_or_else(|| "text".into());
+    let key = quote_ident(&t.key);
+    let mut differs: Vec<String> = t
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| *i != key_at && (!two_way || c.owner(t) == Owner::Godata))
+        .map(|(i, c)| {
+            format!(
+                "r.{col} IS DISTINCT FROM s.c{n}::{ty}",
+                col = quote_ident(&c.column),
+                n = i + 1,
+                ty = ty(&c.column)
+            )
+        })
+        .collect();
+    if let Some(u) = &t.updated_column {
+        differs.push(format!(
+            "r.{} IS DISTINCT FROM s.c{width}::timestamptz",
+            quote_ident(u)
+        ));
+    }
+    let cols: Vec<String> = (0..=width).map(|i| format!("c{i}")).collect();
+    let params: Vec<String> = (1..=width + 1).map(|i| format!("${i}::text[]")).collect();
+    let sql = format!(
+        "SELECT s.c0, s.c{k}, r.{key} IS NULL
+           FROM unnest({params}) AS s({cols})
+           LEFT JOIN {table} AS r ON r.{key} = s.c{k}::{kty}
+          WHERE r.{key} IS NULL OR {differs}",
+        k = key_at + 1,
+        params = params.join(", "),
+        cols = cols.join(", "),
+        table = t.table.quoted(),
+        kty = ty(&t.key),
+        differs = if differs.is_empty() {
+            "false".to_string()
+        } else {
+            differs.join(" OR ")
+        },
+    );
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = arrays
+        .iter()
+        .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    Ok(pg
+        .query(&sql, &refs)
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Of `gone` (Go.Data id, key) — records deleted in Go.Data whose rows the
+/// target deletes — those whose row is still there.
+async fn rows_still_there(
+    pg: &tokio_postgres::Client,
+    t: &Target,
+    types: &BTreeMap<String, String>,
+    gone: &[(String, Option<String>)],
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    if gone.is_empty() {
+        return Ok(vec![]);
+    }
+    let ids: Vec<&str> = gone.iter().map(|(i, _)| i.as_str()).collect();
+    let keys: Vec<Option<&str>> = gone.iter().map(|(_, k)| k.as_deref()).collect();
+    let key = quote_ident(&t.key);
+    let sql = format!(
+        "SELECT s.i, s.k FROM unnest($1::text[], $2::text[]) AS s(i, k)
+          WHERE EXISTS (SELECT 1 FROM {} AS r WHERE r.{key} = s.k::{})",
+        t.table.quoted(),
+        types.get(&t.key).map_or("text", String::as_str)
+    );
+    Ok(pg
+        .query(&sql, &[&ids, &keys])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_agree_whatever_their_spelling() {
+        assert!(same(
+            Some(&json!("2024-05-03T00:00:00.000Z")),
+            &json!("2024-05-03T00:00:00Z")
+        ));
+        assert!(!same(
+            Some(&json!("2024-05-04T00:00:00.000Z")),
+            &json!("2024-05-03T00:00:00Z")
+        ));
+        assert!(same(Some(&json!({"a": 1, "b": 2})), &json!({"a": 1})));
+        assert!(!same(None, &json!("x")));
+        assert!(same(None, &Value::Null));
+        assert!(!same(Some(&json!([1])), &json!([1, 2])));
+    }
+}

@@ -1,0 +1,289 @@
+//! `reconcile`: in sync after the bridge settled; every difference made
+//! behind the bridge's back is named by its key (and only those), and
+//! `--repair` fixes what a machine may fix (both capture modes).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::bin::{bridge_cmd, reference_hmis_in, spawn_run, EXAMPLE};
+use crate::support::{both_modes, ob, wait_for, Mode};
+use crate::writeback_e2e::{sim_with_tracer, tracer};
+
+const EXTERNAL_ID: &str = "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_EXTERNAL_ID";
+
+/// A Go.Data account for `reconcile` (it only reads Go.Data): each login
+/// revokes the account's other tokens, so sharing the bridge's account
+/// would log the running bridge out, and it back.
+const AUDITOR: (&str, &str) = ("auditor@godata.example", "auditor-password");
+
+async fn sim_with_auditor() -> godata_sim::Sim {
+    crate::support::start_sim_with(godata_sim::SimConfig {
+        users: vec![
+            (
+                godata_sim::DEFAULT_USER.into(),
+                godata_sim::DEFAULT_PASSWORD.into(),
+            ),
+            (
+                crate::writeback_e2e::TRACER.into(),
+                "tracer-password".into(),
+            ),
+            (AUDITOR.0.into(), AUDITOR.1.into()),
+        ],
+        ..godata_sim::SimConfig::default()
+    })
+    .await
+}
+
+/// `reconcile --json` with `extra` arguments, as the auditor: (exit code,
+/// report).
+async fn reconcile(env: &[(&str, String)], extra: &[&str]) -> (Option<i32>, Value) {
+    let mut args = vec!["reconcile", "--config", EXAMPLE, "--json"];
+    args.extend_from_slice(extra);
+    let mut env = env.to_vec();
+    env.push(("GODATA_BRIDGE_GODATA_USER", AUDITOR.0.into()));
+    env.retain(|(k, _)| *k != "GODATA_BRIDGE_GODATA_PASSWORD");
+    env.push(("GODATA_BRIDGE_GODATA_PASSWORD", AUDITOR.1.into()));
+    let (code, out, err) = bridge_cmd(&args, &env).await;
+    let report = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}\n{err}"));
+    (code, report)
+}
+
+/// The example keys of `category` in the `direction` report of `table`.
+fn named(
+    report: &Value,
+    direction: &str,
+    table: &str,
+    category: &str,
+    field: &str,
+) -> BTreeSet<String> {
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["direction"] == direction && t["table"] == table)
+        .flat_map(|t| {
+            t["drift"][category]["examples"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|e| match &e[field] {
+            Value::Object(o) => o.values().next().unwrap().as_str().unwrap().to_string(),
+            v => v.as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// A change the capture does not see: triggers off (trigger mode), or the
+/// bridge's own replication origin, whose changes the slot consumer drops
+/// (logical mode).
+async fn behind_the_bridge(
+    db: &crate::support::TestDb,
+    env: &[(&str, String)],
+    mode: Mode,
+    sql: &str,
+) {
+    let c = db.client().await;
+    match mode {
+        Mode::Trigger => c
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL session_replication_role = replica; {sql}; COMMIT"
+            ))
+            .await
+            .unwrap(),
+        Mode::Logical => {
+            let slot = &env
+                .iter()
+                .find(|(k, _)| *k == "GODATA_BRIDGE_SLOT")
+                .unwrap()
+                .1;
+            // The stopped bridge's session may hold the origin a moment
+            // longer.
+            wait_for(
+                "the replication origin to be free",
+                Duration::from_secs(10),
+                || {
+                    let c = &c;
+                    async move {
+                        c.execute("SELECT pg_replication_origin_session_setup($1)", &[slot])
+                            .await
+                            .is_ok()
+                    }
+                },
+            )
+            .await;
+            c.batch_execute(sql).await.unwrap();
+            c.batch_execute("SELECT pg_replication_origin_session_reset()")
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn reconcile_names_exactly_what_differs_and_repairs_it(mode: Mode) {
+    let sim = sim_with_auditor().await;
+    let (db, c, env) = reference_hmis_in(&sim, mode).await;
+    let (code, _, err) = bridge_cmd(&["install", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    // The reference HMIS's own rows predate the install.
+    let (code, _, err) = bridge_cmd(&["backfill", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, last_name, reported_at, classification)
+         SELECT 'RC-' || g, 'Name' || g, 'Kamara', now(), 'suspected' FROM generate_series(1, 8) g",
+    )
+    .await
+    .unwrap();
+    let mut bridge = spawn_run(EXAMPLE, &env);
+    // Settled both ways: nothing differs.
+    // Settled both ways (a condition, polled): nothing differs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let last = loop {
+        let (code, report) = reconcile(&env, &[]).await;
+        if code == Some(0) {
+            break report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reconcile never found both systems in sync: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(last["drift"], 0, "{last}");
+    bridge.kill().await.unwrap();
+    let gid = |k: &str| {
+        let case = sim.state()["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| {
+                c["documents"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|x| x["number"] == k))
+            })
+            .cloned()
+            .unwrap();
+        case["id"].as_str().unwrap().to_string()
+    };
+    let (g1, g3, g4) = (gid("RC-1"), gid("RC-3"), gid("RC-4"));
+    let api = tracer(&sim).await;
+    // Go.Data: a case deleted, a name changed, a second record claiming a
+    // key.
+    assert!(api.delete(&ob(&format!("cases/{g1}"))).await.0 < 300);
+    let (s, _) = api
+        .put(&ob(&format!("cases/{g3}")), json!({ "firstName": "Typo" }))
+        .await;
+    assert_eq!(s, 200);
+    let (s, dup) = api
+        .post(
+            &ob("cases"),
+            json!({
+                "firstName": "Someone", "lastName": "Else", "classification": "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_SUSPECT",
+                "dateOfReporting": "2024-05-01T00:00:00.000Z",
+                "documents": [{ "type": EXTERNAL_ID, "number": "RC-6" }],
+            }),
+        )
+        .await;
+    assert_eq!(s, 200, "{dup}");
+    let dup = dup["id"].as_str().unwrap().to_string();
+    // The HMIS, behind the bridge's back: a row edited, a row deleted, a
+    // written-back row deleted.
+    behind_the_bridge(
+        &db,
+        &env,
+        mode,
+        "UPDATE hmis.cases SET first_name = 'Changed' WHERE case_id = 'RC-2';
+         DELETE FROM hmis.cases WHERE case_id = 'RC-5'",
+    )
+    .await;
+    c.execute("DELETE FROM hmis.tbl_cases WHERE externalid = $1", &[&g4])
+        .await
+        .unwrap();
+
+    let (code, report) = reconcile(&env, &[]).await;
+    assert_eq!(code, Some(1), "drift exits 1: {report}");
+    let push = |cat| named(&report, "push", "hmis.cases", cat, "key");
+    let pull = |cat| named(&report, "pull", "hmis.tbl_cases", cat, "godata_id");
+    assert_eq!(push("missing_in_godata"), set(&["RC-1"]), "{report}");
+    assert_eq!(push("stale"), set(&["RC-2", "RC-3"]), "{report}");
+    assert_eq!(push("extra"), set(&["RC-5"]), "{report}");
+    assert_eq!(push("duplicate"), set(&["RC-6"]), "{report}");
+    assert_eq!(pull("stale"), set(&[&g1, &g3]), "{report}");
+    assert_eq!(pull("missing_in_hmis"), set(&[&g4, &dup]), "{report}");
+    assert_eq!(report["drift"], 9, "nothing else: {report}");
+    let text = report.to_string();
+    for value in ["Typo", "Changed", "Someone", "Name2", "Kamara"] {
+        assert!(
+            !text.contains(value),
+            "no row values in the report: {value}"
+        );
+    }
+    // A person settles the duplicate; the rest is the machine's.
+    assert!(api.delete(&ob(&format!("cases/{dup}"))).await.0 < 300);
+    let _bridge = spawn_run(EXAMPLE, &env);
+    let (code, report) = reconcile(&env, &["--repair"]).await;
+    assert_eq!(code, Some(0), "repaired and in sync: {report}");
+    assert!(
+        report["repaired"]["before"].as_u64().unwrap() >= 6,
+        "{report}"
+    );
+    let live = |k: &str| {
+        sim.state()["cases"].as_array().unwrap().iter().any(|c| {
+            c["deleted"] != true
+                && c["documents"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|x| x["number"] == k))
+        })
+    };
+    assert!(live("RC-1"), "the deleted case is back");
+    assert!(!live("RC-5"), "the case whose row is gone is deleted");
+    let name = |k: &str| {
+        sim.state()["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| {
+                c["deleted"] != true
+                    && c["documents"]
+                        .as_array()
+                        .is_some_and(|d| d.iter().any(|x| x["number"] == k))
+            })
+            .map(|c| c["firstName"].clone())
+    };
+    assert_eq!(name("RC-2"), Some(json!("Changed")));
+    assert_eq!(name("RC-3"), Some(json!("Name3")));
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM hmis.tbl_cases WHERE externalid = $1",
+            &[&g4],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "the written-back row is back");
+}
+
+both_modes!(reconcile_names_exactly_what_differs_and_repairs_it);
+
+/// Exit 2 when it cannot compare (here: Go.Data is not there).
+#[tokio::test]
+async fn reconcile_exits_2_when_it_cannot_compare() {
+    let sim = sim_with_tracer().await;
+    let (_db, _c, mut env) = reference_hmis_in(&sim, Mode::Trigger).await;
+    let (code, _, err) = bridge_cmd(&["install", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    for (k, v) in env.iter_mut() {
+        if *k == "GODATA_BRIDGE_GODATA_URL" {
+            *v = format!("http://127.0.0.1:{}", crate::support::bin::free_port());
+        }
+    }
+    let (code, _, err) = bridge_cmd(&["reconcile", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("error:"), "{err}");
+}
