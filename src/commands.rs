@@ -310,6 +310,17 @@ pub async fn run(
             )
         });
         let task = flow1.task;
+        let scheduled = (config.reconcile.interval_secs > 0).then(|| {
+            crate::task::spawn(
+                "reconcile",
+                crate::reconcile::scheduled(
+                    config.clone(),
+                    client.clone(),
+                    db.clone(),
+                    stop.subscribe(),
+                ),
+            )
+        });
         let login_report = crate::task::spawn(
             "login-report",
             report_login(config.clone(), client.clone(), rx_login),
@@ -330,6 +341,7 @@ pub async fn run(
         let grace = Duration::from_secs(config.delivery.shutdown_grace_secs);
         let mut tasks = vec![task, login_report];
         tasks.extend(pull);
+        tasks.extend(scheduled);
         let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
         if tokio::time::timeout(grace, futures_util::future::join_all(tasks))
             .await

@@ -74,6 +74,17 @@ pub struct Config {
     pub push: Vec<Push>,
     pub pull: Pull,
     pub fhir: Fhir,
+    pub reconcile: Reconcile,
+}
+
+/// `[reconcile]`: a comparison of both systems inside `run`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Reconcile {
+    /// Seconds between scheduled reconciles; 0 (the default) turns them
+    /// off. A day (86400) suits most installations: a run reads every
+    /// tracked row and every Go.Data record once.
+    pub interval_secs: u64,
 }
 
 /// The file as written, before the environment overlay and validation.
@@ -87,6 +98,7 @@ struct RawConfig {
     push: Vec<Push>,
     pull: Pull,
     fhir: Fhir,
+    reconcile: Reconcile,
 }
 
 /// Go.Data → HMIS: how often and how much to pull, and where to write.
@@ -428,6 +440,7 @@ impl RawConfig {
             push: self.push,
             pull: self.pull,
             fhir: self.fhir,
+            reconcile: self.reconcile,
         }
     }
 

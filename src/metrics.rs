@@ -29,6 +29,8 @@ pub const LEADER: &str = "godata_bridge_leader";
 pub const WINDOW_PENDING: &str = "godata_bridge_window_pending";
 pub const WINDOW_OLDEST_AGE: &str = "godata_bridge_window_oldest_pending_age_seconds";
 pub const SLOT_LAG_BYTES: &str = "godata_bridge_slot_lag_bytes";
+pub const RECONCILE_DRIFT: &str = "godata_bridge_reconcile_drift";
+pub const RECONCILE_LAST_RUN: &str = "godata_bridge_reconcile_last_run_timestamp_seconds";
 
 /// (name, type, help) of every metric.
 pub const CATALOG: &[(&str, &str, &str)] = &[
@@ -134,6 +136,16 @@ pub const CATALOG: &[(&str, &str, &str)] = &[
         "gauge",
         "Logical mode: bytes of WAL after the slot's confirmed position.",
     ),
+    (
+        RECONCILE_DRIFT,
+        "gauge",
+        "Differences the last scheduled reconcile found, by direction and category (alert on > 0).",
+    ),
+    (
+        RECONCILE_LAST_RUN,
+        "gauge",
+        "When the last scheduled reconcile finished (Unix seconds).",
+    ),
 ];
 
 /// Histogram bucket bounds in seconds.
@@ -156,6 +168,8 @@ struct Histogram {
 struct Registry {
     counters: Vec<((&'static str, Labels), f64)>,
     histograms: Vec<((&'static str, Labels), Histogram)>,
+    /// Gauges this process sets itself (the others are read at scrape).
+    gauges: Vec<((&'static str, Labels), f64)>,
 }
 
 fn same(have: &Labels, want: &[(&str, &str)]) -> bool {
@@ -200,6 +214,12 @@ fn labels(l: &[(&str, &str)]) -> Labels {
 pub fn inc(name: &'static str, l: &[(&str, &str)], by: f64) {
     let mut r = registry().lock().expect("metrics lock");
     *series(&mut r.counters, name, l) += by;
+}
+
+/// Sets a gauge this process keeps.
+pub fn set(name: &'static str, l: &[(&str, &str)], value: f64) {
+    let mut r = registry().lock().expect("metrics lock");
+    *series(&mut r.gauges, name, l) = value;
 }
 
 /// Records one observation in a histogram.
@@ -267,6 +287,11 @@ pub fn render(gauges: &[(&'static str, f64)]) -> String {
                 );
                 let _ = writeln!(out, "{name}_sum{} {}", fmt_labels(l, None), h.sum);
                 let _ = writeln!(out, "{name}_count{} {}", fmt_labels(l, None), h.count);
+            }
+        }
+        for ((n, l), v) in &r.gauges {
+            if n == name {
+                let _ = writeln!(out, "{name}{} {v}", fmt_labels(l, None));
             }
         }
         for (n, v) in gauges {

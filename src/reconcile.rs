@@ -873,6 +873,82 @@ async fn rows_still_there(
         .collect())
 }
 
+/// Every category a direction reports, for gauges that read 0 when clean.
+const CATEGORIES: &[(&str, &str)] = &[
+    ("push", MISSING_IN_GODATA),
+    ("push", STALE),
+    ("push", EXTRA),
+    ("push", DUPLICATE),
+    ("push", DEAD_LETTER_CAUSE_GONE),
+    ("pull", MISSING_IN_HMIS),
+    ("pull", STALE),
+    ("pull", EXTRA),
+];
+
+/// `[reconcile] interval_secs` inside `run`: compares both ways every
+/// interval (no repair), sets `godata_bridge_reconcile_drift` and logs the
+/// counts. Shares the bridge's Go.Data client (one token per account).
+pub async fn scheduled(
+    config: Config,
+    client: std::sync::Arc<Client>,
+    db: crate::pg::tls::Db,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = Duration::from_secs(config.reconcile.interval_secs);
+    let options = Options {
+        table: None,
+        direction: Direction::Both,
+        examples: 3,
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let run = async {
+            let mut pg = crate::pg::Session::connect(&db, "reconcile-session", false).await?;
+            compare(pg.client_mut(), &config, &client, &options).await
+        };
+        let report = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            r = run => r,
+        };
+        match report {
+            Ok(report) => {
+                let found = report.by_category();
+                for (direction, category) in CATEGORIES {
+                    let n = found.get(&(*direction, *category)).copied().unwrap_or(0);
+                    crate::metrics::set(
+                        crate::metrics::RECONCILE_DRIFT,
+                        &[("direction", direction), ("category", category)],
+                        n as f64,
+                    );
+                }
+                crate::metrics::set(
+                    crate::metrics::RECONCILE_LAST_RUN,
+                    &[],
+                    chrono::Utc::now().timestamp() as f64,
+                );
+                match report.total() {
+                    0 => tracing::info!("reconcile: the HMIS and Go.Data agree"),
+                    n => {
+                        let counts: Vec<String> = found
+                            .iter()
+                            .map(|((d, c), k)| format!("{d} {c}: {k}"))
+                            .collect();
+                        tracing::warn!(differences = n, counts = %counts.join(", "), "reconcile: the HMIS and Go.Data differ; `godata-bridge reconcile` names the keys, `--repair` fixes them");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reconcile failed; trying again at the next interval")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

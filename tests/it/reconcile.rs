@@ -287,3 +287,63 @@ async fn reconcile_exits_2_when_it_cannot_compare() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("error:"), "{err}");
 }
+
+/// `[reconcile] interval_secs` inside `run`: the drift gauge reads 0 while
+/// both systems agree, and counts a row the capture never saw under its
+/// category.
+#[tokio::test]
+async fn scheduled_reconcile_reports_drift_as_a_metric() {
+    let sim = sim_with_auditor().await;
+    let (_db, c, env) = reference_hmis_in(&sim, Mode::Trigger).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(EXAMPLE).unwrap() + "\n[reconcile]\ninterval_secs = 1\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let (code, _, err) = bridge_cmd(&["install", "--config", config], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = bridge_cmd(&["backfill", "--config", config], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    let port = crate::support::bin::free_port();
+    let _bridge = crate::support::bin::spawn_run_at(config, &env, &format!("127.0.0.1:{port}"));
+    let series = r#"godata_bridge_reconcile_drift{direction="push",category="missing_in_godata"}"#;
+    let scrape = || async move {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    };
+    wait_for(
+        "a scheduled reconcile in sync",
+        Duration::from_secs(60),
+        || async move {
+            scrape().await.is_some_and(|m| {
+                m.contains(series) && crate::support::bin::metric(&m, series) == 0.0
+            })
+        },
+    )
+    .await;
+    // A row the capture never saw.
+    c.batch_execute(
+        "BEGIN; SET LOCAL session_replication_role = replica;
+         INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         VALUES ('UNSEEN-1', 'Ama', now(), 'suspected'); COMMIT",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the drift gauge to name it",
+        Duration::from_secs(60),
+        || async move {
+            scrape()
+                .await
+                .is_some_and(|m| crate::support::bin::metric(&m, series) == 1.0)
+        },
+    )
+    .await;
+}
