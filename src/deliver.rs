@@ -413,8 +413,16 @@ impl From<GodataError> for Failure {
 }
 
 /// Go.Data codes that refuse a change only because of another record's
-/// state: the change is tried again when that record changes.
-pub const DEPENDENT_CODES: &[&str] = &["INVALID_RELATIONSHIP_WITH_DISCARDED_CASE"];
+/// state: the change is parked (a dead letter "waiting on case K") and
+/// tried again when that case is delivered.
+pub const DEPENDENT_CODES: &[&str] = &[
+    "INVALID_RELATIONSHIP_WITH_DISCARDED_CASE",
+    CASE_NOT_IN_GODATA,
+];
+
+/// The dead-letter code of a contact whose case Go.Data does not hold (not
+/// delivered yet: refused, or not in the HMIS; or deleted in Go.Data).
+pub const CASE_NOT_IN_GODATA: &str = "CASE_NOT_IN_GODATA";
 
 /// The dead-letter code of a record parked by the duplicate check.
 pub const POSSIBLE_DUPLICATE: &str = "POSSIBLE_DUPLICATE";
@@ -1052,23 +1060,35 @@ impl Deliverer {
                 });
             }
         }
+        let case_key = || {
+            push.case
+                .as_ref()
+                .and_then(|c| image.get(&c.column))
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .unwrap_or_default()
+        };
         let sent = match self.send(p, push, image, &doc, &rel, &ext, plan).await {
-            // Refused for its case's state: it waits on that case (see
-            // `revive_dependents`), and says so.
+            // No case to attach the contact to: it waits on that case (see
+            // `revive_dependents`) instead of polling Go.Data for it.
+            Err(Failure::Transient(GodataError::CaseMissing)) => Err(Failure::Permanent {
+                status: Some(404),
+                code: Some(CASE_NOT_IN_GODATA.into()),
+                reason: format!(
+                    "waiting on case {} (retried when the case is delivered): Go.Data does not hold the case, or it is deleted there",
+                    case_key()
+                ),
+            }),
+            // Refused for its case's state: it waits on that case, and
+            // says so.
             Err(Failure::Permanent {
                 status,
                 code: Some(code),
                 reason,
             }) if DEPENDENT_CODES.contains(&code.as_str()) => {
-                let case = push
-                    .case
-                    .as_ref()
-                    .and_then(|c| image.get(&c.column))
-                    .map(|v| match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                    .unwrap_or_default();
+                let case = case_key();
                 Err(Failure::Permanent {
                     status,
                     code: Some(code),

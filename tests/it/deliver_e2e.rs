@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use godata_bridge::capture::install;
 use godata_bridge::config::{Config, Secret};
 use godata_bridge::deliver::Deliverer;
@@ -768,7 +770,87 @@ async fn a_contact_refused_for_its_discarded_case_goes_once_the_case_changes(mod
     .await;
 }
 
+/// A contact whose case Go.Data does not hold (here: the case is refused
+/// for an unknown district) is parked "waiting on case K", not retried
+/// against Go.Data; once the operator fixes the case and retries it, the
+/// contact follows by itself.
+async fn a_contact_waits_on_a_case_go_data_does_not_hold(mode: Mode) {
+    let sim = start_sim().await;
+    let (db, c, _bridge) = setup(&sim, mode).await;
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
+         VALUES ('MC-1', 'Sahr', 'SL-NOWHERE', now(), 'suspected');",
+    )
+    .await
+    .unwrap();
+    let count = |sql: &'static str| {
+        let c = &c;
+        async move {
+            let n: i64 = c.query_one(sql, &[]).await.unwrap().get(0);
+            n
+        }
+    };
+    wait_for("the case refused", Duration::from_secs(20), || {
+        count("SELECT count(*) FROM godata_bridge.dead_letter WHERE row_key->>'case_id' = 'MC-1'")
+            .map(|n| n == 1)
+    })
+    .await;
+    c.batch_execute(
+        "INSERT INTO hmis.contacts (contact_id, case_id, first_name, exposure_date, relation)
+         VALUES ('MC-1-C1', 'MC-1', 'Musu', current_date, 'family')",
+    )
+    .await
+    .unwrap();
+    wait_for("the contact parked", Duration::from_secs(20), || {
+        count("SELECT count(*) FROM godata_bridge.dead_letter WHERE godata_code = 'CASE_NOT_IN_GODATA'")
+            .map(|n| n == 1)
+    })
+    .await;
+    let reason: String = c
+        .query_one(
+            "SELECT reason FROM godata_bridge.dead_letter WHERE godata_code = 'CASE_NOT_IN_GODATA'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.starts_with("waiting on case MC-1 "), "{reason}");
+    // The operator adds the district in Go.Data and retries the case.
+    sim.with_store(|s| {
+        let mut loc = serde_json::Map::new();
+        loc.insert("name".into(), "Nowhere".into());
+        loc.insert("identifiers".into(), json!([{ "code": "SL-NOWHERE" }]));
+        s.add_location(loc);
+    });
+    let case_letter: i64 = c
+        .query_one(
+            "SELECT id FROM godata_bridge.dead_letter WHERE row_key->>'case_id' = 'MC-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut operator = db.client().await;
+    godata_bridge::store::dead_letter::retry(&mut operator, &[case_letter])
+        .await
+        .unwrap();
+    let ids = crate::support::ids(&c).await;
+    let contact = ids
+        .id("hmis.contacts", &json!({"contact_id": "MC-1-C1"}))
+        .to_string();
+    wait_for("the contact in Go.Data", Duration::from_secs(20), || {
+        let n = sim.with_store(|s| s.persons.contains_key(&contact));
+        async move { n }
+    })
+    .await;
+    wait_for("no dead letter left", Duration::from_secs(20), || {
+        count("SELECT count(*) FROM godata_bridge.dead_letter").map(|n| n == 0)
+    })
+    .await;
+}
+
 both_modes!(
+    a_contact_waits_on_a_case_go_data_does_not_hold,
     a_contact_refused_for_its_discarded_case_goes_once_the_case_changes,
     isolated_single_commits_each_arrive_with_their_values,
     cases_and_contacts_arrive_mapped_and_deletes_follow,
