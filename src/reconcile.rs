@@ -8,9 +8,10 @@
 //!   one page at a time) is mapped as delivery would map it now and
 //!   compared with the Go.Data record it is (its link, else its derived
 //!   id), read with one filtered list per page (`id inq`, `fields`).
-//!   Only the fields the HMIS owns are compared: `create_only` fields of a
-//!   linked record and fields owned by `godata` or `newest` may differ
-//!   legitimately. Then one pass over the Go.Data collection (paged by id,
+//!   The fields the HMIS owns or shares (`newest`: once both sides settled,
+//!   the newer value is in both) are compared; `create_only` fields of a
+//!   linked record and fields Go.Data owns may differ legitimately (the
+//!   write-back compares those). Then one pass over the Go.Data collection (paged by id,
 //!   `fields` id and documents) finds the live records that carry a
 //!   bridge EXTERNAL_ID: with no HMIS row behind it the record is *extra*;
 //!   under another id than the row's own record it is a *duplicate*.
@@ -18,8 +19,8 @@
 //!   target's resource (paged by id) becomes the row the write-back would
 //!   write, and the page is compared with the table in one statement,
 //!   with the write-back's own casts: a missing row (upsert targets), a
-//!   column Go.Data owns that differs (*stale*), or a row that should be
-//!   gone (`on_delete = "delete"`, *extra*).
+//!   column Go.Data owns or shares (`newest`) that differs (*stale*), or
+//!   a row that should be gone (`on_delete = "delete"`, *extra*).
 //!
 //! Memory is bounded by the page size, whatever the table size. Reports
 //! carry counts and, per category, a few keys and ids — never values.
@@ -526,7 +527,7 @@ impl PushCtx<'_> {
         has_ext
             && o.iter()
                 .filter(|(f, _)| f.as_str() != "relationship")
-                .filter(|(f, _)| owners.get(f.as_str()).is_none_or(|w| *w == Owner::Hmis))
+                .filter(|(f, _)| owners.get(f.as_str()).is_none_or(|w| *w != Owner::Godata))
                 .all(|(f, v)| same(record.get(f), v))
     }
 
@@ -799,7 +800,7 @@ async fn page_differs(
         .columns
         .iter()
         .enumerate()
-        .filter(|(i, c)| *i != key_at && (!two_way || c.owner(t) == Owner::Godata))
+        .filter(|(i, c)| *i != key_at && (!two_way || c.owner(t) != Owner::Hmis))
         .map(|(i, c)| {
             format!(
                 "r.{col} IS DISTINCT FROM s.c{n}::{ty}",
