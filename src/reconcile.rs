@@ -47,6 +47,9 @@ use crate::writeback::target::{self, Mode, OnDelete, Owner, Sources, Target};
 /// Rows (and Go.Data records) per page.
 const PAGE: usize = 500;
 
+/// Go.Data refuses contacts of a case so classified.
+const DISCARDED: &str = "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_NOT_A_CASE_DISCARDED";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
@@ -358,12 +361,23 @@ impl PushCtx<'_> {
         let collection = push.resource.collection();
         let owners = owners_of(self.config, push);
         // Dead letters of this table, by key.
-        let dead: HashMap<String, (i64, Option<i32>)> = crate::store::dead_letter::list(&*pg)
+        let dead: HashMap<String, (i64, Option<String>)> = crate::store::dead_letter::list(&*pg)
             .await?
             .into_iter()
             .filter(|d| d.table == name)
-            .map(|d| (d.key.to_string(), (d.id, d.http_status)))
+            .map(|d| (d.key.to_string(), (d.id, d.godata_code)))
             .collect();
+        // Contacts: where their case is (its link name and key column), to
+        // tell a contact parked "waiting on case K" whose case is fine now.
+        let parent = match &push.case {
+            Some(pc) => match crate::store::link::tracked_keys_of(&*pg, &pc.table).await? {
+                Some((parent_name, k)) if k.len() == 1 => {
+                    Some((parent_name, k[0].clone(), pc.column.clone()))
+                }
+                _ => None,
+            },
+            None => None,
+        };
         let key_sql: Vec<String> = keys
             .iter()
             .map(|k| format!("{}, t.{}", crate::pg::quote_literal(k), quote_ident(k)))
@@ -392,8 +406,17 @@ impl PushCtx<'_> {
                 break;
             }
             let page: Vec<(Value, Value)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-            self.compare_page(&tx, &name, collection, &owners, &dead, &page, &mut report)
-                .await?;
+            self.compare_page(
+                &tx,
+                &name,
+                collection,
+                &owners,
+                &dead,
+                parent.as_ref(),
+                &page,
+                &mut report,
+            )
+            .await?;
             report.checked += u64::try_from(page.len()).unwrap_or(0);
             self.progress
                 .show(&format!("reconcile push {}", push.table), report.checked);
@@ -416,7 +439,8 @@ impl PushCtx<'_> {
         name: &str,
         collection: &str,
         owners: &HashMap<String, Owner>,
-        dead: &HashMap<String, (i64, Option<i32>)>,
+        dead: &HashMap<String, (i64, Option<String>)>,
+        parent: Option<&(String, String, String)>,
         page: &[(Value, Value)],
         report: &mut TableReport,
     ) -> anyhow::Result<()> {
@@ -463,6 +487,7 @@ impl PushCtx<'_> {
             .iter()
             .filter_map(|r| Some((r["id"].as_str()?, r)))
             .collect();
+        let cases_fine = self.cases_fine(pg, dead, parent, page).await?;
         let max = self.examples;
         for (key, id, doc) in expected {
             let record = found
@@ -481,12 +506,12 @@ impl PushCtx<'_> {
             };
             let agrees = record.is_some_and(|r| self.agrees(r, &doc, key, owners));
             match (record, dead_letter) {
-                // Known already: a dead letter stands for it.
-                (_, Some(_)) if !agrees => {}
-                (_, Some((dl, status))) => {
-                    // In sync, or refused before any request and mapping
-                    // now: the dead letter's cause has gone.
-                    let _ = status;
+                // Known already: a dead letter stands for it, unless it
+                // waits on a case that is fine by now.
+                (_, Some((dl, _))) if !agrees && !cases_fine.contains(dl) => {}
+                (_, Some((dl, _))) => {
+                    // In sync, or waiting on a case that is live and not
+                    // discarded: the dead letter's cause has gone.
                     report.note(
                         DEAD_LETTER_CAUSE_GONE,
                         json!({ "key": key, "dead_letter": dl }),
@@ -506,6 +531,66 @@ impl PushCtx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Dead letters of `page` parked for their case's state whose case is
+    /// live in Go.Data and not discarded (one list request per page).
+    async fn cases_fine(
+        &self,
+        pg: &impl tokio_postgres::GenericClient,
+        dead: &HashMap<String, (i64, Option<String>)>,
+        parent: Option<&(String, String, String)>,
+        page: &[(Value, Value)],
+    ) -> anyhow::Result<std::collections::HashSet<i64>> {
+        let mut fine = std::collections::HashSet::new();
+        let Some((parent_name, parent_key, case_col)) = parent else {
+            return Ok(fine);
+        };
+        let waiting: Vec<(i64, Value)> = page
+            .iter()
+            .filter_map(|(key, image)| {
+                let (dl, code) = dead.get(&key.to_string())?;
+                crate::deliver::DEPENDENT_CODES
+                    .contains(&code.as_deref()?)
+                    .then(|| (*dl, json!({ parent_key.as_str(): image.get(case_col).cloned().unwrap_or(Value::Null) })))
+            })
+            .collect();
+        if waiting.is_empty() {
+            return Ok(fine);
+        }
+        let keys: Vec<&Value> = waiting.iter().map(|(_, k)| k).collect();
+        let tables: Vec<&str> = keys.iter().map(|_| parent_name.as_str()).collect();
+        let links: HashMap<String, Uuid> =
+            crate::store::link::links_of(pg, &tables, &keys, &self.config.godata.outbreak_id)
+                .await?
+                .into_iter()
+                .map(|l| (l.key.to_string(), l.godata_id))
+                .collect();
+        let case_id = |k: &Value| {
+            links
+                .get(&k.to_string())
+                .copied()
+                .unwrap_or_else(|| self.ids.id(parent_name, k))
+                .to_string()
+        };
+        let ids: Vec<String> = waiting.iter().map(|(_, k)| case_id(k)).collect();
+        let cases = self
+            .client
+            .list(
+                "cases",
+                &json!({ "where": { "id": { "inq": ids } }, "fields": ["id", "classification", "deleted"] }),
+            )
+            .await?;
+        for (dl, k) in &waiting {
+            let id = case_id(k);
+            let ok = cases.iter().any(|c| {
+                c["id"] == id.as_str() && c["deleted"] != true && c["classification"] != DISCARDED
+            });
+            if ok {
+                fine.insert(*dl);
+            }
+        }
+        Ok(fine)
     }
 
     /// The fields of `doc` the HMIS owns agree with `record`.

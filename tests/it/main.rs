@@ -5,6 +5,7 @@ mod support;
 
 mod capture_sql;
 mod cli;
+mod convergence;
 mod deliver_e2e;
 mod fhir_bundles;
 mod godata_client;

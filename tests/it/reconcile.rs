@@ -18,7 +18,7 @@ const EXTERNAL_ID: &str = "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_EXTERNAL_ID
 /// would log the running bridge out, and it back.
 const AUDITOR: (&str, &str) = ("auditor@godata.example", "auditor-password");
 
-async fn sim_with_auditor() -> godata_sim::Sim {
+pub(crate) async fn sim_with_auditor() -> godata_sim::Sim {
     crate::support::start_sim_with(godata_sim::SimConfig {
         users: vec![
             (
@@ -38,7 +38,7 @@ async fn sim_with_auditor() -> godata_sim::Sim {
 
 /// `reconcile --json` with `extra` arguments, as the auditor: (exit code,
 /// report).
-async fn reconcile(env: &[(&str, String)], extra: &[&str]) -> (Option<i32>, Value) {
+pub(crate) async fn reconcile(env: &[(&str, String)], extra: &[&str]) -> (Option<i32>, Value) {
     let mut args = vec!["reconcile", "--config", EXAMPLE, "--json"];
     args.extend_from_slice(extra);
     let mut env = env.to_vec();
@@ -51,7 +51,7 @@ async fn reconcile(env: &[(&str, String)], extra: &[&str]) -> (Option<i32>, Valu
 }
 
 /// The example keys of `category` in the `direction` report of `table`.
-fn named(
+pub(crate) fn named(
     report: &Value,
     direction: &str,
     table: &str,
@@ -76,14 +76,14 @@ fn named(
         .collect()
 }
 
-fn set(items: &[&str]) -> BTreeSet<String> {
+pub(crate) fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
 /// A change the capture does not see: triggers off (trigger mode), or the
 /// bridge's own replication origin, whose changes the slot consumer drops
 /// (logical mode).
-async fn behind_the_bridge(
+pub(crate) async fn behind_the_bridge(
     db: &crate::support::TestDb,
     env: &[(&str, String)],
     mode: Mode,

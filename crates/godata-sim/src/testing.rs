@@ -54,6 +54,14 @@ impl Api {
     }
 
     pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        self.try_send(method, path, body)
+            .await
+            .expect("request reaches the emulator, JSON back")
+    }
+
+    /// [`Api::send`] that survives what fault injection does: `None` when
+    /// the connection dropped or the body is not JSON.
+    pub async fn try_send(&self, method: &str, path: &str, body: Option<Value>) -> Option<Answer> {
         let url = format!("{}{}", self.base, path);
         let mut rb = self.http.request(method.parse().expect("method"), &url);
         if let Some(t) = &self.token {
@@ -62,15 +70,44 @@ impl Api {
         if let Some(b) = body {
             rb = rb.json(&b);
         }
-        let resp = rb.send().await.expect("request reaches the emulator");
+        let resp = rb.send().await.ok()?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.expect("body");
+        let text = resp.text().await.ok()?;
         let v = if text.is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).expect("JSON body")
+            serde_json::from_str(&text).ok()?
         };
-        (status, v)
+        Some((status, v))
+    }
+
+    /// A tracer's call under faults: a rejected token means a new login
+    /// (tokens expire, other logins revoke them) and one more try. `None`
+    /// when Go.Data could not be reached.
+    pub async fn call_as(
+        &mut self,
+        user: &str,
+        password: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Option<Answer> {
+        let first = self.try_send(method, path, body.clone()).await?;
+        if first.0 != 401 {
+            return Some(first);
+        }
+        let (s, b) = self
+            .try_send(
+                "POST",
+                "/api/oauth/token",
+                Some(json!({"username": user, "password": password})),
+            )
+            .await?;
+        if s != 200 {
+            return Some((s, b));
+        }
+        self.token = b["access_token"].as_str().map(String::from);
+        self.try_send(method, path, body).await
     }
 
     pub async fn get(&self, path: &str) -> Answer {
