@@ -120,9 +120,9 @@ enum Command {
         /// The Go.Data case id.
         case_id: String,
     },
-    /// Measure latency, throughput, capture overhead, capture WAL, update size, write-back and backlog (see docs/benchmarks.md).
+    /// Measure latency, throughput, capture overhead, capture WAL, update size, write-back, backlog and reconcile (see docs/benchmarks.md).
     Bench {
-        /// One scenario (latency, throughput, capture-overhead, capture-wal, update-size, writeback, backlog), or all.
+        /// One scenario (latency, throughput, capture-overhead, capture-wal, update-size, writeback, backlog, reconcile), or all.
         #[arg(long, default_value = "all")]
         scenario: String,
         /// A short smoke run.

@@ -47,9 +47,6 @@ use crate::writeback::target::{self, Mode, OnDelete, Owner, Sources, Target};
 /// Rows (and Go.Data records) per page.
 const PAGE: usize = 500;
 
-/// Go.Data refuses contacts of a case so classified.
-const DISCARDED: &str = "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_NOT_A_CASE_DISCARDED";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
@@ -584,7 +581,9 @@ impl PushCtx<'_> {
         for (dl, k) in &waiting {
             let id = case_id(k);
             let ok = cases.iter().any(|c| {
-                c["id"] == id.as_str() && c["deleted"] != true && c["classification"] != DISCARDED
+                c["id"] == id.as_str()
+                    && c["deleted"] != true
+                    && c["classification"] != crate::godata::client::CLASSIFICATION_DISCARDED
             });
             if ok {
                 fine.insert(*dl);

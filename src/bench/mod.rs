@@ -10,6 +10,7 @@ mod backlog;
 mod capture;
 mod env;
 mod latency;
+mod reconcile;
 mod throughput;
 mod update_size;
 mod writeback;
@@ -63,6 +64,7 @@ pub const SCENARIOS: &[&str] = &[
     "update-size",
     "writeback",
     "backlog",
+    "reconcile",
 ];
 
 /// Runs `scenario` (or all) and returns the rows.
@@ -80,6 +82,7 @@ pub async fn run(scenario: &str, quick: bool) -> anyhow::Result<Vec<Row>> {
             "latency" => rows.extend(latency::latency(quick).await?),
             "throughput" => rows.extend(throughput::throughput(quick).await?),
             "backlog" => rows.extend(backlog::backlog(quick).await?),
+            "reconcile" => rows.extend(reconcile::reconcile(quick).await?),
             other => rows.push(row(other, "not available yet", None, "", "see issue 7")),
         }
     }

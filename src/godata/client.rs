@@ -17,6 +17,10 @@ use crate::metrics;
 
 pub const EXTERNAL_ID_DOCUMENT: &str = "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_EXTERNAL_ID";
 
+/// Go.Data refuses new relationships with a case so classified.
+pub const CLASSIFICATION_DISCARDED: &str =
+    "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_NOT_A_CASE_DISCARDED";
+
 /// TLS to Go.Data: the built-in roots, plus a CA file; or no verification.
 #[derive(Debug, Clone, Default)]
 pub struct GodataTls {

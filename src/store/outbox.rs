@@ -268,7 +268,13 @@ pub async fn enqueue(
             &[&table, &op, &keys],
         )
         .await?;
+    wake(pg).await?;
+    Ok(n)
+}
+
+/// Wakes the running bridge's delivery (`NOTIFY godata_bridge`).
+pub async fn wake(pg: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     pg.execute("SELECT pg_notify('godata_bridge', '')", &[])
         .await?;
-    Ok(n)
+    Ok(())
 }

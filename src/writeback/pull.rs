@@ -166,6 +166,64 @@ pub async fn pull_once_remembering(
     Ok(total)
 }
 
+/// Contacts parked "waiting on case K" (refused for their case's state)
+/// go back to the outbox when the pull brings a version of their case that
+/// Go.Data takes contacts under (live, not discarded): a tracer's
+/// reclassification in Go.Data heals them as an HMIS one does. Returns how
+/// many went back.
+async fn revive_waiting_contacts(
+    pg: &tokio_postgres::Client,
+    config: &Config,
+    page: &[Value],
+) -> Result<u64, tokio_postgres::Error> {
+    use crate::godata::client::{CLASSIFICATION_DISCARDED, EXTERNAL_ID_DOCUMENT};
+    let case_keys: Vec<String> = page
+        .iter()
+        .filter(|r| r["deleted"] != true && r["classification"] != CLASSIFICATION_DISCARDED)
+        .filter_map(|r| {
+            r["documents"]
+                .as_array()?
+                .iter()
+                .find(|d| d["type"] == EXTERNAL_ID_DOCUMENT)?["number"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    if case_keys.is_empty() {
+        return Ok(0);
+    }
+    let mut revived = 0;
+    for contacts in &config.push {
+        let Some(parent) = &contacts.case else {
+            continue;
+        };
+        let Some((_, keys)) = crate::store::link::tracked_keys_of(pg, &contacts.table).await?
+        else {
+            continue;
+        };
+        let [key_col] = keys.as_slice() else {
+            continue;
+        };
+        revived += crate::store::dead_letter::revive_waiting_on_cases(
+            pg,
+            &contacts.table,
+            key_col,
+            &parent.column,
+            crate::deliver::DEPENDENT_CODES,
+            &case_keys,
+        )
+        .await?;
+    }
+    if revived > 0 {
+        crate::store::outbox::wake(pg).await?;
+        tracing::info!(
+            changes = revived,
+            "contacts waiting on a case that changed in go.data go back to the outbox"
+        );
+    }
+    Ok(revived)
+}
+
 /// Each contact's Bundle, with its relationship to a case (one request
 /// for the relationships of the whole page).
 pub(crate) async fn contact_bundles(
@@ -280,6 +338,9 @@ async fn pull_resource(
             return Err(PullError::CursorMoved);
         }
         tx.commit().await?;
+        if resource == Resource::Case {
+            revive_waiting_contacts(pg, config, &page).await?;
+        }
         total += written
             .iter()
             .map(|(_, n)| usize::try_from(*n).unwrap_or(usize::MAX))

@@ -441,11 +441,11 @@ async fn demo_shows_the_flow_and_stops_cleanly() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(status.code(), Some(0));
     // A quiet teardown: the throwaway PostgreSQL is not in the group, so it
     // outlives the bridge instead of vanishing under it.
     reader.await.unwrap();
     let teardown = stderr.lock().unwrap()[before..].to_vec();
+    assert_eq!(status.code(), Some(0), "{teardown:#?}");
     let noisy: Vec<&String> = teardown
         .iter()
         .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))

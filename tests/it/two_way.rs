@@ -393,7 +393,62 @@ async fn a_link_without_synced_state_does_not_overwrite_a_godata_edit(mode: Mode
     stop(run).await;
 }
 
+/// A contact refused because its case is discarded waits on that case;
+/// when a tracer reclassifies the case in Go.Data (not the HMIS), the pull
+/// brings the change and the contact goes by itself.
+async fn a_contact_waiting_on_a_discarded_case_goes_when_a_tracer_reclassifies_it(mode: Mode) {
+    let sim = sim_with_tracer().await;
+    let s = setup_in(&sim, mode).await;
+    let config = config_of(&s);
+    let gid = id_of(&s, "TW-D1").await;
+    s.c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         VALUES ('TW-D1', 'Sahr', now(), 'discarded');
+         INSERT INTO hmis.contacts (contact_id, case_id, first_name, exposure_date, relation)
+         VALUES ('TW-D1-C1', 'TW-D1', 'Musu', current_date, 'family')",
+    )
+    .await
+    .unwrap();
+    let run = start(&s, &config);
+    let parked = || async {
+        let n: i64 =
+            s.c.query_one(
+                "SELECT count(*) FROM godata_bridge.dead_letter
+                  WHERE godata_code = 'INVALID_RELATIONSHIP_WITH_DISCARDED_CASE'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    wait_for("the contact parked", Duration::from_secs(30), || async {
+        parked().await == 1
+    })
+    .await;
+    let (status, _) = tracer(&sim)
+        .await
+        .put(
+            &ob(&format!("cases/{gid}")),
+            json!({ "classification": CONFIRMED }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let contact = crate::support::ids(&s.c)
+        .await
+        .id("hmis.contacts", &json!({ "contact_id": "TW-D1-C1" }))
+        .to_string();
+    wait_for("the contact in Go.Data", Duration::from_secs(30), || {
+        let there = sim.with_store(|st| st.persons.contains_key(&contact));
+        async move { there }
+    })
+    .await;
+    assert_eq!(parked().await, 0);
+    stop(run).await;
+}
+
 both_modes!(
+    a_contact_waiting_on_a_discarded_case_goes_when_a_tracer_reclassifies_it,
     a_tracers_edit_while_the_bridge_is_down_survives_in_both_systems,
     the_hmis_owner_wins_a_field_both_changed,
     the_godata_owner_wins_a_field_both_changed,
