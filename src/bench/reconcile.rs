@@ -31,6 +31,10 @@ pub(super) async fn reconcile(quick: bool) -> anyhow::Result<Vec<Row>> {
         ),
         format!("{}:{}", AUDITOR.0, AUDITOR.1),
     ];
+    // The reference HMIS's own rows too: everything is linked.
+    for table in ["cases", "contacts"] {
+        crate::store::outbox::backfill(&c, "hmis", table, 10_000, |_| {}).await?;
+    }
     let (_sim, sim_url) = spawn_sim(&["--user", &users[0], "--user", &users[1]]).await?;
     let dir = tempfile::tempdir()?;
     let db_url = cluster.url("bench_rc");
@@ -78,7 +82,7 @@ pub(super) async fn reconcile(quick: bool) -> anyhow::Result<Vec<Row>> {
         "s",
         "<= 60 s",
     );
-    r.met = Some(secs <= 60.0 && u64::from(n) == checked);
+    r.met = Some(secs <= 60.0 && checked >= u64::from(n) && report["drift"] == 0);
     out.push(r);
     let rss = peak.map(|b| b / 1_048_576.0);
     let mut r = row(s, "reconcile peak RSS", rss, "MiB", "<= 64 MiB");

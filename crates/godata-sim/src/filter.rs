@@ -129,12 +129,35 @@ impl Filter {
         docs: Vec<Value>,
         default_order: &[(&str, bool)],
     ) -> Result<Vec<Value>, ApiError> {
-        let mut out = Vec::new();
-        for d in docs {
-            if self.matches(&d)? {
-                out.push(d);
+        let mut kept = Vec::new();
+        for d in &docs {
+            if self.matches(d)? {
+                kept.push(d);
             }
         }
+        let page: Vec<Value> = self
+            .page(kept, default_order)
+            .into_iter()
+            .cloned()
+            .collect();
+        Ok(self.project_all(page))
+    }
+
+    /// `fields` applied to each of `docs`.
+    pub fn project_all(&self, docs: Vec<Value>) -> Vec<Value> {
+        match &self.fields {
+            Some(fields) => docs.into_iter().map(|d| project(d, fields)).collect(),
+            None => docs,
+        }
+    }
+
+    /// `order`, `skip` and `limit` applied to matched documents, by
+    /// reference: only the page is copied afterwards.
+    pub fn page<'a>(
+        &self,
+        mut out: Vec<&'a Value>,
+        default_order: &[(&str, bool)],
+    ) -> Vec<&'a Value> {
         let order: Vec<(String, bool)> = if self.order.is_empty() {
             default_order
                 .iter()
@@ -156,14 +179,33 @@ impl Filter {
             });
         }
         let out = out.into_iter().skip(self.skip);
-        let out: Vec<Value> = match self.limit {
+        match self.limit {
             Some(l) => out.take(l).collect(),
             None => out.collect(),
+        }
+    }
+
+    /// The ids a `where` of exactly `{"id": {"inq": [...]}}` (or `{"id":
+    /// "…"}`) names: Go.Data finds those through the `_id` index; the
+    /// emulator looks them up instead of scanning.
+    pub fn only_ids(&self) -> Option<Vec<String>> {
+        let w = self.where_.as_ref()?.as_object()?;
+        if w.len() != 1 {
+            return None;
+        }
+        let mut ids: Vec<String> = match w.get("id")? {
+            Value::String(id) => vec![id.clone()],
+            Value::Object(o) if o.len() == 1 => o
+                .get("inq")?
+                .as_array()?
+                .iter()
+                .map(|v| v.as_str().map(String::from))
+                .collect::<Option<_>>()?,
+            _ => return None,
         };
-        Ok(match &self.fields {
-            Some(fields) => out.into_iter().map(|d| project(d, fields)).collect(),
-            None => out,
-        })
+        ids.sort_unstable();
+        ids.dedup();
+        Some(ids)
     }
 
     pub fn matches(&self, doc: &Value) -> Result<bool, ApiError> {

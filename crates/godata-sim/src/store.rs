@@ -680,9 +680,15 @@ impl Store {
         let mut filter = filter.clone();
         let only = self.pseudo_ids(outbreak_id, kind, &mut filter)?;
         let filter = &filter;
-        // `where` first, on references: only matches are copied.
-        let mut docs = Vec::new();
-        for p in self.persons.values() {
+        // `where`, order and paging on references: only the page is
+        // copied. Ids named outright are looked up (Go.Data's `_id` index).
+        let named = filter.only_ids();
+        let candidates: Box<dyn Iterator<Item = &Value>> = match &named {
+            Some(ids) => Box::new(ids.iter().filter_map(|id| self.persons.get(id))),
+            None => Box::new(self.persons.values()),
+        };
+        let mut refs = Vec::new();
+        for p in candidates {
             if Self::is_kind(p, outbreak_id, kind)
                 && (filter.include_deleted || p["deleted"] != true)
                 && only
@@ -690,14 +696,15 @@ impl Store {
                     .is_none_or(|ids| p["id"].as_str().is_some_and(|id| ids.contains(id)))
                 && filter.matches(p)?
             {
-                docs.push(public_person(p));
+                refs.push(p);
             }
         }
-        let rest = Filter {
-            where_: None,
-            ..filter.clone()
-        };
-        rest.apply(docs, PERSON_DEFAULT_ORDER)
+        let page: Vec<Value> = filter
+            .page(refs, PERSON_DEFAULT_ORDER)
+            .into_iter()
+            .map(public_person)
+            .collect();
+        Ok(filter.project_all(page))
     }
 
     /// `GET …/count?where=`: deleted rows are counted only when the `where`
