@@ -770,7 +770,8 @@ async fn a_quiet_godata_is_not_read_again_and_again() {
     let mut s = setup(&sim).await;
     let mut pg = s.db.client().await;
     let t = tracer(&sim).await;
-    for i in 0..30 {
+    // The burst: 1,000 cases.
+    for i in 0..1000 {
         t.post(&ob("cases"), json!({"firstName": format!("Q{i}")}))
             .await;
     }
@@ -791,7 +792,7 @@ async fn a_quiet_godata_is_not_read_again_and_again() {
     }
     assert_eq!(
         fetched,
-        [30, 30, 30, 0, 0],
+        [1000, 1000, 1000, 0, 0],
         "the first poll, two overlap re-reads, then nothing"
     );
     // A record changed later comes by its own (later) stamp.
@@ -805,5 +806,5 @@ async fn a_quiet_godata_is_not_read_again_and_again() {
             .await
             .unwrap()
             .get(0);
-    assert_eq!(n, 31);
+    assert_eq!(n, 1001);
 }
