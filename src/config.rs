@@ -142,6 +142,9 @@ pub struct Fhir {
     pub system_base: String,
     pub hmis_key_system: String,
     pub disease: String,
+    /// Region (ISO 3166-1 alpha-2, e.g. `NG`) of phone numbers written
+    /// without a country code, where the address has no `country`.
+    pub default_region: Option<String>,
 }
 
 impl Default for Fhir {
@@ -151,6 +154,7 @@ impl Default for Fhir {
             system_base: "urn:godata".into(),
             hmis_key_system: "urn:hmis:key".into(),
             disease: "Outbreak disease".into(),
+            default_region: None,
         }
     }
 }
@@ -582,6 +586,14 @@ impl RawConfig {
                 "must be between 1 and 4096".into(),
             );
         }
+        if let Some(r) = &self.fhir.default_region {
+            if r.parse::<phonenumber::country::Id>().is_err() {
+                bad(
+                    "fhir.default_region".into(),
+                    format!("`{r}` is not a region code like NG or SL (ISO 3166-1 alpha-2)"),
+                );
+            }
+        }
         if self.fhir.offset().is_none() {
             bad(
                 "fhir.timezone".into(),
@@ -729,6 +741,21 @@ map = [{ to = "firstName", from = "first_name" }]
             .unwrap_err()
             .to_string();
         assert!(e.contains("push[1].case"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_phone_region_is_named() {
+        let text = format!("{BASE}\n[fhir]\ndefault_region = \"XX\"\n");
+        let e = Config::parse(&text, "t.toml", &env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fhir.default_region") && e.contains("`XX`"),
+            "{e}"
+        );
+        let ok = format!("{BASE}\n[fhir]\ndefault_region = \"NG\"\n");
+        let c = Config::parse(&ok, "t.toml", &env()).unwrap();
+        assert_eq!(c.fhir.default_region.as_deref(), Some("NG"));
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct FhirOptions {
     pub hmis_key_system: String,
     /// The outbreak's disease, as `Condition.code.text`.
     pub disease: String,
+    /// Region (ISO 3166-1 alpha-2) of phone numbers written without a
+    /// country code, for addresses without a `country` of their own.
+    pub default_region: Option<String>,
     /// `meta.source`: where the record came from.
     pub source: String,
     /// Namespace of the fullUrl UUIDs.
@@ -54,6 +57,7 @@ impl Default for FhirOptions {
             system_base: "urn:godata".into(),
             hmis_key_system: "urn:hmis:key".into(),
             disease: "Outbreak disease".into(),
+            default_region: None,
             source: "urn:godata".into(),
             namespace: crate::config::DEFAULT_ID_NAMESPACE,
         }
@@ -103,23 +107,26 @@ pub fn gender(v: &Value) -> Option<&'static str> {
     }
 }
 
-/// Phone as E.164 where it can be told (`+` and digits); separators and
-/// an international `00` prefix are dropped. Anything else is kept as sent
-/// (trimmed) rather than lost.
-pub fn phone(s: &str) -> String {
-    let compact: String = s
-        .chars()
-        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.' | '/'))
-        .collect();
-    let compact = match compact.strip_prefix("00") {
+/// Phone as E.164 where libphonenumber's rules (the `phonenumber` crate)
+/// find a valid number: with a country code (`+`, or an international
+/// `00`), or national in `region` (ISO 3166-1 alpha-2: the address's
+/// country, else `fhir.default_region`). Anything else is kept as written
+/// (trimmed), never dropped.
+pub fn phone(s: &str, region: Option<&str>) -> String {
+    let written = s.trim();
+    let text = match written.strip_prefix("00") {
         Some(rest) => format!("+{rest}"),
-        None => compact,
+        None => written.to_string(),
     };
-    let digits = compact.strip_prefix('+').unwrap_or(&compact);
-    if (4..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit()) {
-        compact
-    } else {
-        s.trim().to_string()
+    let region = region.and_then(|r| {
+        r.trim()
+            .to_ascii_uppercase()
+            .parse::<phonenumber::country::Id>()
+            .ok()
+    });
+    match phonenumber::parse(region, &text) {
+        Ok(n) if phonenumber::is_valid(&n) => n.format().mode(phonenumber::Mode::E164).to_string(),
+        _ => written.to_string(),
     }
 }
 
@@ -185,7 +192,8 @@ fn telecom_and_addresses(rec: &Value, o: &FhirOptions) -> (Vec<Value>, Vec<Value
     let mut addresses = vec![];
     for a in rec["addresses"].as_array().into_iter().flatten() {
         if let Some(p) = non_empty(&a["phoneNumber"]) {
-            telecom.push(json!({ "system": "phone", "value": phone(p), "use": "mobile" }));
+            let region = non_empty(&a["country"]).or(o.default_region.as_deref());
+            telecom.push(json!({ "system": "phone", "value": phone(p, region), "use": "mobile" }));
         }
         if let Some(e) = non_empty(&a["emailAddress"]) {
             telecom.push(json!({ "system": "email", "value": e }));
@@ -499,10 +507,50 @@ mod tests {
 
     #[test]
     fn phones() {
-        assert_eq!(phone("+232 76 123-456"), "+23276123456");
-        assert_eq!(phone("00232 (76) 123456"), "+23276123456");
-        assert_eq!(phone("076.123.456"), "076123456");
-        assert_eq!(phone(" call me "), "call me");
+        // The example: a Nigerian mobile number written nationally.
+        assert_eq!(phone("0803 123 4567", Some("NG")), "+2348031234567");
+        assert_eq!(phone("0803 123 4567", Some("ng")), "+2348031234567");
+        // With a country code, the region does not matter.
+        assert_eq!(phone("+232 76 123-456", None), "+23276123456");
+        assert_eq!(phone("00232 (76) 123456", Some("NG")), "+23276123456");
+        // National without a region: kept as written, never dropped.
+        assert_eq!(phone("0803 123 4567", None), "0803 123 4567");
+        assert_eq!(phone("076.123.456", Some("SL")), "+23276123456");
+        // Not a number, or not valid there: kept as written.
+        assert_eq!(phone(" call me ", Some("NG")), "call me");
+        assert_eq!(phone("12", Some("NG")), "12");
+    }
+
+    #[test]
+    fn the_address_country_comes_before_the_default_region() {
+        let case = |country: Option<&str>| {
+            let mut a = json!({ "phoneNumber": "0803 123 4567", "typeId": "LNG_REFERENCE_DATA_CATEGORY_ADDRESS_TYPE_USUAL_PLACE_OF_RESIDENCE" });
+            if let Some(c) = country {
+                a["country"] = json!(c);
+            }
+            json!({ "id": "c1", "addresses": [a] })
+        };
+        let phone_of =
+            |rec: &Value, o: &FhirOptions| telecom_and_addresses(rec, o).0[0]["value"].clone();
+        let mut o = FhirOptions::default();
+        assert_eq!(phone_of(&case(Some("NG")), &o), "+2348031234567");
+        assert_eq!(
+            phone_of(&case(None), &o),
+            "0803 123 4567",
+            "no region: as written"
+        );
+        o.default_region = Some("NG".into());
+        assert_eq!(
+            phone_of(&case(None), &o),
+            "+2348031234567",
+            "the configured region"
+        );
+        o.default_region = Some("SL".into());
+        assert_eq!(
+            phone_of(&case(Some("NG")), &o),
+            "+2348031234567",
+            "the address's own country first"
+        );
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub fn fhir_options(config: &Config) -> FhirOptions {
         system_base: config.fhir.system_base.clone(),
         hmis_key_system: config.fhir.hmis_key_system.clone(),
         disease: config.fhir.disease.clone(),
+        default_region: config.fhir.default_region.clone(),
         source: format!(
             "{}/api/outbreaks/{}",
             config.godata.url.trim_end_matches('/'),

@@ -112,7 +112,8 @@ async fn cases_recorded_in_godata_reach_the_hmis_as_fhir() {
         "no HMIS key: the visualId"
     );
     assert_eq!(row.get::<_, String>("name"), "Kadiatu Bah");
-    assert_eq!(row.get::<_, String>("telecom"), "076990011");
+    // A national number in the reference region (`fhir.default_region`).
+    assert_eq!(row.get::<_, String>("telecom"), "+23276990011");
     assert_eq!(row.get::<_, String>("address"), "23 Kissy Road, Freetown");
     assert_eq!(row.get::<_, String>("gender"), "female");
     assert_eq!(
