@@ -441,14 +441,8 @@ impl PushCtx<'_> {
         page: &[(Value, Value)],
         report: &mut TableReport,
     ) -> anyhow::Result<()> {
-        let tables: Vec<&str> = page.iter().map(|_| name).collect();
         let keys: Vec<&Value> = page.iter().map(|(k, _)| k).collect();
-        let links: HashMap<String, Uuid> =
-            crate::store::link::links_of(pg, &tables, &keys, &self.config.godata.outbreak_id)
-                .await?
-                .into_iter()
-                .map(|l| (l.key.to_string(), l.godata_id))
-                .collect();
+        let links = self.linked_ids(pg, name, &keys).await?;
         // (key, expected id, linked, mapped document or None when it does
         // not map).
         let mut expected = vec![];
@@ -530,6 +524,23 @@ impl PushCtx<'_> {
         Ok(())
     }
 
+    /// The Go.Data ids `keys` of `table` are linked to, by key (as text).
+    async fn linked_ids(
+        &self,
+        pg: &impl tokio_postgres::GenericClient,
+        table: &str,
+        keys: &[&Value],
+    ) -> Result<HashMap<String, Uuid>, tokio_postgres::Error> {
+        let tables: Vec<&str> = keys.iter().map(|_| table).collect();
+        Ok(
+            crate::store::link::links_of(pg, &tables, keys, &self.config.godata.outbreak_id)
+                .await?
+                .into_iter()
+                .map(|l| (l.key.to_string(), l.godata_id))
+                .collect(),
+        )
+    }
+
     /// Dead letters of `page` parked for their case's state whose case is
     /// live in Go.Data and not discarded (one list request per page).
     async fn cases_fine(
@@ -556,13 +567,7 @@ impl PushCtx<'_> {
             return Ok(fine);
         }
         let keys: Vec<&Value> = waiting.iter().map(|(_, k)| k).collect();
-        let tables: Vec<&str> = keys.iter().map(|_| parent_name.as_str()).collect();
-        let links: HashMap<String, Uuid> =
-            crate::store::link::links_of(pg, &tables, &keys, &self.config.godata.outbreak_id)
-                .await?
-                .into_iter()
-                .map(|l| (l.key.to_string(), l.godata_id))
-                .collect();
+        let links = self.linked_ids(pg, parent_name, &keys).await?;
         let case_id = |k: &Value| {
             links
                 .get(&k.to_string())
@@ -664,17 +669,7 @@ impl PushCtx<'_> {
                 let present = rows_present(pg, &self.push.table, key_col, &exts).await?;
                 let keys: Vec<Value> = exts.iter().map(|e| json!({ key_col: e })).collect();
                 let key_refs: Vec<&Value> = keys.iter().collect();
-                let tables: Vec<&str> = keys.iter().map(|_| name).collect();
-                let links: HashMap<String, Uuid> = crate::store::link::links_of(
-                    pg,
-                    &tables,
-                    &key_refs,
-                    &self.config.godata.outbreak_id,
-                )
-                .await?
-                .into_iter()
-                .map(|l| (l.key.to_string(), l.godata_id))
-                .collect();
+                let links = self.linked_ids(pg, name, &key_refs).await?;
                 for ((rid, ext), key) in carried.iter().zip(&keys) {
                     let Ok(rid) = rid.parse::<Uuid>() else {
                         continue;

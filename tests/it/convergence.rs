@@ -15,7 +15,7 @@ use std::time::Duration;
 use godata_sim::Faults;
 use serde_json::{json, Value};
 
-use crate::reconcile::{behind_the_bridge, named, reconcile, set, sim_with_auditor};
+use crate::reconcile::{behind_the_bridge, named, reconcile, set, sim_with_auditor, until_in_sync};
 use crate::support::bin::{bridge_cmd, free_port, reference_hmis_in, spawn_run_at, EXAMPLE};
 use crate::support::{both_modes, ob, Mode};
 use crate::writeback_e2e::tracer;
@@ -280,18 +280,8 @@ async fn converges_under_random_changes_kills_and_faults(mode: Mode) {
     }
     sim.set_faults(Faults::default());
     // Settled: reconcile finds nothing (a condition, polled).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let (code, report) = reconcile(&env, &[]).await;
-        if code == Some(0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "CONVERGENCE_SEED={seed} ({mode:?}): never in sync: {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let context = format!("CONVERGENCE_SEED={seed} ({mode:?})");
+    until_in_sync(&env, Duration::from_secs(120), &context).await;
     // Differences made on purpose are named exactly, and repaired.
     // (A case without contacts: deleting a case in Go.Data takes its
     // relationships along, which changes its contacts' Bundles without
@@ -304,16 +294,7 @@ async fn converges_under_random_changes_kills_and_faults(mode: Mode) {
     else {
         return;
     };
-    let gid = sim.state()["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| {
-            c["deleted"] != true
-                && c["documents"]
-                    .as_array()
-                    .is_some_and(|d| d.iter().any(|x| x["number"] == k.as_str()))
-        })
+    let gid = godata_sim::testing::live_case_by_document(&sim, &k)
         .map(|c| c["id"].as_str().unwrap().to_string());
     bridge.kill().await.unwrap();
     if let Some(gid) = &gid {
@@ -349,18 +330,12 @@ async fn converges_under_random_changes_kills_and_faults(mode: Mode) {
     );
     // What the repair enqueued is delivered (and what it sets moving, such
     // as contacts waiting on a repaired case): in sync again.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, report) = reconcile(&env, &[]).await;
-        if code == Some(0) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "CONVERGENCE_SEED={seed} ({mode:?}): not in sync after the repair: {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    until_in_sync(
+        &env,
+        Duration::from_secs(60),
+        &format!("{context} after the repair"),
+    )
+    .await;
 }
 
 both_modes!(converges_under_random_changes_kills_and_faults);

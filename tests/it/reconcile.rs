@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::support::bin::{bridge_cmd, reference_hmis_in, spawn_run, EXAMPLE};
 use crate::support::{both_modes, ob, wait_for, Mode};
 use crate::writeback_e2e::{sim_with_tracer, tracer};
+use godata_sim::testing::live_case_by_document;
 
 const EXTERNAL_ID: &str = "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_EXTERNAL_ID";
 
@@ -74,6 +75,23 @@ pub(crate) fn named(
             v => v.as_str().unwrap().to_string(),
         })
         .collect()
+}
+
+/// Polls `reconcile` until it exits 0 (at most `limit`); panics with the
+/// last report and `context` otherwise.
+pub(crate) async fn until_in_sync(env: &[(&str, String)], limit: Duration, context: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (code, report) = reconcile(env, &[]).await;
+        if code == Some(0) {
+            return report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{context}: never in sync: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 pub(crate) fn set(items: &[&str]) -> BTreeSet<String> {
@@ -143,33 +161,14 @@ async fn reconcile_names_exactly_what_differs_and_repairs_it(mode: Mode) {
     let mut bridge = spawn_run(EXAMPLE, &env);
     // Settled both ways: nothing differs.
     // Settled both ways (a condition, polled): nothing differs.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let last = loop {
-        let (code, report) = reconcile(&env, &[]).await;
-        if code == Some(0) {
-            break report;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "reconcile never found both systems in sync: {report}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let last = until_in_sync(&env, Duration::from_secs(60), "after settling").await;
     assert_eq!(last["drift"], 0, "{last}");
     bridge.kill().await.unwrap();
     let gid = |k: &str| {
-        let case = sim.state()["cases"]
-            .as_array()
+        live_case_by_document(&sim, k).unwrap()["id"]
+            .as_str()
             .unwrap()
-            .iter()
-            .find(|c| {
-                c["documents"]
-                    .as_array()
-                    .is_some_and(|d| d.iter().any(|x| x["number"] == k))
-            })
-            .cloned()
-            .unwrap();
-        case["id"].as_str().unwrap().to_string()
+            .to_string()
     };
     let (g1, g3, g4) = (gid("RC-1"), gid("RC-3"), gid("RC-4"));
     let api = tracer(&sim).await;
@@ -233,29 +232,10 @@ async fn reconcile_names_exactly_what_differs_and_repairs_it(mode: Mode) {
         report["repaired"]["before"].as_u64().unwrap() >= 6,
         "{report}"
     );
-    let live = |k: &str| {
-        sim.state()["cases"].as_array().unwrap().iter().any(|c| {
-            c["deleted"] != true
-                && c["documents"]
-                    .as_array()
-                    .is_some_and(|d| d.iter().any(|x| x["number"] == k))
-        })
-    };
+    let live = |k: &str| live_case_by_document(&sim, k).is_some();
     assert!(live("RC-1"), "the deleted case is back");
     assert!(!live("RC-5"), "the case whose row is gone is deleted");
-    let name = |k: &str| {
-        sim.state()["cases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| {
-                c["deleted"] != true
-                    && c["documents"]
-                        .as_array()
-                        .is_some_and(|d| d.iter().any(|x| x["number"] == k))
-            })
-            .map(|c| c["firstName"].clone())
-    };
+    let name = |k: &str| live_case_by_document(&sim, k).map(|c| c["firstName"].clone());
     assert_eq!(name("RC-2"), Some(json!("Changed")));
     assert_eq!(name("RC-3"), Some(json!("Name3")));
     let n: i64 = c

@@ -134,3 +134,37 @@ impl Api {
 pub fn ob(rest: &str) -> String {
     format!("/api/outbreaks/{}/{}", crate::DEFAULT_OUTBREAK_ID, rest)
 }
+
+/// Waits for `cond` to hold, polling, for at most `timeout` (tests wait on
+/// conditions, never for a fixed time).
+pub async fn wait_for<F, Fut>(what: &str, timeout: std::time::Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The live case of `sim` whose EXTERNAL_ID (or any document) number is
+/// `key`.
+pub fn live_case_by_document(sim: &Sim, key: &str) -> Option<Value> {
+    sim.state()["cases"]
+        .as_array()?
+        .iter()
+        .find(|c| {
+            c["deleted"] != true
+                && c["documents"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|x| x["number"] == key))
+        })
+        .cloned()
+}

@@ -8,10 +8,9 @@ pub mod bin;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use godata_bridge::pg::cluster::{Cluster, ClusterOptions};
-pub use godata_sim::testing::{ob, Api};
+pub use godata_sim::testing::{ob, wait_for, Api};
 use godata_sim::{self as sim, Sim, SimConfig};
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -85,24 +84,6 @@ pub async fn start_sim_with(config: SimConfig) -> Sim {
         godata_bridge::telemetry::init(godata_bridge::telemetry::LogFormat::Pretty);
     }
     Sim::start(config).await.expect("start emulator")
-}
-
-/// Waits for `cond` to hold, polling, for at most `timeout`.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The reference config (`examples/bridge.toml`) pointed at a test
