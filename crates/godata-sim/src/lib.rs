@@ -14,6 +14,7 @@
 pub mod error;
 pub mod faults;
 pub mod filter;
+mod lab;
 pub mod mask;
 mod server;
 pub mod store;

@@ -576,6 +576,11 @@ fn outbreak_route(
     if sub == ["merge"] && *m == Method::POST {
         return ok(store.merge_persons(oid, &r.body, user)?);
     }
+    if sub == ["lab-results", "aggregate"] && *m == Method::GET {
+        return ok(Value::Array(
+            store.aggregate_lab_results(oid, &filter_arg(r)?)?,
+        ));
+    }
     if sub == ["relationships"] && *m == Method::GET {
         return ok(Value::Array(
             store.list_relationships(oid, &filter_arg(r)?)?,
@@ -627,6 +632,30 @@ fn outbreak_route(
             Ok(no_content())
         }
         (&Method::POST, [id, "restore"]) => ok(store.restore_person(oid, kind, id, user)?),
+        (&Method::GET, [id, "lab-results"]) => {
+            if store.live_person(oid, kind, id).is_none() {
+                return Err(ApiError::no_instance(id, kind.model()));
+            }
+            ok(Value::Array(store.list_person_lab_results(
+                oid,
+                id,
+                &filter_arg(r)?,
+            )?))
+        }
+        (&Method::POST, [id, "lab-results"]) => {
+            ok(store.create_lab_result(oid, kind, id, &r.body, user)?)
+        }
+        (&Method::GET, [id, "lab-results", lid]) => ok(store.get_lab_result(oid, id, lid)?),
+        (&Method::PUT, [id, "lab-results", lid]) => {
+            ok(store.update_lab_result(oid, id, lid, &r.body, user)?)
+        }
+        (&Method::DELETE, [id, "lab-results", lid]) => {
+            store.delete_lab_result(oid, id, lid, user)?;
+            Ok(no_content())
+        }
+        (&Method::POST, [id, "lab-results", lid, "restore"]) => {
+            ok(store.restore_lab_result(oid, id, lid, user)?)
+        }
         (&Method::POST, [id, "contacts"]) if kind == Kind::Case => {
             ok(store.create_case_contacts(oid, id, &r.body, user)?)
         }

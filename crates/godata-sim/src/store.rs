@@ -154,6 +154,8 @@ pub struct Store {
     pub locations: Vec<Value>,
     /// `/reference-data` items by id.
     pub reference_data: BTreeMap<String, Value>,
+    /// Lab results by id (see `lab`).
+    pub lab_results: BTreeMap<String, Value>,
     last_stamp: DateTime<Utc>,
 }
 
@@ -170,6 +172,7 @@ impl Store {
             tokens: HashMap::new(),
             outbreaks: vec![],
             persons: BTreeMap::new(),
+            lab_results: BTreeMap::new(),
             relationships: BTreeMap::new(),
             locations: vec![],
             reference_data: seed_reference_data(),
@@ -178,7 +181,7 @@ impl Store {
     }
 
     /// Server time for stamps: wall clock at ms precision, never going back.
-    fn stamp(&mut self) -> String {
+    pub(crate) fn stamp(&mut self) -> String {
         let now = Utc::now();
         if now > self.last_stamp {
             self.last_stamp = now;
@@ -916,6 +919,12 @@ impl Store {
                 soft_delete(r, &now, user_id, Some(id));
             }
         }
+        // Lab results go with their person (`deletedByParent`).
+        for l in self.lab_results.values_mut() {
+            if l["deleted"] != true && l["personId"] == id {
+                soft_delete(l, &now, user_id, Some(id));
+            }
+        }
         for cid in isolated {
             soft_delete(
                 self.persons.get_mut(&cid).expect("listed"),
@@ -1179,6 +1188,11 @@ impl Store {
                 restore(r, &now, user_id);
             }
         }
+        for l in self.lab_results.values_mut() {
+            if l["deleted"] == true && l["deletedByParent"] == id {
+                restore(l, &now, user_id);
+            }
+        }
         Ok(public_person(&self.persons[id]))
     }
 
@@ -1420,6 +1434,7 @@ impl Store {
             "cases": persons(PERSON_TYPE_CASE),
             "contacts": persons(PERSON_TYPE_CONTACT),
             "relationships": self.relationships.values().cloned().collect::<Vec<_>>(),
+            "lab_results": self.lab_results.values().cloned().collect::<Vec<_>>(),
             "locations": self.locations,
         })
     }
@@ -1655,7 +1670,7 @@ pub fn public_person(p: &Value) -> Value {
     p
 }
 
-fn body_object(body: &Value) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn body_object(body: &Value) -> Result<Map<String, Value>, ApiError> {
     match body {
         Value::Object(o) => Ok(o.clone()),
         _ => Err(ApiError::request_validation(
@@ -1664,7 +1679,7 @@ fn body_object(body: &Value) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn strip_read_only(data: &mut Map<String, Value>) {
+pub(crate) fn strip_read_only(data: &mut Map<String, Value>) {
     for k in READ_ONLY {
         data.remove(*k);
     }
@@ -1672,7 +1687,7 @@ fn strip_read_only(data: &mut Map<String, Value>) {
 
 /// Parses every `date` property (dot paths walk arrays) and rewrites it as
 /// ISO-8601 UTC with ms; an unparsable date is a 422 `ValidationError`.
-fn normalize_dates(
+pub(crate) fn normalize_dates(
     model: &str,
     data: &mut Map<String, Value>,
     paths: &[&str],
@@ -1810,7 +1825,7 @@ fn derive_usual_location(doc: &mut Map<String, Value>) {
     doc.insert("usualPlaceOfResidenceLocationId".into(), loc);
 }
 
-fn stamp_new(doc: &mut Map<String, Value>, now: &str, user_id: &str) {
+pub(crate) fn stamp_new(doc: &mut Map<String, Value>, now: &str, user_id: &str) {
     doc.insert("createdAt".into(), json!(now));
     doc.insert("createdBy".into(), json!(user_id));
     doc.insert("createdOn".into(), json!("API"));
@@ -1818,13 +1833,13 @@ fn stamp_new(doc: &mut Map<String, Value>, now: &str, user_id: &str) {
     stamp_update(doc, now, user_id);
 }
 
-fn stamp_update(doc: &mut Map<String, Value>, now: &str, user_id: &str) {
+pub(crate) fn stamp_update(doc: &mut Map<String, Value>, now: &str, user_id: &str) {
     doc.insert("updatedAt".into(), json!(now));
     doc.insert("updatedBy".into(), json!(user_id));
     doc.insert("dbUpdatedAt".into(), json!(now));
 }
 
-fn soft_delete(doc: &mut Value, now: &str, user_id: &str, parent: Option<&str>) {
+pub(crate) fn soft_delete(doc: &mut Value, now: &str, user_id: &str, parent: Option<&str>) {
     let obj = doc.as_object_mut().expect("records are objects");
     if let Some(Value::String(v)) = obj.get("visualId").cloned() {
         let docs = obj.entry("documents").or_insert(json!([]));
@@ -1841,7 +1856,7 @@ fn soft_delete(doc: &mut Value, now: &str, user_id: &str, parent: Option<&str>) 
     stamp_update(obj, now, user_id);
 }
 
-fn restore(doc: &mut Value, now: &str, user_id: &str) {
+pub(crate) fn restore(doc: &mut Value, now: &str, user_id: &str) {
     let obj = doc.as_object_mut().expect("records are objects");
     obj.insert("deleted".into(), json!(false));
     obj.insert("deletedAt".into(), Value::Null);

@@ -7,6 +7,7 @@ mod cases;
 mod contacts;
 mod faults;
 mod filter;
+mod lab;
 mod parity;
 
 mod support {
