@@ -366,6 +366,171 @@ pub fn case_bundle(case: &Value, o: &FhirOptions) -> Value {
     })
 }
 
+const SNOMED: &str = "http://snomed.info/sct";
+const OBSERVATION_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+
+/// A Go.Data lab result → `transaction` Bundle [Observation, Specimen],
+/// the Observation's `subject` the person's Patient (by conditional
+/// reference: the Patient comes from the person's own Bundle).
+///
+/// - `status`: entered-in-error when deleted; `…_STATUS_COMPLETED` final;
+///   `…_STATUS_IN_PROGRESS` preliminary with a result, registered without;
+///   no status: final with a result, registered without.
+/// - `code`: Go.Data's test type (`…_TYPE_OF_LAB_TEST_*`) as a coding of
+///   the bridge's own system and as text, with `testedFor`. No LOINC code:
+///   a LOINC code names the analyte and the method together (SARS-CoV-2
+///   RNA by NAA, Ebola virus RNA by NAA, …), while Go.Data's test type
+///   names only the method, the pathogen being the outbreak's; a fixed
+///   method → LOINC table would state a pathogen Go.Data did not record.
+/// - `valueCodeableConcept`: SNOMED CT 10828004 Positive, 260385009
+///   Negative, 419984006 Inconclusive; any other result as text.
+///   `quantitativeResult` is the value (`valueString`) when there is no
+///   qualitative result, else a note, as are `notes`.
+/// - `effectiveDateTime` from `dateTesting`, `issued` (an instant) from
+///   `dateOfResult`.
+/// - Specimen: `type` from `sampleType`, `collection.collectedDateTime`
+///   from `dateSampleTaken`, `receivedTime` from `dateSampleDelivered`,
+///   `accessionIdentifier` from `sampleIdentifier`.
+pub fn lab_result_bundle(lab: &Value, o: &FhirOptions) -> Value {
+    let id = lab["id"].as_str().unwrap_or_default();
+    let deleted = lab["deleted"] == true;
+    let person_kind = match token(&lab["personType"], "PERSON_TYPE_") {
+        Some("CONTACT") => "contact",
+        _ => "case",
+    };
+    let subject = json!({ "reference": format!(
+        "Patient?identifier={}|{}",
+        o.system(person_kind),
+        lab["personId"].as_str().unwrap_or_default()
+    ) });
+    let observation_url = o.full_url("Observation", id);
+    let specimen_url = o.full_url("Specimen", id);
+    let result = token(&lab["result"], "LAB_TEST_RESULT_");
+    let has_result = non_empty(&lab["result"]).is_some();
+    let status = match (deleted, token(&lab["status"], "LAB_TEST_RESULT_STATUS_")) {
+        (true, _) => "entered-in-error",
+        (_, Some("COMPLETED")) => "final",
+        (_, Some("IN_PROGRESS")) if has_result => "preliminary",
+        (_, Some("IN_PROGRESS")) => "registered",
+        _ if has_result => "final",
+        _ => "registered",
+    };
+    let mut obs = Map::new();
+    obs.insert("resourceType".into(), json!("Observation"));
+    obs.insert("meta".into(), json!({ "source": o.source }));
+    obs.insert(
+        "identifier".into(),
+        json!([{ "system": o.system("lab-result"), "value": id }]),
+    );
+    obs.insert("status".into(), json!(status));
+    obs.insert(
+        "category".into(),
+        json!([{ "coding": [{ "system": OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory" }] }]),
+    );
+    let test = token(&lab["testType"], "TYPE_OF_LAB_TEST_");
+    let mut code = Map::new();
+    if let Some(t) = test {
+        code.insert(
+            "coding".into(),
+            json!([{ "system": o.system("lab-test-type"), "code": t }]),
+        );
+    }
+    let tested_for = non_empty(&lab["testedFor"]);
+    let text = match (test.map(|t| t.replace('_', " ")), tested_for) {
+        (Some(t), Some(f)) => format!("{t} for {f}"),
+        (Some(t), None) => t,
+        (None, Some(f)) => format!("Laboratory test for {f}"),
+        (None, None) => "Laboratory test".to_string(),
+    };
+    code.insert("text".into(), json!(text));
+    obs.insert("code".into(), Value::Object(code));
+    obs.insert("subject".into(), subject.clone());
+    if let Some(d) = o.date(&lab["dateTesting"]) {
+        obs.insert("effectiveDateTime".into(), json!(d));
+    }
+    if let Some(t) = lab["dateOfResult"]
+        .as_str()
+        .filter(|t| DateTime::parse_from_rfc3339(t).is_ok())
+    {
+        obs.insert("issued".into(), json!(t));
+    }
+    let quantitative = non_empty(&lab["quantitativeResult"]);
+    let mut notes = vec![];
+    match (result, has_result) {
+        (Some("POSITIVE"), _) => {
+            obs.insert("valueCodeableConcept".into(), json!({ "coding": [{ "system": SNOMED, "code": "10828004", "display": "Positive" }], "text": "Positive" }));
+        }
+        (Some("NEGATIVE"), _) => {
+            obs.insert("valueCodeableConcept".into(), json!({ "coding": [{ "system": SNOMED, "code": "260385009", "display": "Negative" }], "text": "Negative" }));
+        }
+        (Some("INCONCLUSIVE"), _) => {
+            obs.insert("valueCodeableConcept".into(), json!({ "coding": [{ "system": SNOMED, "code": "419984006", "display": "Inconclusive" }], "text": "Inconclusive" }));
+        }
+        (_, true) => {
+            let t = result
+                .map(|r| r.replace('_', " "))
+                .unwrap_or_else(|| non_empty(&lab["result"]).unwrap_or_default().to_string());
+            obs.insert("valueCodeableConcept".into(), json!({ "text": t }));
+        }
+        (_, false) => {
+            if let Some(q) = quantitative {
+                obs.insert("valueString".into(), json!(q));
+            }
+        }
+    }
+    if has_result {
+        if let Some(q) = quantitative {
+            notes.push(json!({ "text": format!("Quantitative result: {q}") }));
+        }
+    }
+    if let Some(n) = non_empty(&lab["notes"]) {
+        notes.push(json!({ "text": n }));
+    }
+    if !notes.is_empty() {
+        obs.insert("note".into(), json!(notes));
+    }
+    obs.insert("specimen".into(), json!({ "reference": specimen_url }));
+    let mut sp = Map::new();
+    sp.insert("resourceType".into(), json!("Specimen"));
+    sp.insert("meta".into(), json!({ "source": o.source }));
+    sp.insert(
+        "identifier".into(),
+        json!([{ "system": o.system("lab-specimen"), "value": id }]),
+    );
+    if let Some(a) = non_empty(&lab["sampleIdentifier"]) {
+        sp.insert("accessionIdentifier".into(), json!({ "value": a }));
+    }
+    sp.insert(
+        "status".into(),
+        json!(if deleted {
+            "entered-in-error"
+        } else {
+            "available"
+        }),
+    );
+    if let Some(t) = token(&lab["sampleType"], "TYPE_OF_SAMPLE_") {
+        sp.insert(
+            "type".into(),
+            json!({ "coding": [{ "system": o.system("sample-type"), "code": t }], "text": t.replace('_', " ") }),
+        );
+    }
+    sp.insert("subject".into(), subject);
+    if let Some(d) = o.date(&lab["dateSampleDelivered"]) {
+        sp.insert("receivedTime".into(), json!(d));
+    }
+    if let Some(d) = o.date(&lab["dateSampleTaken"]) {
+        sp.insert("collection".into(), json!({ "collectedDateTime": d }));
+    }
+    json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            entry(&observation_url, Value::Object(obs), &o.system("lab-result"), &lab["id"]),
+            entry(&specimen_url, Value::Object(sp), &o.system("lab-specimen"), &lab["id"]),
+        ],
+    })
+}
+
 /// Go.Data social relationship → v3-RoleCode where one fits.
 fn role(social: &Value) -> Option<(&'static str, &'static str)> {
     let t = social.as_str()?;

@@ -224,3 +224,118 @@ async fn contact_bundle_links_to_the_case() {
     );
     keep("contact_family", &b);
 }
+
+/// Lab results (created through the emulator's lab-result routes) →
+/// [Observation, Specimen], for a case and for a contact.
+#[tokio::test]
+async fn lab_results_make_valid_observation_and_specimen_bundles() {
+    use godata_bridge::writeback::fhir::lab_result_bundle;
+    let sim = start_sim().await;
+    let mut api = Api::for_sim(&sim);
+    api.login().await;
+    let (s, _) = api
+        .post(
+            &ob("cases"),
+            json!({"id": "lab-case", "firstName": "Aminata"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = api
+        .post(
+            &ob("cases/lab-case/contacts"),
+            json!([{"contact": {"id": "lab-contact", "firstName": "Musu"},
+                    "relationship": {"contactDate": "2024-05-02", "certaintyLevelId": format!("{T}CERTAINTY_LEVEL_3_HIGH")}}]),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let labs = [
+        (
+            "cases/lab-case",
+            "positive_completed",
+            json!({"sampleIdentifier": "KEN-LAB-001", "sampleType": format!("{T}TYPE_OF_SAMPLE_BLOOD"),
+                   "testType": format!("{T}TYPE_OF_LAB_TEST_RT_PCR"), "result": format!("{T}LAB_TEST_RESULT_POSITIVE"),
+                   "status": format!("{T}LAB_TEST_RESULT_STATUS_COMPLETED"), "testedFor": "Ebola virus",
+                   "dateSampleTaken": "2024-05-02", "dateSampleDelivered": "2024-05-03", "dateTesting": "2024-05-03",
+                   "dateOfResult": "2024-05-04T10:30:00Z", "quantitativeResult": "Ct 24", "labName": "Kenema lab",
+                   "notes": "repeat in a week"}),
+        ),
+        (
+            "cases/lab-case",
+            "negative_no_status",
+            json!({"testType": format!("{T}TYPE_OF_LAB_TEST_PCR"), "result": format!("{T}LAB_TEST_RESULT_NEGATIVE")}),
+        ),
+        (
+            "cases/lab-case",
+            "in_progress_quantitative_only",
+            json!({"status": format!("{T}LAB_TEST_RESULT_STATUS_IN_PROGRESS"), "quantitativeResult": "pending count",
+                   "sampleType": "CUSTOM_SAMPLE"}),
+        ),
+        (
+            "contacts/lab-contact",
+            "contact_inconclusive",
+            json!({"result": format!("{T}LAB_TEST_RESULT_INCONCLUSIVE"), "dateSampleTaken": "2024-05-05"}),
+        ),
+    ];
+    let o = FhirOptions::default();
+    let mut made = std::collections::BTreeMap::new();
+    for (person, name, body) in labs {
+        let (s, stored) = api.post(&ob(&format!("{person}/lab-results")), body).await;
+        assert_eq!(s, 200, "{name}: {stored}");
+        let b = lab_result_bundle(&stored, &o);
+        keep(&format!("lab_{name}"), &b);
+        made.insert(name, b);
+    }
+    let b = &made["positive_completed"];
+    let obs = resource(b, "Observation");
+    assert_eq!(obs["status"], "final");
+    assert_eq!(obs["valueCodeableConcept"]["coding"][0]["code"], "10828004");
+    assert_eq!(obs["code"]["text"], "RT PCR for Ebola virus");
+    assert_eq!(
+        obs["subject"]["reference"],
+        "Patient?identifier=urn:godata:case|lab-case"
+    );
+    assert_eq!(obs["effectiveDateTime"], "2024-05-03");
+    assert_eq!(obs["issued"], "2024-05-04T10:30:00.000Z");
+    assert_eq!(obs["note"][0]["text"], "Quantitative result: Ct 24");
+    let sp = resource(b, "Specimen");
+    assert_eq!(sp["accessionIdentifier"]["value"], "KEN-LAB-001");
+    assert_eq!(sp["collection"]["collectedDateTime"], "2024-05-02");
+    assert_eq!(sp["receivedTime"], "2024-05-03");
+    assert_eq!(sp["type"]["coding"][0]["code"], "BLOOD");
+    assert_eq!(obs["specimen"]["reference"], b["entry"][1]["fullUrl"]);
+    let neg = resource(&made["negative_no_status"], "Observation");
+    assert_eq!(
+        (
+            neg["status"].clone(),
+            neg["valueCodeableConcept"]["coding"][0]["code"].clone()
+        ),
+        (json!("final"), json!("260385009"))
+    );
+    let prog = resource(&made["in_progress_quantitative_only"], "Observation");
+    assert_eq!(
+        (prog["status"].clone(), prog["valueString"].clone()),
+        (json!("registered"), json!("pending count"))
+    );
+    let contact = resource(&made["contact_inconclusive"], "Observation");
+    assert_eq!(
+        contact["subject"]["reference"],
+        "Patient?identifier=urn:godata:contact|lab-contact"
+    );
+    assert_eq!(
+        contact["valueCodeableConcept"]["coding"][0]["code"],
+        "419984006"
+    );
+    // Deleted with its person: entered in error.
+    let (s, _) = api.delete(&ob("cases/lab-case")).await;
+    assert_eq!(s, 204);
+    let (_, agg) = api
+        .list(
+            &ob("lab-results/aggregate"),
+            json!({"where": {"personId": "lab-case"}, "deleted": true}),
+        )
+        .await;
+    let gone = lab_result_bundle(&agg[0], &o);
+    keep("lab_deleted_with_its_case", &gone);
+    assert_eq!(resource(&gone, "Observation")["status"], "entered-in-error");
+    assert_eq!(resource(&gone, "Specimen")["status"], "entered-in-error");
+}
