@@ -130,3 +130,23 @@ CREATE TABLE IF NOT EXISTS hmis.tbl_cases (
     godata_updated_at    timestamptz,
     fhir                 jsonb                 -- the FHIR R4 transaction Bundle
 );
+
+-- Lab results recorded in Go.Data, written back by the bridge
+-- (`[[pull.target]] resource = "lab_result"`): one row per Go.Data lab
+-- result, with its FHIR Observation and Specimen.
+CREATE TABLE IF NOT EXISTS hmis.lab_results_godata (
+    godata_id            text PRIMARY KEY,     -- the Go.Data lab result id
+    person_godata_id     text,                 -- the case's or contact's Go.Data id
+    person_type          text,                 -- case | contact
+    sample_identifier    text,
+    sample_type          text,
+    test_type            text,
+    result               text,                 -- positive | negative | inconclusive | …
+    status               text,                 -- the Observation status (entered-in-error once deleted)
+    sample_taken         date,
+    tested               date,
+    result_issued        timestamptz,
+    godata_updated_at    timestamptz,
+    observation          jsonb,                -- FHIR R4 Observation
+    specimen             jsonb                 -- FHIR R4 Specimen
+);

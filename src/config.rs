@@ -625,6 +625,10 @@ impl RawConfig {
                     at("case"),
                     "a contact table needs `case = { table = …, column = … }`".into(),
                 ),
+                (Resource::LabResult, _) => bad(
+                    at("resource"),
+                    "lab results are pulled (`[[pull.target]] resource = \"lab_result\"`), not pushed yet".into(),
+                ),
                 (Resource::Case, Some(_)) => {
                     bad(at("case"), "only contact tables have a case".into())
                 }

@@ -842,10 +842,10 @@ impl Deliverer {
         let mut outcomes = Vec::with_capacity(lane.len());
         let mut rest = lane.into_iter();
         while let Some(p) = rest.next() {
-            let resource = match self.resource_of(&p.change.table) {
-                Some(Resource::Contact) => "contact",
-                _ => "case",
-            };
+            let resource = self
+                .resource_of(&p.change.table)
+                .unwrap_or(Resource::Case)
+                .name();
             let outcome = match self.deliver_one(&p).await {
                 Ok(acked) => {
                     self.note_success();
@@ -1035,7 +1035,7 @@ impl Deliverer {
                 .as_object_mut()
                 .and_then(|o| o.remove("relationship"))
                 .unwrap_or(json!({})),
-            Resource::Case => Value::Null,
+            Resource::Case | Resource::LabResult => Value::Null,
         };
         let synced = synced_columns(push, image);
         let mut conflicts = vec![];
@@ -1178,6 +1178,10 @@ impl Deliverer {
                     .await?;
                 Ok((p.id, Some(stored)))
             }
+            // Refused by config validation: not pushed yet.
+            Resource::LabResult => Err(Failure::config(
+                "lab results are not pushed yet (only pulled)".into(),
+            )),
         }
     }
 

@@ -801,6 +801,10 @@ async fn compare_target(
                 .map(|c| crate::writeback::fhir::case_bundle(c, &o))
                 .collect(),
             Resource::Contact => crate::writeback::pull::contact_bundles(client, &page, &o).await?,
+            Resource::LabResult => page
+                .iter()
+                .map(|l| crate::writeback::fhir::lab_result_bundle(l, &o))
+                .collect(),
         };
         let mut live = vec![];
         let mut gone = vec![];

@@ -14,6 +14,9 @@ pub enum Resource {
     /// Contacts (of a case). In the write-back: Bundle [Patient,
     /// RelatedPerson → the case's Patient].
     Contact,
+    /// Lab results (of a case or contact); pulled only so far. In the
+    /// write-back: Bundle [Observation, Specimen].
+    LabResult,
 }
 
 impl Resource {
@@ -22,6 +25,16 @@ impl Resource {
         match self {
             Resource::Case => "case",
             Resource::Contact => "contact",
+            Resource::LabResult => "lab_result",
+        }
+    }
+
+    /// The FHIR resources its write-back Bundle carries.
+    pub fn carried(self) -> &'static str {
+        match self {
+            Resource::Case => "Patient, Condition",
+            Resource::Contact => "Patient, RelatedPerson",
+            Resource::LabResult => "Observation, Specimen",
         }
     }
 
@@ -30,6 +43,9 @@ impl Resource {
         match self {
             Resource::Case => "cases",
             Resource::Contact => "contacts",
+            // The outbreak-wide list of lab results (the plain one does not
+            // exist).
+            Resource::LabResult => "lab-results/aggregate",
         }
     }
 
@@ -38,6 +54,7 @@ impl Resource {
         match self {
             Resource::Case => crate::store::state::PULL_CURSOR_CASE,
             Resource::Contact => crate::store::state::PULL_CURSOR_CONTACT,
+            Resource::LabResult => crate::store::state::PULL_CURSOR_LAB_RESULT,
         }
     }
 }

@@ -6,6 +6,8 @@
 pub const PULL_CURSOR_CASE: &str = "pull_cursor:case";
 /// The contact pull's cursor.
 pub const PULL_CURSOR_CONTACT: &str = "pull_cursor:contact";
+/// The lab-result pull's cursor.
+pub const PULL_CURSOR_LAB_RESULT: &str = "pull_cursor:lab_result";
 /// When `dead-letter retry` last ran (the running bridge then re-reads
 /// Go.Data's locations).
 pub const DEAD_LETTER_RETRY: &str = "dead_letter_retry";

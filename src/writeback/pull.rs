@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::godata::client::{Client, GodataError};
 use crate::metrics;
 use crate::store::writeback_dead_letter as dead_letter;
-use crate::writeback::fhir::{case_bundle, contact_bundle, FhirOptions};
+use crate::writeback::fhir::{case_bundle, contact_bundle, lab_result_bundle, FhirOptions};
 use crate::writeback::target::{self, OnDelete, Resource, Sources};
 
 const PERSON_TYPE_CASE: &str = "LNG_REFERENCE_DATA_CATEGORY_PERSON_TYPE_CASE";
@@ -158,7 +158,7 @@ pub async fn pull_once_remembering(
         }
     }
     let mut total = 0;
-    for resource in [Resource::Case, Resource::Contact] {
+    for resource in [Resource::Case, Resource::Contact, Resource::LabResult] {
         if config.pull.target.iter().any(|t| t.resource == resource) {
             total += pull_resource(pg, config, client, resource, pending, memory).await?;
             total += retry_dead_letters(pg, config, client, resource, pending).await?;
@@ -320,6 +320,7 @@ async fn pull_resource(
         let bundles: Vec<Value> = match resource {
             Resource::Case => page.iter().map(|c| case_bundle(c, &o)).collect(),
             Resource::Contact => contact_bundles(client, &page, &o).await?,
+            Resource::LabResult => page.iter().map(|l| lab_result_bundle(l, &o)).collect(),
         };
         let tx = pg.transaction().await?;
         crate::store::outbox::mark_from_godata(&tx).await?;
@@ -437,6 +438,7 @@ pub async fn repull(
         let bundles: Vec<Value> = match resource {
             Resource::Case => page.iter().map(|c| case_bundle(c, &o)).collect(),
             Resource::Contact => contact_bundles(client, &page, &o).await?,
+            Resource::LabResult => page.iter().map(|l| lab_result_bundle(l, &o)).collect(),
         };
         let tx = pg.transaction().await?;
         crate::store::outbox::mark_from_godata(&tx).await?;

@@ -263,8 +263,38 @@ fn fhir_elements(root: &str, resource: Resource) -> Option<&'static [&'static st
         "period",
         "communication",
     ];
+    const OBSERVATION: &[&str] = &[
+        "resourceType",
+        "id",
+        "meta",
+        "identifier",
+        "status",
+        "category",
+        "code",
+        "subject",
+        "effectiveDateTime",
+        "issued",
+        "valueCodeableConcept",
+        "valueString",
+        "note",
+        "specimen",
+    ];
+    const SPECIMEN: &[&str] = &[
+        "resourceType",
+        "id",
+        "meta",
+        "identifier",
+        "accessionIdentifier",
+        "status",
+        "type",
+        "subject",
+        "receivedTime",
+        "collection",
+    ];
     match (root, resource) {
-        ("Patient", _) => Some(PATIENT),
+        ("Patient", Resource::Case | Resource::Contact) => Some(PATIENT),
+        ("Observation", Resource::LabResult) => Some(OBSERVATION),
+        ("Specimen", Resource::LabResult) => Some(SPECIMEN),
         ("Condition", Resource::Case) => Some(CONDITION),
         ("RelatedPerson", Resource::Contact) => Some(RELATED_PERSON),
         _ => None,
@@ -290,10 +320,7 @@ pub fn check_path(path: &str, resource: Resource) -> Result<(), String> {
             None
         } else {
             let Some(e) = fhir_elements(root, resource) else {
-                let carried = match resource {
-                    Resource::Case => "Patient, Condition",
-                    Resource::Contact => "Patient, RelatedPerson",
-                };
+                let carried = resource.carried();
                 return Err(format!(
                     "`{alt}`: starts with `{root}`; a path starts with godata, bundle or a resource the {resource} Bundle carries ({carried})"
                 ));

@@ -809,3 +809,105 @@ async fn a_quiet_godata_is_not_read_again_and_again() {
             .get(0);
     assert_eq!(n, 1001);
 }
+
+/// Lab results a tracer records in Go.Data (under a case and a contact)
+/// land in the HMIS lab table with their Observation and Specimen;
+/// deleting the case in Go.Data marks its lab results entered-in-error.
+#[tokio::test]
+async fn lab_results_recorded_in_godata_reach_the_hmis_as_observation_and_specimen() {
+    const T: &str = "LNG_REFERENCE_DATA_CATEGORY_";
+    let sim = sim_with_tracer().await;
+    let s = setup(&sim).await;
+    let mut pg = s.db.client().await;
+    let t = tracer(&sim).await;
+    let (st, case) = t
+        .post(&ob("cases"), json!({"firstName": "Lab", "classification": format!("{T}CASE_CLASSIFICATION_SUSPECT")}))
+        .await;
+    assert_eq!(st, 200);
+    let case_id = case["id"].as_str().unwrap().to_string();
+    let (st, out) = t
+        .post(
+            &ob(&format!("cases/{case_id}/contacts")),
+            json!([{"contact": {"firstName": "Contact"},
+                    "relationship": {"contactDate": "2024-05-02", "certaintyLevelId": format!("{T}CERTAINTY_LEVEL_1_LOW")}}]),
+        )
+        .await;
+    assert_eq!(st, 200, "{out}");
+    let contact_id = out[0]["contact"]["id"].as_str().unwrap().to_string();
+    let (st, lab) = t
+        .post(
+            &ob(&format!("cases/{case_id}/lab-results")),
+            json!({"sampleIdentifier": "KEN-LAB-9", "sampleType": format!("{T}TYPE_OF_SAMPLE_BLOOD"),
+                   "testType": format!("{T}TYPE_OF_LAB_TEST_RT_PCR"), "result": format!("{T}LAB_TEST_RESULT_POSITIVE"),
+                   "status": format!("{T}LAB_TEST_RESULT_STATUS_COMPLETED"),
+                   "dateSampleTaken": "2024-05-02", "dateTesting": "2024-05-03", "dateOfResult": "2024-05-04T10:00:00Z"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{lab}");
+    let lab_id = lab["id"].as_str().unwrap().to_string();
+    let (st, clab) = t
+        .post(
+            &ob(&format!("contacts/{contact_id}/lab-results")),
+            json!({"result": format!("{T}LAB_TEST_RESULT_NEGATIVE")}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    // The reference outbreak lists contacts' lab results only with
+    // `isContactLabResultsActive`, as the real server does.
+    let oid = sim::DEFAULT_OUTBREAK_ID;
+    let (st, _) = t
+        .put(
+            &format!("/api/outbreaks/{oid}"),
+            json!({"isContactLabResultsActive": true}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    pull::pull_once(&mut pg, &s.config, &s.client)
+        .await
+        .unwrap();
+    let row = |id: String| {
+        let c = &s.c;
+        async move {
+            c.query_opt(
+                "SELECT person_godata_id, person_type, sample_identifier, sample_type, test_type, result, status,
+                        sample_taken::text, tested::text, observation, specimen
+                   FROM hmis.lab_results_godata WHERE godata_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let r = row(lab_id.clone())
+        .await
+        .expect("the case's lab result is in the HMIS");
+    assert_eq!(r.get::<_, String>(0), case_id);
+    assert_eq!(r.get::<_, String>(1), "case");
+    assert_eq!(r.get::<_, String>(2), "KEN-LAB-9");
+    assert_eq!(r.get::<_, String>(3), "BLOOD");
+    assert_eq!(r.get::<_, String>(4), "RT PCR");
+    assert_eq!(r.get::<_, String>(5), "Positive");
+    assert_eq!(r.get::<_, String>(6), "final");
+    assert_eq!(r.get::<_, String>(7), "2024-05-02");
+    assert_eq!(r.get::<_, String>(8), "2024-05-03");
+    let obs: Value = r.get(9);
+    assert_eq!(obs["resourceType"], "Observation");
+    assert_eq!(obs["valueCodeableConcept"]["coding"][0]["code"], "10828004");
+    let specimen: Value = r.get(10);
+    assert_eq!(specimen["resourceType"], "Specimen");
+    let c = row(clab["id"].as_str().unwrap().to_string())
+        .await
+        .expect("the contact's lab result is in the HMIS");
+    assert_eq!(
+        (c.get::<_, String>(1), c.get::<_, String>(5)),
+        ("contact".into(), "Negative".into())
+    );
+    // The case deleted in Go.Data takes its lab results along.
+    let (st, _) = t.delete(&ob(&format!("cases/{case_id}"))).await;
+    assert_eq!(st, 204);
+    pull::pull_once(&mut pg, &s.config, &s.client)
+        .await
+        .unwrap();
+    let r = row(lab_id).await.unwrap();
+    assert_eq!(r.get::<_, String>(6), "entered-in-error");
+}
