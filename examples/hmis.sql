@@ -131,6 +131,23 @@ CREATE TABLE IF NOT EXISTS hmis.tbl_cases (
     fhir                 jsonb                 -- the FHIR R4 transaction Bundle
 );
 
+-- Lab results from the HMIS's laboratory (pushed to Go.Data under their
+-- case or contact: `[[push]] resource = "lab_result"`).
+CREATE TABLE IF NOT EXISTS hmis.lab_results (
+    lab_id          text PRIMARY KEY,
+    case_id         text REFERENCES hmis.cases (case_id),
+    sample_id       text,
+    sample_type     text,                 -- blood | swab | …
+    test_type       text,                 -- rt_pcr | pcr | antigen | …
+    result          text,                 -- positive | negative | inconclusive
+    status          text,                 -- in_progress | completed
+    taken_on        date,
+    tested_on       date,
+    result_on       timestamptz,
+    lab_name        text,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
 -- Lab results recorded in Go.Data, written back by the bridge
 -- (`[[pull.target]] resource = "lab_result"`): one row per Go.Data lab
 -- result, with its FHIR Observation and Specimen.

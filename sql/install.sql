@@ -1,4 +1,4 @@
--- godata-bridge capture schema, version 3.
+-- godata-bridge capture schema, version 4.
 --
 -- Idempotent: running it twice changes nothing. A later release migrates
 -- from `godata_bridge.schema_version`.
@@ -56,6 +56,8 @@ INSERT INTO godata_bridge.schema_version (version) VALUES (1) ON CONFLICT DO NOT
 INSERT INTO godata_bridge.schema_version (version) VALUES (2) ON CONFLICT DO NOTHING;
 -- Version 3: write-back dead letters, the id scheme.
 INSERT INTO godata_bridge.schema_version (version) VALUES (3) ON CONFLICT DO NOTHING;
+-- Version 4: lab results (links of resource lab_result).
+INSERT INTO godata_bridge.schema_version (version) VALUES (4) ON CONFLICT DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS godata_bridge.outbox (
     id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -118,7 +120,7 @@ CREATE TABLE IF NOT EXISTS godata_bridge.writeback_dead_letter (
 CREATE UNLOGGED TABLE IF NOT EXISTS godata_bridge.link (
     table_name        text NOT NULL,
     row_key           jsonb NOT NULL,
-    resource          text NOT NULL CHECK (resource IN ('case', 'contact')),
+    resource          text NOT NULL,
     godata_id         uuid NOT NULL,
     content_hash      text,
     godata_updated_at timestamptz,
@@ -135,6 +137,10 @@ DO $$ BEGIN
     END IF;
 END $$;
 CREATE INDEX IF NOT EXISTS link_godata_id_idx ON godata_bridge.link (godata_id);
+-- Version 4: lab results are linked too (to the id Go.Data assigned).
+ALTER TABLE godata_bridge.link DROP CONSTRAINT IF EXISTS link_resource_check;
+ALTER TABLE godata_bridge.link ADD CONSTRAINT link_resource_check
+    CHECK (resource IN ('case', 'contact', 'lab_result'));
 -- The HMIS row's pushed columns (as to_jsonb gives them) when Go.Data last
 -- agreed with them: a push sends only the fields mapped from columns that
 -- changed since; the write-back sees which of its columns have an HMIS

@@ -352,6 +352,9 @@ pub struct Push {
     /// Contacts only: where their case is.
     #[serde(default)]
     pub case: Option<ParentCase>,
+    /// Lab results only: the case or contact row they belong to.
+    #[serde(default)]
+    pub person: Option<ParentCase>,
     #[serde(default)]
     pub map: Vec<Rule>,
     /// Before creating a record, ask Go.Data's duplicate finder
@@ -625,9 +628,10 @@ impl RawConfig {
                     at("case"),
                     "a contact table needs `case = { table = …, column = … }`".into(),
                 ),
-                (Resource::LabResult, _) => bad(
-                    at("resource"),
-                    "lab results are pulled (`[[pull.target]] resource = \"lab_result\"`), not pushed yet".into(),
+                (Resource::LabResult, Some(_)) => bad(
+                    at("case"),
+                    "a lab-result table names its person: `person = { table = …, column = … }`"
+                        .into(),
                 ),
                 (Resource::Case, Some(_)) => {
                     bad(at("case"), "only contact tables have a case".into())
@@ -641,6 +645,23 @@ impl RawConfig {
                         );
                     }
                 }
+                _ => {}
+            }
+            match (p.resource, &p.person) {
+                (Resource::LabResult, None) => bad(
+                    at("person"),
+                    "a lab-result table needs `person = { table = …, column = … }` (a pushed case or contact table)".into(),
+                ),
+                (Resource::LabResult, Some(pp)) => {
+                    let parent = self.push.iter().find(|q| q.table == pp.table);
+                    if parent.is_none_or(|q| q.resource == Resource::LabResult) {
+                        bad(
+                            at("person.table"),
+                            format!("`{}` is not a pushed case or contact table", pp.table),
+                        );
+                    }
+                }
+                (_, Some(_)) => bad(at("person"), "only lab-result tables have a person".into()),
                 _ => {}
             }
             for (j, rule) in p.map.iter().enumerate() {
@@ -797,7 +818,7 @@ mod example_tests {
     fn the_reference_example_loads() {
         let text = include_str!("../examples/bridge.toml");
         let c = Config::parse(text, "examples/bridge.toml", &Env2).unwrap();
-        assert_eq!(c.push.len(), 2);
+        assert_eq!(c.push.len(), 3);
         assert_eq!(c.push[1].case.as_ref().unwrap().table, "hmis.cases");
     }
 }

@@ -582,21 +582,14 @@ impl Deliverer {
     ) -> Result<u64, tokio_postgres::Error> {
         let mut revived = 0;
         for contacts in &self.config.push {
-            let Some(parent) = &contacts.case else {
+            let Some(parent) = contacts.case.as_ref().or(contacts.person.as_ref()) else {
                 continue;
             };
             let case_keys: Vec<String> = delivered
                 .outcomes
                 .iter()
                 .filter(|(c, o)| {
-                    c.table == parent.table
-                        && matches!(
-                            o,
-                            Outcome::Acked(Acked::Upserted {
-                                resource: Resource::Case,
-                                ..
-                            })
-                        )
+                    c.table == parent.table && matches!(o, Outcome::Acked(Acked::Upserted { .. }))
                 })
                 .filter_map(|(c, _)| c.key.as_object()?.values().next().cloned())
                 .map(|v| match v {
@@ -639,7 +632,10 @@ impl Deliverer {
         let links = self.links(pg, &batch).await?;
         let reads = self.read_rows(pg, &batch, &links, must_see).await?;
         let lanes = self.config.delivery.lanes.max(1);
-        let mut phases: [Vec<Vec<Prepared<T>>>; 2] = [
+        // Cases, then contacts, then lab results: a record goes after the
+        // ones it hangs on in the same batch.
+        let mut phases: [Vec<Vec<Prepared<T>>>; 3] = [
+            (0..lanes).map(|_| vec![]).collect(),
             (0..lanes).map(|_| vec![]).collect(),
             (0..lanes).map(|_| vec![]).collect(),
         ];
@@ -683,7 +679,11 @@ impl Deliverer {
                 synced,
                 change,
             };
-            let phase = usize::from(self.resource_of(&p.change.table) == Some(Resource::Contact));
+            let phase = match self.resource_of(&p.change.table) {
+                Some(Resource::Contact) => 1,
+                Some(Resource::LabResult) => 2,
+                _ => 0,
+            };
             let lane = self.lane_of(&p, lanes);
             phases[phase][lane].push(p);
         }
@@ -963,6 +963,11 @@ impl Deliverer {
         let id = p.id;
         let last_hash = p.linked.as_ref().and_then(|(_, h)| h.as_deref());
         let collection = push.resource.collection();
+        if c.op == Op::Delete && push.resource == Resource::LabResult {
+            let marker = self.derived_id(&c.table, &c.key);
+            self.client.delete_lab_result(marker).await?;
+            return Ok(Acked::Deleted);
+        }
         if c.op == Op::Delete {
             self.client.delete(collection, id).await?;
             // The link is not crash-safe (see `record`): without it, a case
@@ -1019,11 +1024,13 @@ impl Deliverer {
             .collect();
         let mut doc = self.map(&rules, image).await?;
         let ext = external_id(&c.key);
-        if let Some(Value::Array(d)) = doc
-            .as_object_mut()
-            .map(|o| o.entry("documents").or_insert(json!([])))
-        {
-            d.push(json!({ "type": EXTERNAL_ID_DOCUMENT, "number": ext }));
+        if push.resource != Resource::LabResult {
+            if let Some(Value::Array(d)) = doc
+                .as_object_mut()
+                .map(|o| o.entry("documents").or_insert(json!([])))
+            {
+                d.push(json!({ "type": EXTERNAL_ID_DOCUMENT, "number": ext }));
+            }
         }
         let hash = content_hash(&doc);
         if last_hash == Some(hash.as_str()) {
@@ -1039,7 +1046,7 @@ impl Deliverer {
         };
         let synced = synced_columns(push, image);
         let mut conflicts = vec![];
-        let plan = if linked {
+        let plan = if linked && push.resource != Resource::LabResult {
             self.plan(p, &rules, &doc, image, collection, &mut conflicts)
                 .await?
         } else {
@@ -1047,7 +1054,7 @@ impl Deliverer {
         };
         // A record about to be created that Go.Data may already hold under
         // another id (entered by hand): a person decides.
-        if !linked && push.check_duplicates {
+        if !linked && push.check_duplicates && push.resource != Resource::LabResult {
             let found = self.client.find_duplicates(collection, p.id, &doc).await?;
             if !found.is_empty() {
                 return Err(Failure::Permanent {
@@ -1063,6 +1070,7 @@ impl Deliverer {
         let case_key = || {
             push.case
                 .as_ref()
+                .or(push.person.as_ref())
                 .and_then(|c| image.get(&c.column))
                 .map(|v| match v {
                     Value::String(s) => s.clone(),
@@ -1178,10 +1186,16 @@ impl Deliverer {
                     .await?;
                 Ok((p.id, Some(stored)))
             }
-            // Refused by config validation: not pushed yet.
-            Resource::LabResult => Err(Failure::config(
-                "lab results are not pushed yet (only pulled)".into(),
-            )),
+            Resource::LabResult => {
+                let (person_collection, person) = self.person_of_lab_result(push, image)?;
+                let marker = self.derived_id(&p.change.table, &p.change.key);
+                let known = p.linked.as_ref().map(|(g, _)| *g);
+                let (id, stored) = self
+                    .client
+                    .upsert_lab_result(person_collection, person, marker, known, doc)
+                    .await?;
+                Ok((id, Some(stored)))
+            }
         }
     }
 
@@ -1348,6 +1362,33 @@ impl Deliverer {
             .and_then(|o| o.get(field))
             .copied()
             .unwrap_or(Owner::Hmis)
+    }
+
+    /// The collection and Go.Data id of a lab-result row's person.
+    fn person_of_lab_result(
+        &self,
+        push: &crate::config::Push,
+        image: &Value,
+    ) -> Result<(&'static str, Uuid), Failure> {
+        let parent = push
+            .person
+            .as_ref()
+            .expect("validated: lab results have a person");
+        let collection = self
+            .resource_of(&parent.table)
+            .unwrap_or(Resource::Case)
+            .collection();
+        let value = image.get(&parent.column).cloned().unwrap_or(Value::Null);
+        match self.keys.get(parent.table.as_str()).map(Vec::as_slice) {
+            Some([col]) => Ok((
+                collection,
+                self.derived_id(&parent.table, &json!({ col.as_str(): value })),
+            )),
+            _ => Err(Failure::config(format!(
+                "person table {} is not tracked with a one-column key",
+                parent.table
+            ))),
+        }
     }
 
     fn case_of_contact(&self, push: &crate::config::Push, image: &Value) -> Result<Uuid, Failure> {

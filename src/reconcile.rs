@@ -422,7 +422,9 @@ impl PushCtx<'_> {
             }
         }
         tx.commit().await?;
-        if let [key_col] = keys.as_slice() {
+        // Extras and duplicates are found by EXTERNAL_ID documents, which
+        // lab results do not carry.
+        if let ([key_col], false) = (keys.as_slice(), push.resource == Resource::LabResult) {
             self.scan_godata(pg, &name, key_col, collection, &mut report)
                 .await?;
         }
@@ -466,23 +468,40 @@ impl PushCtx<'_> {
             }
             expected.push((key, id, doc));
         }
-        let ids: Vec<String> = expected.iter().map(|(_, id, _)| id.to_string()).collect();
+        // Lab results carry Go.Data's own ids: they are found by the
+        // bridge's marker (the row's derived id), as delivery finds them.
+        let lab = self.push.resource == Resource::LabResult;
+        let marker_of = |key: &Value| self.ids.id(name, key).to_string();
+        let (by, wanted): (&str, Vec<String>) = match lab {
+            true => (
+                crate::godata::client::LAB_MARKER,
+                expected.iter().map(|(k, _, _)| marker_of(k)).collect(),
+            ),
+            false => (
+                "id",
+                expected.iter().map(|(_, id, _)| id.to_string()).collect(),
+            ),
+        };
+        if lab {
+            fields.push(by.to_string());
+        }
         let found = self
             .client
             .list(
                 collection,
-                &json!({ "where": { "id": { "inq": ids } }, "deleted": true, "fields": fields }),
+                &json!({ "where": { by: { "inq": wanted } }, "deleted": true, "fields": fields }),
             )
             .await?;
         let found: HashMap<&str, &Value> = found
             .iter()
-            .filter_map(|r| Some((r["id"].as_str()?, r)))
+            .filter_map(|r| Some((r[by].as_str()?, r)))
             .collect();
         let cases_fine = self.cases_fine(pg, dead, parent, page).await?;
         let max = self.examples;
         for (key, id, doc) in expected {
+            let at = if lab { marker_of(key) } else { id.to_string() };
             let record = found
-                .get(id.to_string().as_str())
+                .get(at.as_str())
                 .copied()
                 .filter(|r| r["deleted"] != true);
             let dead_letter = dead.get(&key.to_string());
@@ -613,7 +632,7 @@ impl PushCtx<'_> {
             d.iter()
                 .any(|x| x["type"] == EXTERNAL_ID_DOCUMENT && x["number"] == ext.as_str())
         });
-        has_ext
+        (has_ext || self.push.resource == Resource::LabResult)
             && o.iter()
                 .filter(|(f, _)| f.as_str() != "relationship")
                 .filter(|(f, _)| owners.get(f.as_str()).is_none_or(|w| *w != Owner::Godata))

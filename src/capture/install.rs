@@ -7,7 +7,7 @@ pub const INSTALL_SQL: &str = include_str!("../../sql/install.sql");
 /// `sql/uninstall.sql`.
 pub const UNINSTALL_SQL: &str = include_str!("../../sql/uninstall.sql");
 /// The schema version `INSTALL_SQL` creates.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Applies `install.sql` in one transaction.
 pub async fn install(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {

@@ -17,6 +17,12 @@ use crate::metrics;
 
 pub const EXTERNAL_ID_DOCUMENT: &str = "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYPE_EXTERNAL_ID";
 
+/// The property the bridge writes into each lab result it creates: the
+/// UUIDv5 of the HMIS row (Go.Data assigns lab-result ids itself; it keeps
+/// and filters on properties its model does not declare, checked against
+/// the real 2.50.3 server).
+pub const LAB_MARKER: &str = "godataBridgeRef";
+
 /// Go.Data refuses new relationships with a case so classified.
 pub const CLASSIFICATION_DISCARDED: &str =
     "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_NOT_A_CASE_DISCARDED";
@@ -753,6 +759,123 @@ impl Client {
             .call(
                 Method::DELETE,
                 &self.ob(&format!("{collection}/{id}")),
+                None,
+            )
+            .await?;
+        match status {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(status_error(status, &body)),
+        }
+    }
+
+    /// Upserts the lab result `marker` names (the bridge's own property
+    /// [`LAB_MARKER`], which Go.Data keeps and filters on) under the person
+    /// `person` of `person_collection`. Go.Data assigns lab-result ids
+    /// itself, so the record is found by its marker first (one filtered
+    /// list): after a crash between Go.Data's answer and the link's write,
+    /// or a timeout whose request did land, the next attempt updates the
+    /// record instead of creating a second one. `known` is the id the link
+    /// holds. Returns (Go.Data id, what Go.Data stored).
+    pub async fn upsert_lab_result(
+        &self,
+        person_collection: &str,
+        person: Uuid,
+        marker: Uuid,
+        known: Option<Uuid>,
+        doc: &Value,
+    ) -> Result<(Uuid, Value), GodataError> {
+        let base = self.ob(&format!("{person_collection}/{person}/lab-results"));
+        let mut body = doc.clone();
+        if let Some(o) = body.as_object_mut() {
+            o.insert(LAB_MARKER.into(), json!(marker));
+        }
+        let found = match known {
+            Some(id) => Some((id, None)),
+            None => self.find_lab_result(marker).await?.map(|r| {
+                let id = r["id"].as_str().and_then(|s| s.parse::<Uuid>().ok());
+                (id.unwrap_or(marker), Some(r))
+            }),
+        };
+        if let Some((id, record)) = found {
+            let deleted = record.as_ref().is_some_and(|r| r["deleted"] == true);
+            if deleted {
+                let (s, b) = self
+                    .call(
+                        Method::POST,
+                        &format!("{base}/{id}/restore"),
+                        Some(&json!({})),
+                    )
+                    .await?;
+                if s != 200 {
+                    return Err(status_error(s, &b));
+                }
+            }
+            let (s, b) = self
+                .call(Method::PUT, &format!("{base}/{id}"), Some(&body))
+                .await?;
+            match s {
+                200 => return Ok((id, b)),
+                // Gone or deleted since the link was written: look it up
+                // by its marker (below), restore or create it.
+                404 if known.is_some() => {
+                    return Box::pin(self.upsert_lab_result(
+                        person_collection,
+                        person,
+                        marker,
+                        None,
+                        doc,
+                    ))
+                    .await
+                }
+                _ => return Err(status_error(s, &b)),
+            }
+        }
+        let (s, b) = self.call(Method::POST, &base, Some(&body)).await?;
+        match s {
+            200 => {
+                let id = b["id"]
+                    .as_str()
+                    .and_then(|s| s.parse::<Uuid>().ok())
+                    .ok_or(GodataError::BadBody { status: 200 })?;
+                Ok((id, b))
+            }
+            404 => Err(GodataError::CaseMissing),
+            _ => Err(status_error(s, &b)),
+        }
+    }
+
+    /// The lab result carrying `marker`, deleted or not.
+    pub async fn find_lab_result(&self, marker: Uuid) -> Result<Option<Value>, GodataError> {
+        let page = self
+            .list(
+                "lab-results/aggregate",
+                &json!({ "where": { LAB_MARKER: marker }, "deleted": true, "limit": 2 }),
+            )
+            .await?;
+        Ok(page.into_iter().min_by_key(|r| r["deleted"] == true))
+    }
+
+    /// Deletes the live lab result `marker` names, under its person.
+    pub async fn delete_lab_result(&self, marker: Uuid) -> Result<(), GodataError> {
+        let Some(r) = self
+            .find_lab_result(marker)
+            .await?
+            .filter(|r| r["deleted"] != true)
+        else {
+            return Ok(());
+        };
+        let collection = match r["personType"].as_str() {
+            Some(t) if t.ends_with("_CONTACT") => "contacts",
+            _ => "cases",
+        };
+        let (id, person) = (
+            r["id"].as_str().unwrap_or_default(),
+            r["personId"].as_str().unwrap_or_default(),
+        );
+        let (status, body) = self
+            .call(
+                Method::DELETE,
+                &self.ob(&format!("{collection}/{person}/lab-results/{id}")),
                 None,
             )
             .await?;

@@ -849,7 +849,154 @@ async fn a_contact_waits_on_a_case_go_data_does_not_hold(mode: Mode) {
     .await;
 }
 
+/// Lab rows of the HMIS reach Go.Data under their case, exactly once
+/// (Go.Data assigns lab-result ids: the bridge finds its own by the marker
+/// it writes, even when the answer to a create was lost); updates and
+/// deletes follow; a lab row whose case Go.Data does not hold waits for it.
+async fn lab_results_are_pushed_once_under_their_case(mode: Mode) {
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let (c, mut config) = prepare(&sim, &db.config, &db.url, mode).await;
+    // Retries come quickly under the faults below.
+    config.delivery.max_backoff_secs = 1;
+    let _bridge = start_bridge(&sim, config, db.config.clone());
+    let ids = crate::support::ids(&c).await;
+    let case_gid = ids
+        .id("hmis.cases", &json!({"case_id": "LAB-1"}))
+        .to_string();
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         VALUES ('LAB-1', 'Sia', now(), 'confirmed');
+         INSERT INTO hmis.lab_results (lab_id, case_id, sample_id, sample_type, test_type, result, status, taken_on)
+         SELECT 'L-' || g, 'LAB-1', 'S-' || g, 'blood', 'rt_pcr', 'negative', 'completed', '2024-05-02'
+           FROM generate_series(1, 3) g",
+    )
+    .await
+    .unwrap();
+    let labs = |pred: fn(&Value) -> bool| {
+        sim.with_store(|s| {
+            s.lab_results
+                .values()
+                .filter(|l| pred(l))
+                .cloned()
+                .collect::<Vec<Value>>()
+        })
+    };
+    let live_of =
+        |case: String| move |l: &Value| l["personId"] == case.as_str() && l["deleted"] != true;
+    let on_case = live_of(case_gid.clone());
+    wait_for(
+        "three lab results under the case",
+        Duration::from_secs(20),
+        || {
+            let n = sim.with_store(|s| s.lab_results.values().filter(|l| on_case(l)).count());
+            async move { n == 3 }
+        },
+    )
+    .await;
+    let all = labs(|_| true);
+    assert!(all.iter().all(|l| l["testType"]
+        == "LNG_REFERENCE_DATA_CATEGORY_TYPE_OF_LAB_TEST_RT_PCR"
+        && l["dateSampleTaken"] == "2024-05-02T00:00:00.000Z"
+        && l["godataBridgeRef"].is_string()));
+    // An update goes to the same record; a delete follows.
+    c.batch_execute(
+        "UPDATE hmis.lab_results SET result = 'positive' WHERE lab_id = 'L-1';
+         DELETE FROM hmis.lab_results WHERE lab_id = 'L-3'",
+    )
+    .await
+    .unwrap();
+    wait_for("the update and the delete", Duration::from_secs(20), || {
+        let (pos, gone) = sim.with_store(|s| {
+            let pos = s.lab_results.values().any(|l| {
+                l["sampleIdentifier"] == "S-1"
+                    && l["result"] == "LNG_REFERENCE_DATA_CATEGORY_LAB_TEST_RESULT_POSITIVE"
+            });
+            let gone = s
+                .lab_results
+                .values()
+                .any(|l| l["sampleIdentifier"] == "S-3" && l["deleted"] == true);
+            (pos, gone)
+        });
+        async move { pos && gone }
+    })
+    .await;
+    assert_eq!(labs(|_| true).len(), 3, "no record created twice");
+    // Answers lost after Go.Data stored the record: still one each.
+    sim.set_faults(Faults {
+        drop_after_rate: 0.3,
+        ..Faults::default()
+    });
+    c.batch_execute(
+        "INSERT INTO hmis.lab_results (lab_id, case_id, sample_id, result)
+         SELECT 'F-' || g, 'LAB-1', 'F-' || g, 'positive' FROM generate_series(1, 10) g",
+    )
+    .await
+    .unwrap();
+    let mark = wal_mark(&c).await;
+    wait_for("the ten settled", Duration::from_secs(60), || async {
+        settled(&c, &mark).await
+    })
+    .await;
+    sim.set_faults(Faults::default());
+    let f = labs(|l| {
+        l["sampleIdentifier"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("F-"))
+    });
+    assert_eq!(f.len(), 10, "exactly one lab result per row");
+    // A lab row whose case Go.Data does not hold waits for it.
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
+         VALUES ('LAB-2', 'Tamba', 'SL-NOWHERE', now(), 'suspected');
+         INSERT INTO hmis.lab_results (lab_id, case_id, sample_id, result)
+         VALUES ('W-1', 'LAB-2', 'W-1', 'negative')",
+    )
+    .await
+    .unwrap();
+    let count = |sql: &'static str| {
+        let c = &c;
+        async move {
+            let n: i64 = c.query_one(sql, &[]).await.unwrap().get(0);
+            n
+        }
+    };
+    wait_for("the lab row waiting on its case", Duration::from_secs(20), || {
+        count("SELECT count(*) FROM godata_bridge.dead_letter WHERE godata_code = 'CASE_NOT_IN_GODATA'")
+            .map(|n| n == 1)
+    })
+    .await;
+    sim.with_store(|s| {
+        let mut loc = serde_json::Map::new();
+        loc.insert("name".into(), "Nowhere".into());
+        loc.insert("identifiers".into(), json!([{ "code": "SL-NOWHERE" }]));
+        s.add_location(loc);
+    });
+    let case_letter: i64 = c
+        .query_one(
+            "SELECT id FROM godata_bridge.dead_letter WHERE row_key->>'case_id' = 'LAB-2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut operator = db.client().await;
+    godata_bridge::store::dead_letter::retry(&mut operator, &[case_letter])
+        .await
+        .unwrap();
+    wait_for(
+        "the waiting lab result in Go.Data",
+        Duration::from_secs(20),
+        || {
+            let n = labs(|l| l["sampleIdentifier"] == "W-1").len();
+            async move { n == 1 }
+        },
+    )
+    .await;
+}
+
 both_modes!(
+    lab_results_are_pushed_once_under_their_case,
     a_contact_waits_on_a_case_go_data_does_not_hold,
     a_contact_refused_for_its_discarded_case_goes_once_the_case_changes,
     isolated_single_commits_each_arrive_with_their_values,

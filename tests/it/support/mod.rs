@@ -145,7 +145,11 @@ pub async fn install_capture(
     mode: Mode,
 ) {
     use godata_bridge::capture::install;
-    for (table, key) in [("cases", "case_id"), ("contacts", "contact_id")] {
+    for (table, key) in [
+        ("cases", "case_id"),
+        ("contacts", "contact_id"),
+        ("lab_results", "lab_id"),
+    ] {
         match mode {
             Mode::Trigger => install::track(c, "hmis", table, &[key.into()]).await,
             Mode::Logical => install::track_keys(c, "hmis", table, &[key.into()]).await,
