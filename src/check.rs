@@ -87,6 +87,9 @@ pub async fn catalog_problems(
         for (k, key) in p.key.iter().enumerate() {
             need.push((format!("push[{i}].key[{k}]"), key));
         }
+        if let Some(c) = &p.person {
+            need.push((format!("push[{i}].person.column"), &c.column));
+        }
         if let Some(c) = &p.case {
             need.push((format!("push[{i}].case.column"), &c.column));
         }

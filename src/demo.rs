@@ -199,6 +199,70 @@ pub async fn run(
     }
     println!("  → hmis.cases KEN-2024-0002: outcome = recovered (and hmis.tbl_cases holds its FHIR Bundle)");
 
+    println!("\nlab results, both ways:");
+    pg.batch_execute(
+        "INSERT INTO hmis.lab_results (lab_id, case_id, sample_id, sample_type, test_type, result, status, taken_on)
+         VALUES ('LAB-DEMO-1', 'KEN-2024-0002', 'KEN-S-1', 'blood', 'rt_pcr', 'positive', 'completed', current_date)",
+    )
+    .await?;
+    println!("  INSERT hmis.lab_results LAB-DEMO-1 (RT-PCR positive) for KEN-2024-0002");
+    let lab_of = |sim: &Sim, sample: &str| {
+        sim.with_store(|s| {
+            s.lab_results
+                .values()
+                .find(|l| l["sampleIdentifier"] == sample)
+                .and_then(|l| l["id"].as_str().map(String::from))
+        })
+    };
+    wait_until("the lab result in Go.Data", || {
+        lab_of(&sim, "KEN-S-1").is_some()
+    })
+    .await?;
+    println!(
+        "  → Go.Data lab result {} under case {tracer_id} (id assigned by Go.Data)",
+        lab_of(&sim, "KEN-S-1").unwrap_or_default()
+    );
+    let (status, _) = tracer
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "/outbreaks/{}/cases/{tracer_id}/lab-results",
+                godata_sim::DEFAULT_OUTBREAK_ID
+            ),
+            Some(&serde_json::json!({
+                "sampleIdentifier": "KEN-S-2",
+                "testType": "LNG_REFERENCE_DATA_CATEGORY_TYPE_OF_LAB_TEST_RT_PCR",
+                "result": "LNG_REFERENCE_DATA_CATEGORY_LAB_TEST_RESULT_NEGATIVE",
+                "status": "LNG_REFERENCE_DATA_CATEGORY_LAB_TEST_RESULT_STATUS_COMPLETED",
+            })),
+        )
+        .await?;
+    anyhow::ensure!(
+        status == 200,
+        "demo: Go.Data refused the tracer's lab result ({status})"
+    );
+    println!("  a tracer records lab result KEN-S-2 (negative) in Go.Data");
+    let mut landed = false;
+    for _ in 0..1500 {
+        let n: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM hmis.lab_results_godata WHERE sample_identifier = 'KEN-S-2'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if n == 1 {
+            landed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::ensure!(
+        landed,
+        "demo: timed out waiting for the lab result to reach the HMIS"
+    );
+    println!("  → hmis.lab_results_godata: KEN-S-2 with its FHIR Observation and Specimen");
+
     println!("\ndemo ready. Try:");
     println!("  psql '{url}' -c \"UPDATE hmis.cases SET outcome = 'recovered' WHERE case_id = 'KEN-2024-0002'\"");
     println!(

@@ -429,6 +429,11 @@ async fn demo_shows_the_flow_and_stops_cleanly() {
         text.contains("CASE_CLASSIFICATION_CONFIRMED") && text.contains("deleted (soft)"),
         "{text}"
     );
+    assert!(
+        text.contains("id assigned by Go.Data")
+            && text.contains("KEN-S-2 with its FHIR Observation"),
+        "lab results both ways: {text}"
+    );
     // Ctrl-C in a terminal: SIGINT to the whole foreground process group.
     let before = stderr.lock().unwrap().len();
     let group = format!("-{}", demo.id().unwrap());
