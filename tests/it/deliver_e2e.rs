@@ -995,6 +995,65 @@ async fn lab_results_are_pushed_once_under_their_case(mode: Mode) {
     .await;
 }
 
+/// A lab table whose person is a contact: its rows arrive under the
+/// contact (`…/contacts/{id}/lab-results`).
+#[tokio::test]
+async fn lab_results_of_contacts_arrive_under_the_contact() {
+    let sim = start_sim().await;
+    let db = fresh_db().await;
+    let (c, mut config) = prepare(&sim, &db.config, &db.url, Mode::Trigger).await;
+    c.batch_execute(
+        "CREATE TABLE hmis.contact_labs (lab_id text PRIMARY KEY, contact_id text, sample_id text);",
+    )
+    .await
+    .unwrap();
+    install::track(&c, "hmis", "contact_labs", &["lab_id".into()])
+        .await
+        .unwrap();
+    let extra: godata_bridge::config::Push = toml::from_str(
+        r#"
+        table = "hmis.contact_labs"
+        resource = "lab_result"
+        key = ["lab_id"]
+        person = { table = "hmis.contacts", column = "contact_id" }
+        map = [{ to = "sampleIdentifier", from = "sample_id" }]
+        "#,
+    )
+    .unwrap();
+    config.push.push(extra);
+    let _bridge = start_bridge(&sim, config, db.config.clone());
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         VALUES ('CL-1', 'Sia', now(), 'confirmed');
+         INSERT INTO hmis.contacts (contact_id, case_id, first_name, exposure_date, relation)
+         VALUES ('CL-1-C1', 'CL-1', 'Musu', current_date, 'family');
+         INSERT INTO hmis.contact_labs VALUES ('CLAB-1', 'CL-1-C1', 'CS-1'), ('CLAB-2', 'CL-1-C1', 'CS-2');",
+    )
+    .await
+    .unwrap();
+    let contact = crate::support::ids(&c)
+        .await
+        .id("hmis.contacts", &json!({"contact_id": "CL-1-C1"}))
+        .to_string();
+    wait_for(
+        "two lab results under the contact",
+        Duration::from_secs(20),
+        || {
+            let n = sim.with_store(|s| {
+                s.lab_results
+                    .values()
+                    .filter(|l| {
+                        l["personId"] == contact.as_str()
+                            && l["personType"] == "LNG_REFERENCE_DATA_CATEGORY_PERSON_TYPE_CONTACT"
+                    })
+                    .count()
+            });
+            async move { n == 2 }
+        },
+    )
+    .await;
+}
+
 both_modes!(
     lab_results_are_pushed_once_under_their_case,
     a_contact_waits_on_a_case_go_data_does_not_hold,
