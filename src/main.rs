@@ -122,7 +122,7 @@ enum Command {
     },
     /// Measure latency, throughput, capture overhead, capture WAL, update size, write-back, backlog and reconcile (see docs/benchmarks.md).
     Bench {
-        /// One scenario (latency, throughput, capture-overhead, capture-wal, update-size, writeback, backlog, reconcile), or all.
+        /// One scenario (latency, throughput, capture-overhead, capture-wal, update-size, writeback, backlog, reconcile, lab-results), or all.
         #[arg(long, default_value = "all")]
         scenario: String,
         /// A short smoke run.

@@ -9,6 +9,7 @@ use serde::Serialize;
 mod backlog;
 mod capture;
 mod env;
+mod lab_results;
 mod latency;
 mod reconcile;
 mod throughput;
@@ -65,6 +66,7 @@ pub const SCENARIOS: &[&str] = &[
     "writeback",
     "backlog",
     "reconcile",
+    "lab-results",
 ];
 
 /// Runs `scenario` (or all) and returns the rows.
@@ -83,6 +85,7 @@ pub async fn run(scenario: &str, quick: bool) -> anyhow::Result<Vec<Row>> {
             "throughput" => rows.extend(throughput::throughput(quick).await?),
             "backlog" => rows.extend(backlog::backlog(quick).await?),
             "reconcile" => rows.extend(reconcile::reconcile(quick).await?),
+            "lab-results" => rows.extend(lab_results::lab_results(quick).await?),
             other => rows.push(row(other, "not available yet", None, "", "see issue 7")),
         }
     }

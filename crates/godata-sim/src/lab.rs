@@ -185,12 +185,21 @@ impl Store {
         let contacts_too = self
             .outbreak(outbreak_id)
             .is_some_and(|o| o["isContactLabResultsActive"] == true);
-        let docs: Vec<Value> = self
-            .lab_results
-            .values()
-            .filter(|l| l["outbreakId"] == outbreak_id)
-            .filter(|l| filter.include_deleted || l["deleted"] != true)
-            .filter(|l| contacts_too || l["personType"] != PERSON_TYPE_CONTACT)
+        // `where`, order and paging on references, the person embedded in
+        // the page only (a `where` on `person.…` is not supported here).
+        let mut refs = Vec::new();
+        for l in self.lab_results.values() {
+            if l["outbreakId"] == outbreak_id
+                && (filter.include_deleted || l["deleted"] != true)
+                && (contacts_too || l["personType"] != PERSON_TYPE_CONTACT)
+                && filter.matches(l)?
+            {
+                refs.push(l);
+            }
+        }
+        let page: Vec<Value> = filter
+            .page(refs, &[("createdAt", false)])
+            .into_iter()
             .map(|l| {
                 let mut l = l.clone();
                 let person = l["personId"]
@@ -203,6 +212,6 @@ impl Store {
                 l
             })
             .collect();
-        filter.apply(docs, &[("createdAt", false)])
+        Ok(filter.project_all(page))
     }
 }
