@@ -399,3 +399,17 @@ impl crate::config::Env for BenchEnv {
         }
     }
 }
+
+/// A lookup-then-write baseline's session on the emulator at `base_url`:
+/// an HTTP client and a token of the default user.
+pub(super) async fn sim_session(base_url: &str) -> anyhow::Result<(reqwest::Client, String)> {
+    let http = reqwest::Client::new();
+    let login: serde_json::Value = http
+        .post(format!("{base_url}/api/users/login"))
+        .json(&serde_json::json!({"email": godata_sim::DEFAULT_USER, "password": godata_sim::DEFAULT_PASSWORD}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok((http, login["id"].as_str().unwrap_or_default().to_string()))
+}

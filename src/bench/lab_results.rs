@@ -51,15 +51,7 @@ pub(super) async fn lab_results(quick: bool) -> anyhow::Result<Vec<Row>> {
 
     // The baseline, against its own emulator holding the same cases.
     let (_sim2, base_url) = spawn_sim(&["--latency-ms", LATENCY_MS]).await?;
-    let http = reqwest::Client::new();
-    let login: serde_json::Value = http
-        .post(format!("{base_url}/api/users/login"))
-        .json(&json!({"email": godata_sim::DEFAULT_USER, "password": godata_sim::DEFAULT_PASSWORD}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = login["id"].as_str().unwrap_or_default().to_string();
+    let (http, token) = sim_session(&base_url).await?;
     let ob = format!(
         "{base_url}/api/outbreaks/{}",
         godata_sim::DEFAULT_OUTBREAK_ID

@@ -68,15 +68,7 @@ pub(super) async fn throughput(quick: bool) -> anyhow::Result<Vec<Row>> {
         )
         .await?;
     let (_sim2, base_url) = spawn_sim(&["--case-id-mask", "*"]).await?;
-    let http = reqwest::Client::new();
-    let login: serde_json::Value = http
-        .post(format!("{base_url}/api/users/login"))
-        .json(&json!({"email": godata_sim::DEFAULT_USER, "password": godata_sim::DEFAULT_PASSWORD}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = login["id"].as_str().unwrap_or_default().to_string();
+    let (http, token) = sim_session(&base_url).await?;
     let cases_url = format!(
         "{base_url}/api/outbreaks/{}/cases",
         godata_sim::DEFAULT_OUTBREAK_ID

@@ -115,6 +115,21 @@ pub async fn revive_waiting_on_cases(
         .await
 }
 
+/// Whether any dead letter carries one of `codes` (a cheap check before
+/// looking for what to revive).
+pub async fn any_with_code(
+    pg: &impl GenericClient,
+    codes: &[&str],
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(pg
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM godata_bridge.dead_letter WHERE godata_code = ANY($1::text[]))",
+            &[&codes],
+        )
+        .await?
+        .get(0))
+}
+
 /// Logical mode: changes delivery gave up on, straight from the stream
 /// into `dead_letter` (they never were in the outbox; their ids come from
 /// its sequence). One row per change, columns as arrays.

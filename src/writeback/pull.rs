@@ -190,7 +190,9 @@ async fn revive_waiting_contacts(
                 .map(String::from)
         })
         .collect();
-    if case_keys.is_empty() {
+    if case_keys.is_empty()
+        || !crate::store::dead_letter::any_with_code(pg, crate::deliver::DEPENDENT_CODES).await?
+    {
         return Ok(0);
     }
     let mut revived = 0;

@@ -770,6 +770,29 @@ async fn a_contact_refused_for_its_discarded_case_goes_once_the_case_changes(mod
     .await;
 }
 
+/// The operator's fix of a case refused for an unknown district: the
+/// district is added in Go.Data and the case's dead letter retried.
+async fn fix_and_retry_case(sim: &Sim, db: &TestDb, c: &tokio_postgres::Client, case_id: &str) {
+    sim.with_store(|s| {
+        let mut loc = serde_json::Map::new();
+        loc.insert("name".into(), "Nowhere".into());
+        loc.insert("identifiers".into(), json!([{ "code": "SL-NOWHERE" }]));
+        s.add_location(loc);
+    });
+    let case_letter: i64 = c
+        .query_one(
+            "SELECT id FROM godata_bridge.dead_letter WHERE row_key->>'case_id' = $1",
+            &[&case_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let mut operator = db.client().await;
+    godata_bridge::store::dead_letter::retry(&mut operator, &[case_letter])
+        .await
+        .unwrap();
+}
+
 /// A contact whose case Go.Data does not hold (here: the case is refused
 /// for an unknown district) is parked "waiting on case K", not retried
 /// against Go.Data; once the operator fixes the case and retries it, the
@@ -816,24 +839,7 @@ async fn a_contact_waits_on_a_case_go_data_does_not_hold(mode: Mode) {
         .get(0);
     assert!(reason.starts_with("waiting on case MC-1 "), "{reason}");
     // The operator adds the district in Go.Data and retries the case.
-    sim.with_store(|s| {
-        let mut loc = serde_json::Map::new();
-        loc.insert("name".into(), "Nowhere".into());
-        loc.insert("identifiers".into(), json!([{ "code": "SL-NOWHERE" }]));
-        s.add_location(loc);
-    });
-    let case_letter: i64 = c
-        .query_one(
-            "SELECT id FROM godata_bridge.dead_letter WHERE row_key->>'case_id' = 'MC-1'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let mut operator = db.client().await;
-    godata_bridge::store::dead_letter::retry(&mut operator, &[case_letter])
-        .await
-        .unwrap();
+    fix_and_retry_case(&sim, &db, &c, "MC-1").await;
     let ids = crate::support::ids(&c).await;
     let contact = ids
         .id("hmis.contacts", &json!({"contact_id": "MC-1-C1"}))
@@ -966,24 +972,8 @@ async fn lab_results_are_pushed_once_under_their_case(mode: Mode) {
             .map(|n| n == 1)
     })
     .await;
-    sim.with_store(|s| {
-        let mut loc = serde_json::Map::new();
-        loc.insert("name".into(), "Nowhere".into());
-        loc.insert("identifiers".into(), json!([{ "code": "SL-NOWHERE" }]));
-        s.add_location(loc);
-    });
-    let case_letter: i64 = c
-        .query_one(
-            "SELECT id FROM godata_bridge.dead_letter WHERE row_key->>'case_id' = 'LAB-2'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let mut operator = db.client().await;
-    godata_bridge::store::dead_letter::retry(&mut operator, &[case_letter])
-        .await
-        .unwrap();
+    // The operator adds the district in Go.Data and retries the case.
+    fix_and_retry_case(&sim, &db, &c, "LAB-2").await;
     wait_for(
         "the waiting lab result in Go.Data",
         Duration::from_secs(20),
