@@ -424,6 +424,12 @@ pub const DEPENDENT_CODES: &[&str] = &[
 /// delivered yet: refused, or not in the HMIS; or deleted in Go.Data).
 pub const CASE_NOT_IN_GODATA: &str = "CASE_NOT_IN_GODATA";
 
+/// The dead-letter code of a contact's lab result while the outbreak's
+/// `isContactLabResultsActive` is false: Go.Data leaves such lab results
+/// out of `lab-results/aggregate` (and its web pages), where the bridge
+/// looks its lab results up to create each exactly once.
+pub const CONTACT_LAB_RESULTS_OFF: &str = "CONTACT_LAB_RESULTS_OFF";
+
 /// The dead-letter code of a record parked by the duplicate check.
 pub const POSSIBLE_DUPLICATE: &str = "POSSIBLE_DUPLICATE";
 
@@ -451,6 +457,9 @@ struct Prepared<T> {
     /// The HMIS row's pushed columns at the last sync (none for a record
     /// linked before this was kept, or after the link table was emptied).
     synced: Option<Value>,
+    /// For a lab result the link does not name: what the batch's marker
+    /// lookup found.
+    lab: crate::godata::client::LabFound,
 }
 
 /// The delivery side of the pipeline.
@@ -459,6 +468,8 @@ pub struct Deliverer {
     /// Shared with the pull: one account, one token, one login at a time.
     pub client: std::sync::Arc<Client>,
     locations: RwLock<(Locations, Option<Instant>)>,
+    /// When the outbreak's `isContactLabResultsActive` was last read true.
+    contact_labs_on: std::sync::Mutex<Option<Instant>>,
     /// Key columns of tracked tables (`godata_bridge.tracked`).
     keys: HashMap<String, Vec<String>>,
     /// Per push table, the owner of each Go.Data field its rules write:
@@ -508,6 +519,7 @@ impl Deliverer {
             config,
             client: client.into(),
             locations: RwLock::new((Locations::new(), None)),
+            contact_labs_on: Default::default(),
             keys: HashMap::new(),
             retry_mark: None,
             outage: Default::default(),
@@ -631,6 +643,7 @@ impl Deliverer {
     ) -> Result<Delivered<T>, DeliverError> {
         let links = self.links(pg, &batch).await?;
         let reads = self.read_rows(pg, &batch, &links, must_see).await?;
+        let mut labs = self.lab_lookups(&batch, &links).await;
         let lanes = self.config.delivery.lanes.max(1);
         // Cases, then contacts, then lab results: a record goes after the
         // ones it hangs on in the same batch.
@@ -672,12 +685,14 @@ impl Deliverer {
                 .as_ref()
                 .map(|(g, _)| *g)
                 .unwrap_or_else(|| self.derived_id(&change.table, &change.key));
+            let lab = labs.remove(&k).unwrap_or_default();
             let p = Prepared {
                 linked,
                 id,
                 fetched,
                 synced,
                 change,
+                lab,
             };
             let phase = match self.resource_of(&p.change.table) {
                 Some(Resource::Contact) => 1,
@@ -711,6 +726,40 @@ impl Deliverer {
             }
         }
         Ok(out)
+    }
+
+    /// The lab results of a batch that no link names, looked up by their
+    /// markers in a few requests for the whole batch (instead of one per
+    /// lab result). If that fails, each looks itself up when it goes.
+    async fn lab_lookups<T>(
+        &self,
+        batch: &[Change<T>],
+        links: &HashMap<(String, String), Link>,
+    ) -> HashMap<(String, String), crate::godata::client::LabFound> {
+        use crate::godata::client::LabFound;
+        let wanted: Vec<((String, String), Uuid)> = batch
+            .iter()
+            .filter(|c| {
+                c.op == Op::Upsert && self.resource_of(&c.table) == Some(Resource::LabResult)
+            })
+            .map(|c| ((c.table.clone(), c.key.to_string()), c))
+            .filter(|(k, _)| !links.contains_key(k))
+            .map(|(k, c)| (k, self.derived_id(&c.table, &c.key)))
+            .collect();
+        if wanted.is_empty() {
+            return HashMap::new();
+        }
+        let markers: Vec<Uuid> = wanted.iter().map(|(_, m)| *m).collect();
+        match self.client.find_lab_results(&markers).await {
+            Ok(mut found) => wanted
+                .into_iter()
+                .map(|(k, m)| (k, LabFound::LookedUp(found.remove(&m))))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(lab_results = markers.len(), error = %e, "batch lookup of lab results failed; each looks itself up");
+                HashMap::new()
+            }
+        }
     }
 
     /// The link rows of a batch's records, in one query.
@@ -1188,11 +1237,27 @@ impl Deliverer {
             }
             Resource::LabResult => {
                 let (person_collection, person) = self.person_of_lab_result(push, image)?;
+                if p.linked.is_none()
+                    && person_collection == Resource::Contact.collection()
+                    && !self.contact_lab_results_on().await?
+                {
+                    return Err(Failure::Permanent {
+                        status: None,
+                        code: Some(CONTACT_LAB_RESULTS_OFF.into()),
+                        reason: format!(
+                            "outbreak {} keeps no lab results for contacts (isContactLabResultsActive is false; Go.Data would hide this one, and the bridge could not find it again to create it exactly once): turn the setting on in the outbreak, then `dead-letter retry`",
+                            self.client.outbreak_id()
+                        ),
+                    });
+                }
                 let marker = self.derived_id(&p.change.table, &p.change.key);
-                let known = p.linked.as_ref().map(|(g, _)| *g);
+                let found = match &p.linked {
+                    Some((g, _)) => crate::godata::client::LabFound::Linked(*g),
+                    None => p.lab.clone(),
+                };
                 let (id, stored) = self
                     .client
-                    .upsert_lab_result(person_collection, person, marker, known, doc)
+                    .upsert_lab_result(person_collection, person, marker, found, doc)
                     .await?;
                 Ok((id, Some(stored)))
             }
@@ -1362,6 +1427,20 @@ impl Deliverer {
             .and_then(|o| o.get(field))
             .copied()
             .unwrap_or(Owner::Hmis)
+    }
+
+    /// Whether the outbreak keeps contacts' lab results: read from Go.Data
+    /// at most once a [`LOCATION_REFRESH`] while true, at every call while
+    /// false (each such call dead-letters a lab result; a retry after the
+    /// operator turned the setting on must see it).
+    async fn contact_lab_results_on(&self) -> Result<bool, Failure> {
+        let seen = *self.contact_labs_on.lock().expect("flag lock");
+        if seen.is_some_and(|t| t.elapsed() < LOCATION_REFRESH) {
+            return Ok(true);
+        }
+        let on = self.client.contact_lab_results_active().await?;
+        *self.contact_labs_on.lock().expect("flag lock") = on.then(Instant::now);
+        Ok(on)
     }
 
     /// The collection and Go.Data id of a lab-result row's person.

@@ -23,6 +23,27 @@ pub const EXTERNAL_ID_DOCUMENT: &str = "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYP
 /// the real 2.50.3 server).
 pub const LAB_MARKER: &str = "godataBridgeRef";
 
+/// Markers looked up per request: the filter travels in the query string,
+/// and Node's default header limit (16 KiB, the URL included) must hold it
+/// (100 markers are about 4.5 KiB encoded).
+pub const MARKERS_PER_LOOKUP: usize = 100;
+
+/// What is known of a lab result's Go.Data record before it is written.
+#[derive(Debug, Clone, Default)]
+pub enum LabFound {
+    /// The Go.Data id the link holds.
+    Linked(Uuid),
+    /// Looked up by its marker: the record (live over deleted), if any.
+    LookedUp(Option<Value>),
+    /// Not known yet: look it up first.
+    #[default]
+    Unknown,
+}
+
+fn lab_id(record: &Value) -> Option<Uuid> {
+    record["id"].as_str().and_then(|s| s.parse().ok())
+}
+
 /// Go.Data refuses new relationships with a case so classified.
 pub const CLASSIFICATION_DISCARDED: &str =
     "LNG_REFERENCE_DATA_CATEGORY_CASE_CLASSIFICATION_NOT_A_CASE_DISCARDED";
@@ -771,17 +792,18 @@ impl Client {
     /// Upserts the lab result `marker` names (the bridge's own property
     /// [`LAB_MARKER`], which Go.Data keeps and filters on) under the person
     /// `person` of `person_collection`. Go.Data assigns lab-result ids
-    /// itself, so the record is found by its marker first (one filtered
-    /// list): after a crash between Go.Data's answer and the link's write,
-    /// or a timeout whose request did land, the next attempt updates the
-    /// record instead of creating a second one. `known` is the id the link
-    /// holds. Returns (Go.Data id, what Go.Data stored).
+    /// itself, so a record the link does not name is looked up by its
+    /// marker before it is created ([`LabFound::LookedUp`]: for a whole
+    /// batch at once, see [`Client::find_lab_results`]): after a crash
+    /// between Go.Data's answer and the link's write, or a timeout whose
+    /// request did land, the next attempt updates the record instead of
+    /// creating a second one. Returns (Go.Data id, what Go.Data stored).
     pub async fn upsert_lab_result(
         &self,
         person_collection: &str,
         person: Uuid,
         marker: Uuid,
-        known: Option<Uuid>,
+        found: LabFound,
         doc: &Value,
     ) -> Result<(Uuid, Value), GodataError> {
         let base = self.ob(&format!("{person_collection}/{person}/lab-results"));
@@ -789,14 +811,17 @@ impl Client {
         if let Some(o) = body.as_object_mut() {
             o.insert(LAB_MARKER.into(), json!(marker));
         }
-        let found = match known {
-            Some(id) => Some((id, None)),
-            None => self.find_lab_result(marker).await?.map(|r| {
-                let id = r["id"].as_str().and_then(|s| s.parse::<Uuid>().ok());
-                (id.unwrap_or(marker), Some(r))
-            }),
+        let linked = matches!(found, LabFound::Linked(_));
+        let record = match found {
+            LabFound::Linked(id) => Some((id, None)),
+            LabFound::LookedUp(r) => r.map(|r| (lab_id(&r).unwrap_or(marker), Some(r))),
+            LabFound::Unknown => self
+                .find_lab_results(&[marker])
+                .await?
+                .remove(&marker)
+                .map(|r| (lab_id(&r).unwrap_or(marker), Some(r))),
         };
-        if let Some((id, record)) = found {
+        if let Some((id, record)) = record {
             let deleted = record.as_ref().is_some_and(|r| r["deleted"] == true);
             if deleted {
                 let (s, b) = self
@@ -817,12 +842,12 @@ impl Client {
                 200 => return Ok((id, b)),
                 // Gone or deleted since the link was written: look it up
                 // by its marker (below), restore or create it.
-                404 if known.is_some() => {
+                404 if linked => {
                     return Box::pin(self.upsert_lab_result(
                         person_collection,
                         person,
                         marker,
-                        None,
+                        LabFound::Unknown,
                         doc,
                     ))
                     .await
@@ -833,10 +858,7 @@ impl Client {
         let (s, b) = self.call(Method::POST, &base, Some(&body)).await?;
         match s {
             200 => {
-                let id = b["id"]
-                    .as_str()
-                    .and_then(|s| s.parse::<Uuid>().ok())
-                    .ok_or(GodataError::BadBody { status: 200 })?;
+                let id = lab_id(&b).ok_or(GodataError::BadBody { status: 200 })?;
                 Ok((id, b))
             }
             404 => Err(GodataError::CaseMissing),
@@ -844,22 +866,48 @@ impl Client {
         }
     }
 
-    /// The lab result carrying `marker`, deleted or not.
-    pub async fn find_lab_result(&self, marker: Uuid) -> Result<Option<Value>, GodataError> {
-        let page = self
-            .list(
-                "lab-results/aggregate",
-                &json!({ "where": { LAB_MARKER: marker }, "deleted": true, "limit": 2 }),
-            )
-            .await?;
-        Ok(page.into_iter().min_by_key(|r| r["deleted"] == true))
+    /// The lab results carrying these markers, deleted or not (a live one
+    /// over a deleted one), by marker: one filtered list per
+    /// [`MARKERS_PER_LOOKUP`] markers, sent together.
+    pub async fn find_lab_results(
+        &self,
+        markers: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, Value>, GodataError> {
+        let filters: Vec<Value> = markers
+            .chunks(MARKERS_PER_LOOKUP)
+            .map(|chunk| json!({ "where": { LAB_MARKER: { "inq": chunk } }, "deleted": true }))
+            .collect();
+        let pages = futures_util::future::try_join_all(
+            filters
+                .iter()
+                .map(|f| self.list("lab-results/aggregate", f)),
+        )
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for r in pages.into_iter().flatten() {
+            let Some(marker) = r[LAB_MARKER].as_str().and_then(|s| s.parse::<Uuid>().ok()) else {
+                continue;
+            };
+            match out.entry(marker) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(r);
+                }
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if e.get()["deleted"] == true && r["deleted"] != true {
+                        e.insert(r);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes the live lab result `marker` names, under its person.
     pub async fn delete_lab_result(&self, marker: Uuid) -> Result<(), GodataError> {
         let Some(r) = self
-            .find_lab_result(marker)
+            .find_lab_results(&[marker])
             .await?
+            .remove(&marker)
             .filter(|r| r["deleted"] != true)
         else {
             return Ok(());
@@ -947,6 +995,21 @@ impl Client {
             }
         }
         Ok(out)
+    }
+
+    /// The outbreak's `isContactLabResultsActive`.
+    pub async fn contact_lab_results_active(&self) -> Result<bool, GodataError> {
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &format!("/outbreaks/{}", self.outbreak_id),
+                None,
+            )
+            .await?;
+        if status != 200 {
+            return Err(status_error(status, &body));
+        }
+        Ok(body["isContactLabResultsActive"] == true)
     }
 
     /// Checks that the account can write to the outbreak: Go.Data refuses

@@ -985,8 +985,12 @@ async fn lab_results_are_pushed_once_under_their_case(mode: Mode) {
     .await;
 }
 
-/// A lab table whose person is a contact: its rows arrive under the
-/// contact (`…/contacts/{id}/lab-results`).
+/// A lab table whose person is a contact: while the outbreak keeps no
+/// lab results for contacts (`isContactLabResultsActive` false, Go.Data's
+/// default) its rows are dead letters that say so (Go.Data would hide
+/// them, and the bridge could not find them again to create each once);
+/// once the setting is on, a retry sends them under the contact
+/// (`…/contacts/{id}/lab-results`), each once.
 #[tokio::test]
 async fn lab_results_of_contacts_arrive_under_the_contact() {
     let sim = start_sim().await;
@@ -1021,6 +1025,40 @@ async fn lab_results_of_contacts_arrive_under_the_contact() {
     )
     .await
     .unwrap();
+    let parked = || async {
+        let rows = c
+            .query(
+                "SELECT id, reason FROM godata_bridge.dead_letter WHERE godata_code = 'CONTACT_LAB_RESULTS_OFF'",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+    };
+    wait_for(
+        "both lab rows parked for the outbreak's setting",
+        Duration::from_secs(20),
+        || async { parked().await.len() == 2 },
+    )
+    .await;
+    let (letters, reasons): (Vec<i64>, Vec<String>) = parked().await.into_iter().unzip();
+    assert!(
+        reasons[0].contains("isContactLabResultsActive"),
+        "{}",
+        reasons[0]
+    );
+    assert_eq!(sim.with_store(|s| s.lab_results.len()), 0);
+    sim.with_store(|s| {
+        for o in &mut s.outbreaks {
+            o["isContactLabResultsActive"] = json!(true);
+        }
+    });
+    let mut operator = db.client().await;
+    godata_bridge::store::dead_letter::retry(&mut operator, &letters)
+        .await
+        .unwrap();
     let contact = crate::support::ids(&c)
         .await
         .id("hmis.contacts", &json!({"contact_id": "CL-1-C1"}))
