@@ -53,7 +53,7 @@ impl std::fmt::Display for Secret {
 pub use crate::godata::ids::LEGACY_NAMESPACE as DEFAULT_ID_NAMESPACE;
 /// A missed NOTIFY is caught by this periodic drain at the latest.
 pub const DEFAULT_SAFETY_POLL_SECS: u64 = 30;
-/// Parallel delivery lanes (records are hashed to lanes; order per record).
+/// Requests to Go.Data at a time (a batch holds one change per record).
 pub const DEFAULT_LANES: usize = 8;
 /// Outbox rows claimed per drain.
 pub const DEFAULT_BATCH_SIZE: i64 = 500;

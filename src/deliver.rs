@@ -6,9 +6,10 @@
 //! ([`Image::Read`], the trigger outbox, backfill, dead-letter retry), or
 //! the row without its unchanged-TOAST columns ([`Image::Partial`]). The
 //! deliverer maps each record and writes it to Go.Data in parallel lanes
-//! (hash of the Go.Data id, so one record is always in one lane), all
-//! cases of a batch before its contacts, and answers one [`Outcome`] per
-//! change. What the outcome does to the source's queue is the source's
+//! (each lane takes the next record when done with one: a batch holds one
+//! change per record, so their order does not matter), all cases of a
+//! batch before its contacts, and those before its lab results, and
+//! answers one [`Outcome`] per change. What the outcome does to the source's queue is the source's
 //! business; the link bookkeeping is shared ([`record`]).
 //!
 //! Invariant on reads: a row read must see every transaction the source
@@ -462,6 +463,22 @@ struct Prepared<T> {
     lab: crate::godata::client::LabFound,
 }
 
+/// What became of one record in a phase.
+enum Step<T> {
+    Done(Change<T>, Outcome),
+    /// Go.Data itself failed: the phase stops taking records.
+    Outage(Change<T>, Outcome),
+    /// Go.Data refused the bridge itself: the change is untouched and the
+    /// phase stops taking records.
+    Operator(Change<T>, GodataError),
+}
+
+/// Why a phase stopped taking records.
+enum Halt {
+    Outage,
+    Operator(GodataError),
+}
+
 /// The delivery side of the pipeline.
 pub struct Deliverer {
     pub config: Config,
@@ -647,11 +664,7 @@ impl Deliverer {
         let lanes = self.config.delivery.lanes.max(1);
         // Cases, then contacts, then lab results: a record goes after the
         // ones it hangs on in the same batch.
-        let mut phases: [Vec<Vec<Prepared<T>>>; 3] = [
-            (0..lanes).map(|_| vec![]).collect(),
-            (0..lanes).map(|_| vec![]).collect(),
-            (0..lanes).map(|_| vec![]).collect(),
-        ];
+        let mut phases: [Vec<Prepared<T>>; 3] = [vec![], vec![], vec![]];
         for change in batch {
             let k = (change.table.clone(), change.key.to_string());
             let (linked, synced) = match links.get(&k).cloned() {
@@ -699,8 +712,7 @@ impl Deliverer {
                 Some(Resource::LabResult) => 2,
                 _ => 0,
             };
-            let lane = self.lane_of(&p, lanes);
-            phases[phase][lane].push(p);
+            phases[phase].push(p);
         }
         let mut out = Delivered {
             outcomes: vec![],
@@ -710,20 +722,13 @@ impl Deliverer {
         };
         for phase in phases {
             if out.operator.is_some() {
-                out.untouched
-                    .extend(phase.into_iter().flatten().map(|p| p.change));
+                out.untouched.extend(phase.into_iter().map(|p| p.change));
                 continue;
             }
-            let results =
-                futures_util::future::join_all(phase.into_iter().map(|lane| self.run_lane(lane)))
-                    .await;
-            for (outcomes, untouched, operator) in results {
-                out.outcomes.extend(outcomes);
-                out.untouched.extend(untouched);
-                if operator.is_some() {
-                    out.operator = operator;
-                }
-            }
+            let (outcomes, untouched, operator) = self.run_phase(phase, lanes).await;
+            out.outcomes.extend(outcomes);
+            out.untouched.extend(untouched);
+            out.operator = operator;
         }
         Ok(out)
     }
@@ -870,110 +875,155 @@ impl Deliverer {
             .map(|p| p.resource)
     }
 
-    fn lane_of<T>(&self, p: &Prepared<T>, lanes: usize) -> usize {
-        usize::try_from(p.id.as_u128() % lanes as u128).expect("less than lanes")
-    }
-
     fn derived_id(&self, table: &str, key: &Value) -> Uuid {
         self.ids.id(table, key)
     }
 
-    /// Delivers a lane's records in order. Stops at the first operator
-    /// failure (Go.Data refuses the bridge itself): the rest is untouched.
-    async fn run_lane<T>(
+    /// Delivers a phase's records (one per record: their order does not
+    /// matter) with `lanes` requests at a time, each lane taking the next
+    /// record when it is done with one, so a slow record holds up one lane
+    /// only. Stops taking records at Go.Data's own failure (see
+    /// [`Deliverer::outage`]) and at the first operator failure (Go.Data
+    /// refuses the bridge itself): the rest is untouched.
+    async fn run_phase<T>(
         &self,
-        lane: Vec<Prepared<T>>,
+        phase: Vec<Prepared<T>>,
+        lanes: usize,
     ) -> (
         Vec<(Change<T>, Outcome)>,
         Vec<Change<T>>,
         Option<GodataError>,
     ) {
-        let mut outcomes = Vec::with_capacity(lane.len());
-        let mut rest = lane.into_iter();
-        while let Some(p) = rest.next() {
-            let resource = self
-                .resource_of(&p.change.table)
-                .unwrap_or(Resource::Case)
-                .name();
-            let outcome = match self.deliver_one(&p).await {
-                Ok(acked) => {
-                    self.note_success();
-                    metrics::inc(
-                        metrics::CHANGES_DELIVERED,
-                        &[("resource", resource), ("op", p.change.op.label())],
-                        1.0,
-                    );
-                    let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-                    metrics::observe(
-                        metrics::DELIVERY_LATENCY,
-                        &[],
-                        (now - p.change.captured).max(0.0),
-                    );
-                    Outcome::Acked(acked)
+        let queue = std::sync::Mutex::new(std::collections::VecDeque::from(phase));
+        let halted = std::sync::Mutex::new(None::<Halt>);
+        let next = || {
+            if halted.lock().expect("halt lock").is_some() {
+                return None;
+            }
+            queue.lock().expect("queue lock").pop_front()
+        };
+        let lane = || async {
+            let mut outcomes = vec![];
+            let mut untouched = vec![];
+            while let Some(p) = next() {
+                match self.deliver_prepared(p).await {
+                    Step::Done(change, outcome) => outcomes.push((change, outcome)),
+                    Step::Outage(change, outcome) => {
+                        outcomes.push((change, outcome));
+                        halted
+                            .lock()
+                            .expect("halt lock")
+                            .get_or_insert(Halt::Outage);
+                    }
+                    Step::Operator(change, e) => {
+                        untouched.push(change);
+                        let mut h = halted.lock().expect("halt lock");
+                        if !matches!(*h, Some(Halt::Operator(_))) {
+                            *h = Some(Halt::Operator(e));
+                        }
+                    }
                 }
-                Err(Failure::Permanent {
+            }
+            (outcomes, untouched)
+        };
+        let done = futures_util::future::join_all((0..lanes).map(|_| lane())).await;
+        let mut outcomes = vec![];
+        let mut untouched = vec![];
+        for (o, u) in done {
+            outcomes.extend(o);
+            untouched.extend(u);
+        }
+        untouched.extend(
+            queue
+                .into_inner()
+                .expect("queue lock")
+                .into_iter()
+                .map(|p| p.change),
+        );
+        let operator = match halted.into_inner().expect("halt lock") {
+            Some(Halt::Operator(e)) => Some(e),
+            _ => None,
+        };
+        (outcomes, untouched, operator)
+    }
+
+    /// Delivers one record and says what became of it.
+    async fn deliver_prepared<T>(&self, p: Prepared<T>) -> Step<T> {
+        let resource = self
+            .resource_of(&p.change.table)
+            .unwrap_or(Resource::Case)
+            .name();
+        let outcome = match self.deliver_one(&p).await {
+            Ok(acked) => {
+                self.note_success();
+                metrics::inc(
+                    metrics::CHANGES_DELIVERED,
+                    &[("resource", resource), ("op", p.change.op.label())],
+                    1.0,
+                );
+                let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+                metrics::observe(
+                    metrics::DELIVERY_LATENCY,
+                    &[],
+                    (now - p.change.captured).max(0.0),
+                );
+                Outcome::Acked(acked)
+            }
+            Err(Failure::Permanent {
+                status,
+                code,
+                reason,
+            }) => {
+                tracing::warn!(table = %p.change.table, key = %p.change.key, status, code = code.as_deref(), "change dead-lettered");
+                metrics::inc(
+                    metrics::CHANGES_DEAD_LETTERED,
+                    &[("resource", resource)],
+                    1.0,
+                );
+                Outcome::Dead {
                     status,
                     code,
                     reason,
-                }) => {
-                    tracing::warn!(table = %p.change.table, key = %p.change.key, status, code = code.as_deref(), "change dead-lettered");
-                    metrics::inc(
-                        metrics::CHANGES_DEAD_LETTERED,
-                        &[("resource", resource)],
-                        1.0,
-                    );
-                    Outcome::Dead {
-                        status,
-                        code,
-                        reason,
-                    }
                 }
-                Err(Failure::Transient(e)) => {
-                    let delay = backoff(p.change.attempts, self.config.delivery.max_backoff_secs);
-                    metrics::inc(
-                        metrics::CHANGES_DEFERRED,
-                        &[("resource", resource), ("error_class", e.class())],
-                        1.0,
-                    );
-                    let error = e.to_string();
-                    // Go.Data itself is down or overloaded: delivery pauses
-                    // (see `outage`) and the rest of the lane waits for the
-                    // pause, untouched: no request each, and no attempt
-                    // counted against changes that were never tried (their
-                    // own backoff would grow with every other change's
-                    // failure).
-                    if matches!(e.class(), "connection" | "5xx" | "429") {
-                        self.note_outage(&e);
-                        outcomes.push((p.change, Outcome::Deferred { delay, error }));
-                        return (outcomes, rest.map(|q| q.change).collect(), None);
-                    } else {
-                        // Counted in the drain's summary line; one line
-                        // per change per attempt would flood the log.
-                        tracing::debug!(table = %p.change.table, key = %p.change.key, attempt = p.change.attempts + 1, error = %e, "delivery deferred");
-                    }
-                    Outcome::Deferred { delay, error }
+            }
+            Err(Failure::Transient(e)) => {
+                let delay = backoff(p.change.attempts, self.config.delivery.max_backoff_secs);
+                metrics::inc(
+                    metrics::CHANGES_DEFERRED,
+                    &[("resource", resource), ("error_class", e.class())],
+                    1.0,
+                );
+                let error = e.to_string();
+                // Go.Data itself is down or overloaded: delivery pauses
+                // (see `outage`) and the rest of the phase waits for the
+                // pause, untouched: no request each, and no attempt
+                // counted against changes that were never tried (their
+                // own backoff would grow with every other change's
+                // failure).
+                if matches!(e.class(), "connection" | "5xx" | "429") {
+                    self.note_outage(&e);
+                    return Step::Outage(p.change, Outcome::Deferred { delay, error });
                 }
-                Err(Failure::NotVisible) => {
-                    let delay = backoff(p.change.attempts, self.config.delivery.max_backoff_secs);
-                    metrics::inc(
-                        metrics::CHANGES_DEFERRED,
-                        &[("resource", resource), ("error_class", "not_visible")],
-                        1.0,
-                    );
-                    Outcome::Deferred {
-                        delay,
-                        error: "row not yet visible to reads".into(),
-                    }
+                // Counted in the drain's summary line; one line per change
+                // per attempt would flood the log.
+                tracing::debug!(table = %p.change.table, key = %p.change.key, attempt = p.change.attempts + 1, error = %e, "delivery deferred");
+                Outcome::Deferred { delay, error }
+            }
+            Err(Failure::NotVisible) => {
+                let delay = backoff(p.change.attempts, self.config.delivery.max_backoff_secs);
+                metrics::inc(
+                    metrics::CHANGES_DEFERRED,
+                    &[("resource", resource), ("error_class", "not_visible")],
+                    1.0,
+                );
+                Outcome::Deferred {
+                    delay,
+                    error: "row not yet visible to reads".into(),
                 }
-                Err(Failure::Operator(e)) => {
-                    let mut untouched = vec![p.change];
-                    untouched.extend(rest.map(|p| p.change));
-                    return (outcomes, untouched, Some(e));
-                }
-            };
-            outcomes.push((p.change, outcome));
-        }
-        (outcomes, vec![], None)
+            }
+            Err(Failure::Operator(e)) => return Step::Operator(p.change, e),
+        };
+        Step::Done(p.change, outcome)
     }
 
     async fn map(&self, rules: &[&crate::mapping::Rule], image: &Value) -> Result<Value, Failure> {
