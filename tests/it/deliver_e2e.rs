@@ -1082,8 +1082,116 @@ async fn lab_results_of_contacts_arrive_under_the_contact() {
     .await;
 }
 
+/// `kill -9` of the bridge right after Go.Data answered the create of a
+/// lab result, before the bridge could record the id it got: the lab
+/// result is not created a second time after the restart (found by its
+/// marker). The test holds `godata_bridge.link` locked against writes,
+/// so the bridge, answered, waits to record the link; it is killed there.
+async fn a_kill_after_the_lab_result_is_created_does_not_create_it_twice(mode: Mode) {
+    use crate::support::bin::{bridge_cmd, reference_hmis_in, spawn_run, EXAMPLE};
+    let sim = start_sim().await;
+    let (db, c, env) = reference_hmis_in(&sim, mode).await;
+    let (code, _, err) = bridge_cmd(&["install", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         VALUES ('K9-1', 'Sia', now(), 'confirmed')",
+    )
+    .await
+    .unwrap();
+    let mut bridge = spawn_run(EXAMPLE, &env);
+    let case_linked = || async {
+        c.query_one(
+            "SELECT count(*) FROM godata_bridge.link WHERE row_key->>'case_id' = 'K9-1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            == 1
+    };
+    wait_for("the case delivered", Duration::from_secs(30), case_linked).await;
+    let mut locker = db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE godata_bridge.link IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    c.batch_execute(
+        "INSERT INTO hmis.lab_results (lab_id, case_id, sample_id, result)
+         VALUES ('K9-L1', 'K9-1', 'K9-S1', 'positive')",
+    )
+    .await
+    .unwrap();
+    let labs = || {
+        sim.with_store(|s| {
+            s.lab_results
+                .values()
+                .filter(|l| l["sampleIdentifier"] == "K9-S1")
+                .count()
+        })
+    };
+    wait_for(
+        "Go.Data answered the create, the bridge waits to record it",
+        Duration::from_secs(30),
+        || async {
+            let waiting: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE $1 = ANY (pg_blocking_pids(pid))",
+                    &[&locker_pid(&lock).await],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            labs() == 1 && waiting > 0
+        },
+    )
+    .await;
+    bridge.kill().await.unwrap();
+    lock.rollback().await.unwrap();
+    let mut bridge = spawn_run(EXAMPLE, &env);
+    wait_for("the lab row linked", Duration::from_secs(30), || async {
+        c.query_one(
+            "SELECT count(*) FROM godata_bridge.link WHERE row_key->>'lab_id' = 'K9-L1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    let mark = wal_mark(&c).await;
+    wait_for("settled", Duration::from_secs(30), || async {
+        settled(&c, &mark).await
+    })
+    .await;
+    bridge.kill().await.unwrap();
+    assert_eq!(labs(), 1, "the lab result was created once");
+    let linked: String = c
+        .query_one(
+            "SELECT godata_id::text FROM godata_bridge.link WHERE row_key->>'lab_id' = 'K9-L1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        sim.with_store(|s| s.lab_results.contains_key(&linked)),
+        "the link names the lab result Go.Data holds"
+    );
+}
+
+async fn locker_pid(t: &tokio_postgres::Transaction<'_>) -> i32 {
+    t.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 both_modes!(
     lab_results_are_pushed_once_under_their_case,
+    a_kill_after_the_lab_result_is_created_does_not_create_it_twice,
     a_contact_waits_on_a_case_go_data_does_not_hold,
     a_contact_refused_for_its_discarded_case_goes_once_the_case_changes,
     isolated_single_commits_each_arrive_with_their_values,
