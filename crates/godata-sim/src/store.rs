@@ -578,8 +578,8 @@ impl Store {
     /// `Contact.preFilterForOutbreak`, `attachFilterPeopleWithoutRelation`
     /// in GoDataSource-API 2.50.3): taken out of `where`, each restricts the
     /// ids the list may return. Cases: `relationship` (cases in a matching
-    /// relationship of the outbreak), `labResult` (cases with a matching lab
-    /// result: the emulator has none, so none), `noRelationships` (no live
+    /// relationship of the outbreak), `labResult` (cases with a matching live
+    /// lab result of the outbreak), `noRelationships` (no live
     /// relationship: Go.Data's `hasRelationships != true`). Contacts:
     /// `relationship`, `case` (contacts related to a matching case),
     /// `followUp` (the emulator has no follow-ups, so none).
@@ -628,7 +628,17 @@ impl Store {
             }
             narrow(found);
         }
-        if pseudo.contains_key("labResult") || pseudo.contains_key("followUp") {
+        if let Some(q) = pseudo.get("labResult") {
+            let lf = Filter::from_value(&json!({ "where": q }))?;
+            let mut found = std::collections::HashSet::new();
+            for l in self.lab_results.values() {
+                if l["outbreakId"] == outbreak_id && l["deleted"] != true && lf.matches(l)? {
+                    found.extend(l["personId"].as_str().map(String::from));
+                }
+            }
+            narrow(found);
+        }
+        if pseudo.contains_key("followUp") {
             narrow(std::collections::HashSet::new());
         }
         if let Some(q) = pseudo.get("case") {
@@ -949,7 +959,9 @@ impl Store {
     /// candidates and the ids they had merged before), `notDuplicatesIds`
     /// and `createdOn: "MERGE"`, its visualId not validated. Relationships
     /// of the candidates are cloned onto it (fresh ids; those between two
-    /// candidates skipped, one per source and target). Returns it.
+    /// candidates skipped, one per source and target), and so are their
+    /// live lab results (fresh ids, every other property kept, `personId`
+    /// the winner's). Returns it.
     pub fn merge_persons(
         &mut self,
         outbreak_id: &str,
@@ -1063,6 +1075,33 @@ impl Store {
             obj.insert("persons".into(), Value::Array(persons));
             clones.push(clone);
         }
+        // Their live lab results, copied under the winner (fresh ids; the
+        // originals are deleted with their person).
+        let lab_clones: Vec<Value> = self
+            .lab_results
+            .values()
+            .filter(|l| {
+                l["deleted"] != true
+                    && l["outbreakId"] == outbreak_id
+                    && found_ids.iter().any(|id| l["personId"] == *id)
+            })
+            .map(|l| {
+                let mut clone = l.clone();
+                let obj = clone.as_object_mut().expect("lab results are objects");
+                for k in [
+                    "id",
+                    "createdAt",
+                    "createdBy",
+                    "updatedAt",
+                    "updatedBy",
+                    "deletedAt",
+                ] {
+                    obj.remove(k);
+                }
+                obj.insert("personId".into(), json!(winner));
+                clone
+            })
+            .collect();
         for id in &found_ids {
             self.delete_person_with(outbreak_id, kind, id, user_id, false)?;
         }
@@ -1097,6 +1136,14 @@ impl Store {
             obj.insert("deletedByParent".into(), Value::Null);
             stamp_new(obj, &now, user_id);
             self.relationships.insert(id, clone);
+        }
+        for mut clone in lab_clones {
+            let id = Uuid::new_v4().to_string();
+            let obj = clone.as_object_mut().expect("lab results are objects");
+            obj.insert("id".into(), json!(id));
+            stamp_new(obj, &now, user_id);
+            obj.insert("createdOn".into(), json!("MERGE"));
+            self.lab_results.insert(id, clone);
         }
         Ok(public_person(&doc))
     }

@@ -193,3 +193,63 @@ async fn lab_results_go_and_come_back_with_their_person() {
         .await;
     assert_eq!((s, got["deleted"].clone()), (200, json!(false)));
 }
+
+/// A merge copies the candidates' live lab results under the winner (fresh
+/// ids, `createdOn` "MERGE", every other property kept, a client's own
+/// ones too); the originals are deleted with their person, and a lab
+/// result deleted before is not copied (checked against the real server,
+/// `docs/conformance.md`).
+#[tokio::test]
+async fn a_merge_copies_live_lab_results_to_the_winner() {
+    let sim = start_sim().await;
+    let api = api_with_case_and_contact(&sim).await;
+    let (s, _) = api
+        .post(&ob("cases"), json!({"id": "case-2", "firstName": "Fatu"}))
+        .await;
+    assert_eq!(s, 200);
+    for (case, mark) in [("case-1", "m-1"), ("case-2", "m-2"), ("case-1", "gone")] {
+        let (s, lr) = api
+            .post(
+                &ob(&format!("cases/{case}/lab-results")),
+                json!({"sampleIdentifier": mark, "godataBridgeRef": mark}),
+            )
+            .await;
+        assert_eq!(s, 200);
+        if mark == "gone" {
+            let id = lr["id"].as_str().unwrap();
+            let (s, _) = api
+                .delete(&ob(&format!("cases/case-1/lab-results/{id}")))
+                .await;
+            assert_eq!(s, 204);
+        }
+    }
+    let (s, winner) = api
+        .post(
+            &ob("merge"),
+            json!({"type": CASE, "ids": ["case-1", "case-2"], "model": {"firstName": "Fatmata"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{winner}");
+    let winner = winner["id"].as_str().unwrap();
+    let (_, all) = api
+        .list(&ob("lab-results/aggregate"), json!({"deleted": true}))
+        .await;
+    let all = all.as_array().unwrap();
+    let of = |mark: &str, live: bool| -> Vec<&Value> {
+        all.iter()
+            .filter(|l| l["godataBridgeRef"] == mark && (l["deleted"] != true) == live)
+            .collect()
+    };
+    for mark in ["m-1", "m-2"] {
+        let live = of(mark, true);
+        assert_eq!(live.len(), 1, "{mark}: one copy under the winner");
+        assert_eq!(live[0]["personId"], winner);
+        assert_eq!(live[0]["createdOn"], "MERGE");
+        assert_eq!(live[0]["sampleIdentifier"], mark);
+        let old = of(mark, false);
+        assert_eq!(old.len(), 1, "{mark}: the original, deleted");
+        assert_ne!(old[0]["id"], live[0]["id"]);
+        assert!(old[0]["deletedByParent"].is_string());
+    }
+    assert!(of("gone", true).is_empty(), "a deleted one is not copied");
+}

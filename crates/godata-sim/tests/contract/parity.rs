@@ -300,14 +300,37 @@ async fn the_outbreak_lists_pseudo_filters_restrict_the_ids() {
         .list(&ob("cases"), json!({"where": {"noRelationships": true}}))
         .await;
     assert_eq!(ids_of(&l), ["c-3"]);
-    // Lab results: the emulator has none, so no case has a matching one.
+    // Cases with a matching live lab result (a deleted one does not count;
+    // checked against the real server, docs/conformance.md).
+    let positive = json!({"result": "LNG_REFERENCE_DATA_CATEGORY_LAB_TEST_RESULT_POSITIVE"});
+    for case in ["c-1", "c-2"] {
+        let (s, _) = api
+            .post(&ob(&format!("cases/{case}/lab-results")), positive.clone())
+            .await;
+        assert_eq!(s, 200);
+    }
     let (_, l) = api
         .list(
             &ob("cases"),
-            json!({"where": {"labResult": {"result": "LNG_REFERENCE_DATA_CATEGORY_LAB_TEST_RESULT_POSITIVE"}}}),
+            json!({"where": {"labResult": positive, "firstName": "Ben"}}),
         )
         .await;
-    assert_eq!(ids_of(&l), Vec::<String>::new());
+    assert_eq!(ids_of(&l), ["c-2"]);
+    let (_, mine) = api
+        .list(
+            &ob("lab-results/aggregate"),
+            json!({"where": {"personId": "c-2"}}),
+        )
+        .await;
+    let lab = mine[0]["id"].as_str().unwrap();
+    let (s, _) = api
+        .delete(&ob(&format!("cases/c-2/lab-results/{lab}")))
+        .await;
+    assert_eq!(s, 204);
+    let (_, l) = api
+        .list(&ob("cases"), json!({"where": {"labResult": positive}}))
+        .await;
+    assert_eq!(ids_of(&l), ["c-1"]);
     // Contacts of matching cases, and in matching relationships.
     let (_, l) = api
         .list(
