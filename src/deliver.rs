@@ -1131,7 +1131,15 @@ impl Deliverer {
                 d.push(json!({ "type": EXTERNAL_ID_DOCUMENT, "number": ext }));
             }
         }
-        let hash = content_hash(&doc);
+        let hash = match push.resource {
+            // A lab result's person is in its route, not its body: a row
+            // moved to another person is a change.
+            Resource::LabResult => {
+                let (_, person) = self.person_of_lab_result(push, image)?;
+                content_hash(&json!([doc, person]))
+            }
+            Resource::Case | Resource::Contact => content_hash(&doc),
+        };
         if last_hash == Some(hash.as_str()) {
             return Ok(Acked::Unchanged);
         }

@@ -797,7 +797,13 @@ impl Client {
     /// batch at once, see [`Client::find_lab_results`]): after a crash
     /// between Go.Data's answer and the link's write, or a timeout whose
     /// request did land, the next attempt updates the record instead of
-    /// creating a second one. Returns (Go.Data id, what Go.Data stored).
+    /// creating a second one. A record found under another person is
+    /// written there if that person is the one `person` was merged into
+    /// (Go.Data copies lab results to a merge's winner, marker included);
+    /// otherwise the row's person changed, and the record is deleted and
+    /// made anew under `person`. A new one goes under the person, or under
+    /// the record it was merged into. Returns (Go.Data id, what Go.Data
+    /// stored).
     pub async fn upsert_lab_result(
         &self,
         person_collection: &str,
@@ -806,7 +812,6 @@ impl Client {
         found: LabFound,
         doc: &Value,
     ) -> Result<(Uuid, Value), GodataError> {
-        let base = self.ob(&format!("{person_collection}/{person}/lab-results"));
         let mut body = doc.clone();
         if let Some(o) = body.as_object_mut() {
             o.insert(LAB_MARKER.into(), json!(marker));
@@ -814,14 +819,44 @@ impl Client {
         let linked = matches!(found, LabFound::Linked(_));
         let record = match found {
             LabFound::Linked(id) => Some((id, None)),
-            LabFound::LookedUp(r) => r.map(|r| (lab_id(&r).unwrap_or(marker), Some(r))),
+            LabFound::LookedUp(r) => r.and_then(|r| Some((lab_id(&r)?, Some(r)))),
             LabFound::Unknown => self
                 .find_lab_results(&[marker])
                 .await?
                 .remove(&marker)
-                .map(|r| (lab_id(&r).unwrap_or(marker), Some(r))),
+                .and_then(|r| Some((lab_id(&r)?, Some(r)))),
+        };
+        // A record found under another person: Go.Data's copy under the
+        // winner of a merge (written there), or the lab row's person
+        // changed in the HMIS (the record moves: Go.Data keeps a lab
+        // result's person, so the old one is deleted and a new one made).
+        let record = match record {
+            Some((id, Some(r))) if r["personId"].as_str() != Some(person.to_string().as_str()) => {
+                let survivor = self.survivor_of(person_collection, person).await?;
+                if survivor.is_some_and(|s| r["personId"].as_str() == Some(s.to_string().as_str()))
+                {
+                    Some((id, Some(r)))
+                } else {
+                    if let Some(base) = self.lab_base_of(&r).filter(|_| r["deleted"] != true) {
+                        let (s, b) = self
+                            .call(Method::DELETE, &format!("{base}/{id}"), None)
+                            .await?;
+                        if !matches!(s, 200 | 204 | 404) {
+                            return Err(status_error(s, &b));
+                        }
+                    }
+                    None
+                }
+            }
+            other => other,
         };
         if let Some((id, record)) = record {
+            let base = match &record {
+                Some(r) => self.lab_base_of(r).unwrap_or_else(|| {
+                    self.ob(&format!("{person_collection}/{person}/lab-results"))
+                }),
+                None => self.ob(&format!("{person_collection}/{person}/lab-results")),
+            };
             let deleted = record.as_ref().is_some_and(|r| r["deleted"] == true);
             if deleted {
                 let (s, b) = self
@@ -840,8 +875,8 @@ impl Client {
                 .await?;
             match s {
                 200 => return Ok((id, b)),
-                // Gone or deleted since the link was written: look it up
-                // by its marker (below), restore or create it.
+                // Gone, deleted or moved (a merge) since the link was
+                // written: look it up by its marker, restore or create it.
                 404 if linked => {
                     return Box::pin(self.upsert_lab_result(
                         person_collection,
@@ -855,7 +890,24 @@ impl Client {
                 _ => return Err(status_error(s, &b)),
             }
         }
-        let (s, b) = self.call(Method::POST, &base, Some(&body)).await?;
+        let post = |person: Uuid| {
+            let body = &body;
+            async move {
+                self.call(
+                    Method::POST,
+                    &self.ob(&format!("{person_collection}/{person}/lab-results")),
+                    Some(body),
+                )
+                .await
+            }
+        };
+        let (mut s, mut b) = post(person).await?;
+        if s == 404 {
+            // The person may have been merged into another.
+            if let Some(survivor) = self.survivor_of(person_collection, person).await? {
+                (s, b) = post(survivor).await?;
+            }
+        }
         match s {
             200 => {
                 let id = lab_id(&b).ok_or(GodataError::BadBody { status: 200 })?;
@@ -864,6 +916,16 @@ impl Client {
             404 => Err(GodataError::CaseMissing),
             _ => Err(status_error(s, &b)),
         }
+    }
+
+    /// The lab-results route of the person a lab result hangs on.
+    fn lab_base_of(&self, record: &Value) -> Option<String> {
+        let person = record["personId"].as_str()?;
+        let collection = match record["personType"].as_str() {
+            Some(t) if t.ends_with("_CONTACT") => "contacts",
+            _ => "cases",
+        };
+        Some(self.ob(&format!("{collection}/{person}/lab-results")))
     }
 
     /// The lab results carrying these markers, deleted or not (a live one
@@ -912,20 +974,11 @@ impl Client {
         else {
             return Ok(());
         };
-        let collection = match r["personType"].as_str() {
-            Some(t) if t.ends_with("_CONTACT") => "contacts",
-            _ => "cases",
+        let (Some(base), Some(id)) = (self.lab_base_of(&r), r["id"].as_str()) else {
+            return Err(GodataError::BadBody { status: 200 });
         };
-        let (id, person) = (
-            r["id"].as_str().unwrap_or_default(),
-            r["personId"].as_str().unwrap_or_default(),
-        );
         let (status, body) = self
-            .call(
-                Method::DELETE,
-                &self.ob(&format!("{collection}/{person}/lab-results/{id}")),
-                None,
-            )
+            .call(Method::DELETE, &format!("{base}/{id}"), None)
             .await?;
         match status {
             200 | 204 | 404 => Ok(()),

@@ -1182,6 +1182,98 @@ async fn a_kill_after_the_lab_result_is_created_does_not_create_it_twice(mode: M
     );
 }
 
+/// A lab result follows its person: a lab row moved to another case in
+/// the HMIS moves in Go.Data (the old record deleted, one live record with
+/// the marker under the new case); after a person merges its case in
+/// Go.Data, an update goes to Go.Data's copy under the winner and a new
+/// lab row of the merged-away case goes under the winner, nothing made
+/// twice.
+async fn a_lab_result_follows_its_person_moved_or_merged(mode: Mode) {
+    let sim = start_sim().await;
+    let (_db, c, _bridge) = setup(&sim, mode).await;
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         VALUES ('MV-1', 'Sia', now(), 'confirmed'), ('MV-2', 'Musu', now(), 'confirmed'),
+                ('MV-3', 'Sahr', now(), 'confirmed');
+         INSERT INTO hmis.lab_results (lab_id, case_id, sample_id, result)
+         VALUES ('MV-L1', 'MV-1', 'MV-S1', 'negative'), ('MV-L2', 'MV-2', 'MV-S2', 'negative')",
+    )
+    .await
+    .unwrap();
+    let ids = crate::support::ids(&c).await;
+    let gid = |k: &str| ids.id("hmis.cases", &json!({ "case_id": k })).to_string();
+    let live = |sample: &'static str| {
+        sim.with_store(|s| {
+            s.lab_results
+                .values()
+                .filter(|l| l["sampleIdentifier"] == sample && l["deleted"] != true)
+                .cloned()
+                .collect::<Vec<Value>>()
+        })
+    };
+    let under = |sample: &'static str, person: String| {
+        let found = live(sample);
+        async move { found.len() == 1 && found[0]["personId"] == person.as_str() }
+    };
+    wait_for("both lab results", Duration::from_secs(20), || async {
+        under("MV-S1", gid("MV-1")).await && under("MV-S2", gid("MV-2")).await
+    })
+    .await;
+    // Moved in the HMIS.
+    c.batch_execute("UPDATE hmis.lab_results SET case_id = 'MV-3' WHERE lab_id = 'MV-L1'")
+        .await
+        .unwrap();
+    wait_for("the lab result under MV-3", Duration::from_secs(20), || {
+        under("MV-S1", gid("MV-3"))
+    })
+    .await;
+    let with_marker = sim.with_store(|s| {
+        s.lab_results
+            .values()
+            .filter(|l| l["sampleIdentifier"] == "MV-S1")
+            .map(|l| l["deleted"] == true)
+            .collect::<Vec<bool>>()
+    });
+    assert_eq!(with_marker.len(), 2, "the old one deleted, one new");
+    // Merged in Go.Data: MV-2 into a new record.
+    let mut api = crate::support::Api::for_sim(&sim);
+    api.login().await;
+    let (s, winner) = api
+        .post(
+            &crate::support::ob("merge"),
+            json!({"ids": [gid("MV-2"), gid("MV-1")], "type": "LNG_REFERENCE_DATA_CATEGORY_PERSON_TYPE_CASE",
+                   "model": {"firstName": "Musu"}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{winner}");
+    let winner = winner["id"].as_str().unwrap().to_string();
+    let copies = sim.with_store(|s| s.lab_results.len());
+    c.batch_execute(
+        "UPDATE hmis.lab_results SET result = 'positive' WHERE lab_id = 'MV-L2';
+         INSERT INTO hmis.lab_results (lab_id, case_id, sample_id, result)
+         VALUES ('MV-L4', 'MV-2', 'MV-S4', 'positive')",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the update on the winner's copy, the new one under the winner",
+        Duration::from_secs(20),
+        || {
+            let updated = live("MV-S2").first().is_some_and(|l| {
+                l["result"] == "LNG_REFERENCE_DATA_CATEGORY_LAB_TEST_RESULT_POSITIVE"
+            });
+            let w = winner.clone();
+            async move { updated && under("MV-S2", w.clone()).await && under("MV-S4", w).await }
+        },
+    )
+    .await;
+    assert_eq!(
+        sim.with_store(|s| s.lab_results.len()),
+        copies + 1,
+        "only the new lab row made a record"
+    );
+}
+
 async fn locker_pid(t: &tokio_postgres::Transaction<'_>) -> i32 {
     t.query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -1192,6 +1284,7 @@ async fn locker_pid(t: &tokio_postgres::Transaction<'_>) -> i32 {
 both_modes!(
     lab_results_are_pushed_once_under_their_case,
     a_kill_after_the_lab_result_is_created_does_not_create_it_twice,
+    a_lab_result_follows_its_person_moved_or_merged,
     a_contact_waits_on_a_case_go_data_does_not_hold,
     a_contact_refused_for_its_discarded_case_goes_once_the_case_changes,
     isolated_single_commits_each_arrive_with_their_values,

@@ -228,8 +228,11 @@ async fn reconcile_names_exactly_what_differs_and_repairs_it(mode: Mode) {
     let _bridge = spawn_run(EXAMPLE, &env);
     let (code, report) = reconcile(&env, &["--repair"]).await;
     assert_eq!(code, Some(0), "repaired and in sync: {report}");
+    // The bridge, just started, may already have pulled Go.Data's edits
+    // made while it was stopped; the case deleted in Go.Data (RC-1) and
+    // the row deleted behind the bridge (RC-5) only a repair mends.
     assert!(
-        report["repaired"]["before"].as_u64().unwrap() >= 6,
+        report["repaired"]["before"].as_u64().unwrap() >= 2,
         "{report}"
     );
     let live = |k: &str| live_case_by_document(&sim, k).is_some();
