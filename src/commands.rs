@@ -8,7 +8,7 @@ use anyhow::Context;
 
 use crate::capture::install as capture;
 use crate::capture::script;
-use crate::config::{CaptureMode, Config};
+use crate::config::{CaptureMode, Config, Resource};
 use crate::deliver::Deliverer;
 use crate::godata::client::{AccessProblem, Client, Disposition, GodataError};
 use crate::pg::Session;
@@ -814,9 +814,43 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
         }
     }
     let client = godata_client(config)?;
-    match client.check_outbreak_access().await {
+    let access = client.check_outbreak_access().await;
+    let reached = access.is_ok();
+    match access {
         Ok(()) => report(true, "go.data login and outbreak access", String::new()),
         Err(e) => report(false, "go.data login and outbreak access", e.to_string()),
+    }
+    // Lab results of contacts need the outbreak's setting (see
+    // `deliver::CONTACT_LAB_RESULTS_OFF`).
+    let contact_labs: Vec<String> = config
+        .push
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.resource == Resource::LabResult)
+        .filter(|(_, p)| {
+            p.person.as_ref().is_some_and(|person| {
+                config
+                    .push
+                    .iter()
+                    .any(|q| q.table == person.table && q.resource == Resource::Contact)
+            })
+        })
+        .map(|(i, p)| format!("push[{i}] ({})", p.table))
+        .collect();
+    if reached && !contact_labs.is_empty() {
+        match client.contact_lab_results_active().await {
+            Ok(true) => report(true, "lab results of contacts", String::new()),
+            Ok(false) => report(
+                false,
+                "lab results of contacts",
+                format!(
+                    "{} push lab results of contacts, but outbreak {} has isContactLabResultsActive false: Go.Data would hide them, and the bridge sets them aside as dead letters (CONTACT_LAB_RESULTS_OFF); turn the setting on in the outbreak",
+                    contact_labs.join(", "),
+                    config.godata.outbreak_id
+                ),
+            ),
+            Err(e) => report(false, "lab results of contacts", e.to_string()),
+        }
     }
     if failed > 0 {
         anyhow::bail!("{failed} check(s) failed");

@@ -366,6 +366,39 @@ async fn check_reports_and_catalog_mismatch_exits_2() {
     );
     let (code, out, _) = bridge_cmd(&["check", "--config", example], &env).await;
     assert_eq!(code, Some(0), "{out}");
+    // Lab results of contacts while the outbreak keeps none: named.
+    c.batch_execute(
+        "CREATE TABLE hmis.contact_labs (lab_id text PRIMARY KEY, contact_id text, sample_id text)",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let with_contact_labs = dir.path().join("bridge.toml");
+    std::fs::write(
+        &with_contact_labs,
+        std::fs::read_to_string(example).unwrap()
+            + "\n[[push]]\ntable = \"hmis.contact_labs\"\nresource = \"lab_result\"\nkey = [\"lab_id\"]\n\
+               person = { table = \"hmis.contacts\", column = \"contact_id\" }\n\
+               map = [{ to = \"sampleIdentifier\", from = \"sample_id\" }]\n",
+    )
+    .unwrap();
+    let path = with_contact_labs.to_str().unwrap();
+    let (code, out, _) = bridge_cmd(&["check", "--config", path], &env).await;
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("FAIL lab results of contacts")
+            && out.contains("hmis.contact_labs")
+            && out.contains("isContactLabResultsActive false"),
+        "{out}"
+    );
+    sim.with_store(|s| {
+        for o in &mut s.outbreaks {
+            o["isContactLabResultsActive"] = serde_json::json!(true);
+        }
+    });
+    let (code, out, _) = bridge_cmd(&["check", "--config", path], &env).await;
+    assert!(out.contains("ok   lab results of contacts"), "{out}");
+    assert_eq!(code, Some(0), "{out}");
     // A column the HMIS does not have: named, exit 2, nothing changed.
     c.batch_execute("ALTER TABLE hmis.cases RENAME COLUMN national_id TO nid")
         .await
