@@ -795,11 +795,32 @@ pub async fn check(config: &Config, file: &str) -> anyhow::Result<()> {
             let installed = store::status::status(&*pg).await;
             let is_installed = installed.is_ok();
             match installed {
-                Ok(s) => report(
-                    true,
-                    "capture installed",
-                    format!("tracking {}", s.tracked_tables.join(", ")),
-                ),
+                Ok(s) => {
+                    // A [[push]] table added after `install` is not
+                    // captured: its changes would never be seen.
+                    let untracked: Vec<String> = config
+                        .push
+                        .iter()
+                        .map(|p| p.table.to_string())
+                        .filter(|t| !s.tracked_tables.contains(t))
+                        .collect();
+                    if untracked.is_empty() {
+                        report(
+                            true,
+                            "capture installed",
+                            format!("tracking {}", s.tracked_tables.join(", ")),
+                        )
+                    } else {
+                        report(
+                            false,
+                            "capture installed",
+                            format!(
+                                "{} in [[push]] but not captured: run `godata-bridge install` again",
+                                untracked.join(", ")
+                            ),
+                        )
+                    }
+                }
                 Err(_) => report(
                     false,
                     "capture installed",

@@ -398,6 +398,17 @@ async fn check_reports_and_catalog_mismatch_exits_2() {
     });
     let (code, out, _) = bridge_cmd(&["check", "--config", path], &env).await;
     assert!(out.contains("ok   lab results of contacts"), "{out}");
+    // The new table is not captured until installed.
+    assert!(
+        out.contains("FAIL capture installed: hmis.contact_labs in [[push]] but not captured"),
+        "{out}"
+    );
+    assert_ne!(code, Some(0), "{out}");
+    assert_eq!(
+        bridge_cmd(&["install", "--config", path], &env).await.0,
+        Some(0)
+    );
+    let (code, out, _) = bridge_cmd(&["check", "--config", path], &env).await;
     assert_eq!(code, Some(0), "{out}");
     // A column the HMIS does not have: named, exit 2, nothing changed.
     c.batch_execute("ALTER TABLE hmis.cases RENAME COLUMN national_id TO nid")
