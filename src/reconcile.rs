@@ -487,15 +487,26 @@ impl PushCtx<'_> {
         }
         let found = self
             .client
-            .list(
+            .list_any_of(
                 collection,
-                &json!({ "where": { by: { "inq": wanted } }, "deleted": true, "fields": fields }),
+                by,
+                &wanted,
+                &json!({ "deleted": true, "fields": fields }),
             )
             .await?;
-        let found: HashMap<&str, &Value> = found
-            .iter()
-            .filter_map(|r| Some((r[by].as_str()?, r)))
-            .collect();
+        // A live record over a deleted one with the same marker (a lab
+        // result moved to another person, or copied by a merge).
+        let mut by_key: HashMap<&str, &Value> = HashMap::new();
+        for r in &found {
+            let Some(k) = r[by].as_str() else { continue };
+            match by_key.get(k) {
+                Some(prev) if prev["deleted"] != true => {}
+                _ => {
+                    by_key.insert(k, r);
+                }
+            }
+        }
+        let found = by_key;
         let cases_fine = self.cases_fine(pg, dead, parent, page).await?;
         let max = self.examples;
         for (key, id, doc) in expected {
@@ -597,9 +608,11 @@ impl PushCtx<'_> {
         let ids: Vec<String> = waiting.iter().map(|(_, k)| case_id(k)).collect();
         let cases = self
             .client
-            .list(
+            .list_any_of(
                 "cases",
-                &json!({ "where": { "id": { "inq": ids } }, "fields": ["id", "classification", "deleted"] }),
+                "id",
+                &ids,
+                &json!({ "fields": ["id", "classification", "deleted"] }),
             )
             .await?;
         for (dl, k) in &waiting {

@@ -23,10 +23,11 @@ pub const EXTERNAL_ID_DOCUMENT: &str = "LNG_REFERENCE_DATA_CATEGORY_DOCUMENT_TYP
 /// the real 2.50.3 server).
 pub const LAB_MARKER: &str = "godataBridgeRef";
 
-/// Markers looked up per request: the filter travels in the query string,
-/// and Node's default header limit (16 KiB, the URL included) must hold it
-/// (100 markers are about 4.5 KiB encoded).
-pub const MARKERS_PER_LOOKUP: usize = 100;
+/// Values of one `inq` per request: a LoopBack filter travels in the
+/// query string, and the real server answers 431 past Node's 16 KiB of
+/// request line and headers (100 UUIDs are about 4.5 KiB encoded; 350
+/// were refused).
+pub const IDS_PER_LIST: usize = 100;
 
 /// What is known of a lab result's Go.Data record before it is written.
 #[derive(Debug, Clone, Default)]
@@ -930,23 +931,26 @@ impl Client {
 
     /// The lab results carrying these markers, deleted or not (a live one
     /// over a deleted one), by marker: one filtered list per
-    /// [`MARKERS_PER_LOOKUP`] markers, sent together.
+    /// [`IDS_PER_LIST`] markers, sent together. Each holds only its
+    /// id, marker, `deleted`, `personId` and `personType`.
     pub async fn find_lab_results(
         &self,
         markers: &[Uuid],
     ) -> Result<std::collections::HashMap<Uuid, Value>, GodataError> {
-        let filters: Vec<Value> = markers
-            .chunks(MARKERS_PER_LOOKUP)
-            .map(|chunk| json!({ "where": { LAB_MARKER: { "inq": chunk } }, "deleted": true }))
-            .collect();
-        let pages = futures_util::future::try_join_all(
-            filters
-                .iter()
-                .map(|f| self.list("lab-results/aggregate", f)),
-        )
-        .await?;
+        let found = self
+            .list_any_of(
+                "lab-results/aggregate",
+                LAB_MARKER,
+                markers,
+                // Not the whole record with its person embedded.
+                &json!({
+                    "deleted": true,
+                    "fields": ["id", LAB_MARKER, "deleted", "personId", "personType"],
+                }),
+            )
+            .await?;
         let mut out = std::collections::HashMap::new();
-        for r in pages.into_iter().flatten() {
+        for r in found {
             let Some(marker) = r[LAB_MARKER].as_str().and_then(|s| s.parse::<Uuid>().ok()) else {
                 continue;
             };
@@ -1026,6 +1030,30 @@ impl Client {
             Value::Array(a) => Ok(a),
             _ => Err(GodataError::BadBody { status }),
         }
+    }
+
+    /// The records of `collection` whose `field` is one of `values`, with
+    /// the rest of the filter from `rest` (no `where`): one list per
+    /// [`IDS_PER_LIST`] values, sent together.
+    pub async fn list_any_of<T: serde::Serialize>(
+        &self,
+        collection: &str,
+        field: &str,
+        values: &[T],
+        rest: &Value,
+    ) -> Result<Vec<Value>, GodataError> {
+        let filters: Vec<Value> = values
+            .chunks(IDS_PER_LIST)
+            .map(|chunk| {
+                let mut f = rest.clone();
+                f["where"] = json!({ field: { "inq": chunk } });
+                f
+            })
+            .collect();
+        let pages =
+            futures_util::future::try_join_all(filters.iter().map(|f| self.list(collection, f)))
+                .await?;
+        Ok(pages.into_iter().flatten().collect())
     }
 
     /// Location ids by `identifiers[].code`.

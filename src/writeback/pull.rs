@@ -236,9 +236,11 @@ pub(crate) async fn contact_bundles(
 ) -> Result<Vec<Value>, GodataError> {
     let ids: Vec<&Value> = page.iter().map(|c| &c["id"]).collect();
     let rels = client
-        .list(
+        .list_any_of(
             "relationships",
-            &json!({ "where": { "persons.id": { "inq": ids } }, "deleted": true }),
+            "persons.id",
+            &ids,
+            &json!({ "deleted": true }),
         )
         .await?;
     Ok(page
@@ -430,7 +432,7 @@ pub async fn repull(
     let o = fhir_options(config);
     let collection = resource.collection();
     let mut total = 0;
-    for chunk in ids.chunks(100) {
+    for chunk in ids.chunks(crate::godata::client::IDS_PER_LIST) {
         let page = client
             .list(
                 collection,

@@ -330,3 +330,58 @@ async fn scheduled_reconcile_reports_drift_as_a_metric() {
     )
     .await;
 }
+
+/// Lists by id sets as large as a page: the real server refuses a
+/// request whose query string passes 16 KiB (431; the emulator too), and
+/// a LoopBack filter with 400 ids is past it. The pull of 400 contacts
+/// (their relationships are read by contact id) and reconcile of 400
+/// cases, contacts and lab results (read by id and by marker) both hold.
+#[tokio::test]
+async fn pages_of_ids_beyond_what_one_url_carries_are_listed_in_parts() {
+    let sim = sim_with_auditor().await;
+    let (_db, c, env) = reference_hmis_in(&sim, Mode::Trigger).await;
+    let (code, _, err) = bridge_cmd(&["install", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = bridge_cmd(&["backfill", "--config", EXAMPLE], &env).await;
+    assert_eq!(code, Some(0), "{err}");
+    c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         SELECT 'PG-' || g, 'P' || g, now(), 'confirmed' FROM generate_series(1, 400) g;
+         INSERT INTO hmis.contacts (contact_id, case_id, first_name, exposure_date, relation)
+         SELECT 'PG-' || g || '-C', 'PG-' || g, 'C' || g, current_date, 'family' FROM generate_series(1, 400) g;
+         INSERT INTO hmis.lab_results (lab_id, case_id, sample_id, result)
+         SELECT 'PG-' || g || '-L', 'PG-' || g, 'PG-S' || g, 'positive' FROM generate_series(1, 400) g",
+    )
+    .await
+    .unwrap();
+    let _bridge = spawn_run(EXAMPLE, &env);
+    let pulled_contacts = || async {
+        c.query_one(
+            "SELECT count(*) FROM hmis.tbl_cases WHERE name ~ '^C[0-9]+$'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    wait_for(
+        "400 contacts pulled back",
+        Duration::from_secs(90),
+        || async { pulled_contacts().await == 400 },
+    )
+    .await;
+    let report = until_in_sync(&env, Duration::from_secs(90), "400 of each").await;
+    let checked = |table: &str| {
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["direction"] == "push" && t["table"] == table)
+            .map(|t| t["checked"].as_u64().unwrap())
+    };
+    for table in ["hmis.cases", "hmis.contacts", "hmis.lab_results"] {
+        assert!(checked(table).unwrap() >= 400, "{table}: {report}");
+    }
+    let refused = sim.requests().iter().filter(|r| r.status == 431).count();
+    assert_eq!(refused, 0, "no request too large");
+}
