@@ -646,6 +646,119 @@ impl Deliverer {
             }
             revived += n;
         }
+        revived += self.revive_if_case_fine(pg, delivered).await?;
+        Ok(revived)
+    }
+
+    /// Records this batch parked "waiting on case K" whose case Go.Data
+    /// holds fine (live, not discarded) by now go straight back to the
+    /// outbox. This closes a race: the pull revives such records when it
+    /// brings their case's fix, but a record refused while that fix was
+    /// being pulled is parked after the pull looked; looking at the case
+    /// here, after the dead letter is written, sees the fix in that case.
+    /// One list per batch that parked some; a Go.Data failure leaves them
+    /// parked (the next change of their case revives them).
+    async fn revive_if_case_fine<T>(
+        &self,
+        pg: &PgClient,
+        delivered: &Delivered<T>,
+    ) -> Result<u64, tokio_postgres::Error> {
+        use crate::godata::client::CLASSIFICATION_DISCARDED;
+        let mut revived = 0;
+        for dependents in &self.config.push {
+            let Some(parent) = dependents.case.as_ref().or(dependents.person.as_ref()) else {
+                continue;
+            };
+            let parked: Vec<&Value> = delivered
+                .outcomes
+                .iter()
+                .filter(|(c, o)| {
+                    c.table == dependents.table.as_str()
+                        && matches!(o, Outcome::Dead { code: Some(code), .. } if DEPENDENT_CODES.contains(&code.as_str()))
+                })
+                .map(|(c, _)| &c.key)
+                .collect();
+            if parked.is_empty() {
+                continue;
+            }
+            let (Some([key_col]), Some([parent_col])) = (
+                self.keys.get(dependents.table.as_str()).map(Vec::as_slice),
+                self.keys.get(parent.table.as_str()).map(Vec::as_slice),
+            ) else {
+                continue;
+            };
+            let case_keys = crate::store::dead_letter::case_keys_of(
+                pg,
+                &dependents.table,
+                key_col,
+                &parent.column,
+                &parked,
+            )
+            .await?;
+            // The id delivery posts under: derived from the case's key.
+            let ids: Vec<(String, String)> = case_keys
+                .into_iter()
+                .map(|k| {
+                    let id = self
+                        .derived_id(&parent.table, &json!({ parent_col.as_str(): k.clone() }))
+                        .to_string();
+                    let key = match k {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    (id, key)
+                })
+                .collect();
+            let collection = self
+                .resource_of(&parent.table)
+                .unwrap_or(Resource::Case)
+                .collection();
+            let wanted: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+            let found = match self
+                .client
+                .list_any_of(
+                    collection,
+                    "id",
+                    &wanted,
+                    &json!({ "fields": ["id", "classification", "deleted"] }),
+                )
+                .await
+            {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not look at the cases of parked records; they wait for their case to change");
+                    continue;
+                }
+            };
+            let fine: Vec<String> = ids
+                .into_iter()
+                .filter(|(id, _)| {
+                    found.iter().any(|c| {
+                        c["id"] == id.as_str()
+                            && c["deleted"] != true
+                            && c["classification"] != CLASSIFICATION_DISCARDED
+                    })
+                })
+                .map(|(_, key)| key)
+                .collect();
+            if fine.is_empty() {
+                continue;
+            }
+            let n = crate::store::dead_letter::revive_waiting_on_cases(
+                pg,
+                &dependents.table,
+                key_col,
+                &parent.column,
+                DEPENDENT_CODES,
+                &fine,
+            )
+            .await?;
+            if n > 0 {
+                tracing::info!(table = %dependents.table, changes = n, "records parked while their case was fixed in go.data go back to the outbox");
+                crate::store::outbox::wake(pg).await?;
+            }
+            revived += n;
+        }
         Ok(revived)
     }
 

@@ -115,6 +115,27 @@ pub async fn revive_waiting_on_cases(
         .await
 }
 
+/// The case (or person) keys, as JSON values, that the rows `row_keys` of
+/// `contacts` name in `case_col` (`key_col` is the key column).
+pub async fn case_keys_of(
+    pg: &impl GenericClient,
+    contacts: &crate::pg::TableName,
+    key_col: &str,
+    case_col: &str,
+    row_keys: &[&Value],
+) -> Result<Vec<Value>, tokio_postgres::Error> {
+    let q = crate::pg::quote_ident;
+    let sql = format!(
+        "SELECT DISTINCT to_jsonb(c.{cc}) FROM {qt} c
+          WHERE jsonb_build_object($1::text, c.{kc}) = ANY($2::jsonb[]) AND c.{cc} IS NOT NULL",
+        qt = contacts.quoted(),
+        kc = q(key_col),
+        cc = q(case_col),
+    );
+    let rows = pg.query(&sql, &[&key_col, &row_keys]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Whether any dead letter carries one of `codes` (a cheap check before
 /// looking for what to revive).
 pub async fn any_with_code(
