@@ -447,8 +447,116 @@ async fn a_contact_waiting_on_a_discarded_case_goes_when_a_tracer_reclassifies_i
     stop(run).await;
 }
 
+/// The race behind that: the contact is refused for its discarded case,
+/// and before the bridge has written its dead letter the tracer
+/// reclassifies the case and the pull brings it (the pull looks for
+/// contacts waiting on the case and finds none yet). The test holds the
+/// dead-letter table locked against writes, so the refused contact waits
+/// to be parked while the fix goes through, and the pull's next polls
+/// past it. The contact still goes.
+async fn a_contact_parked_while_its_case_is_fixed_in_go_data_still_goes(mode: Mode) {
+    let sim = sim_with_tracer().await;
+    let s = setup_in(&sim, mode).await;
+    let config = config_of(&s);
+    let gid = id_of(&s, "TW-R1").await;
+    s.c.batch_execute(
+        "INSERT INTO hmis.cases (case_id, first_name, reported_at, classification)
+         VALUES ('TW-R1', 'Sahr', now(), 'discarded')",
+    )
+    .await
+    .unwrap();
+    let run = start(&s, &config);
+    wait_for("the case in Go.Data", Duration::from_secs(30), || {
+        let there = case_in(&sim, &gid).is_some();
+        async move { there }
+    })
+    .await;
+    let mut locker = s.db.client().await;
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE godata_bridge.dead_letter IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let me: i32 = lock
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    s.c.batch_execute(
+        "INSERT INTO hmis.contacts (contact_id, case_id, first_name, exposure_date, relation)
+         VALUES ('TW-R1-C1', 'TW-R1', 'Musu', current_date, 'family')",
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the refused contact waiting to be parked",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 =
+                s.c.query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))",
+                    &[&me],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n > 0
+        },
+    )
+    .await;
+    let (status, _) = tracer(&sim)
+        .await
+        .put(
+            &ob(&format!("cases/{gid}")),
+            json!({ "classification": CONFIRMED }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_for(
+        "the pull brought the reclassification",
+        Duration::from_secs(30),
+        || async {
+            let c: Option<String> =
+                s.c.query_one(
+                    "SELECT classification FROM hmis.cases WHERE case_id = 'TW-R1'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            c.as_deref() == Some("confirmed")
+        },
+    )
+    .await;
+    // The pull re-reads the last records for two more polls (its overlap
+    // window); the race is lost only after those.
+    let polls = || {
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/cases"))
+            .count()
+    };
+    let seen = polls();
+    wait_for("three more polls", Duration::from_secs(30), || {
+        let n = polls();
+        async move { n >= seen + 3 }
+    })
+    .await;
+    lock.rollback().await.unwrap();
+    let contact = crate::support::ids(&s.c)
+        .await
+        .id("hmis.contacts", &json!({ "contact_id": "TW-R1-C1" }))
+        .to_string();
+    wait_for("the contact in Go.Data", Duration::from_secs(30), || {
+        let there = sim.with_store(|st| st.persons.contains_key(&contact));
+        async move { there }
+    })
+    .await;
+    stop(run).await;
+}
+
 both_modes!(
     a_contact_waiting_on_a_discarded_case_goes_when_a_tracer_reclassifies_it,
+    a_contact_parked_while_its_case_is_fixed_in_go_data_still_goes,
     a_tracers_edit_while_the_bridge_is_down_survives_in_both_systems,
     the_hmis_owner_wins_a_field_both_changed,
     the_godata_owner_wins_a_field_both_changed,
