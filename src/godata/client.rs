@@ -613,24 +613,7 @@ impl Client {
                 }
                 Some((case_id, rel)) => {
                     let item = json!([{ "contact": full, "relationship": rel }]);
-                    let post = |case_id: Uuid| {
-                        let item = &item;
-                        async move {
-                            self.call(
-                                Method::POST,
-                                &self.ob(&format!("cases/{case_id}/contacts")),
-                                Some(item),
-                            )
-                            .await
-                        }
-                    };
-                    let (mut s, mut b) = post(case_id).await?;
-                    if s == 404 {
-                        // The case may have been merged into another.
-                        if let Some(survivor) = self.survivor_of("cases", case_id).await? {
-                            (s, b) = post(survivor).await?;
-                        }
-                    }
+                    let (s, b) = self.post_under("cases", case_id, "contacts", &item).await?;
                     match s {
                         200 => (200, b[0]["contact"].clone()),
                         404 => return Err(GodataError::CaseMissing),
@@ -891,24 +874,9 @@ impl Client {
                 _ => return Err(status_error(s, &b)),
             }
         }
-        let post = |person: Uuid| {
-            let body = &body;
-            async move {
-                self.call(
-                    Method::POST,
-                    &self.ob(&format!("{person_collection}/{person}/lab-results")),
-                    Some(body),
-                )
-                .await
-            }
-        };
-        let (mut s, mut b) = post(person).await?;
-        if s == 404 {
-            // The person may have been merged into another.
-            if let Some(survivor) = self.survivor_of(person_collection, person).await? {
-                (s, b) = post(survivor).await?;
-            }
-        }
+        let (s, b) = self
+            .post_under(person_collection, person, "lab-results", &body)
+            .await?;
         match s {
             200 => {
                 let id = lab_id(&b).ok_or(GodataError::BadBody { status: 200 })?;
@@ -917,6 +885,32 @@ impl Client {
             404 => Err(GodataError::CaseMissing),
             _ => Err(status_error(s, &b)),
         }
+    }
+
+    /// `POST {collection}/{person}/{sub}`; if Go.Data does not hold the
+    /// person, under the record it was merged into, if any.
+    async fn post_under(
+        &self,
+        collection: &str,
+        person: Uuid,
+        sub: &str,
+        body: &Value,
+    ) -> Result<(u16, Value), GodataError> {
+        let post = |person: Uuid| async move {
+            self.call(
+                Method::POST,
+                &self.ob(&format!("{collection}/{person}/{sub}")),
+                Some(body),
+            )
+            .await
+        };
+        let (s, b) = post(person).await?;
+        if s == 404 {
+            if let Some(survivor) = self.survivor_of(collection, person).await? {
+                return post(survivor).await;
+            }
+        }
+        Ok((s, b))
     }
 
     /// The lab-results route of the person a lab result hangs on.

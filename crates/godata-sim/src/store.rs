@@ -1062,16 +1062,7 @@ impl Store {
             }
             let mut clone = r.clone();
             let obj = clone.as_object_mut().expect("relationships are objects");
-            for k in [
-                "id",
-                "createdAt",
-                "createdBy",
-                "updatedAt",
-                "updatedBy",
-                "deletedAt",
-            ] {
-                obj.remove(k);
-            }
+            remove_clone_props(obj);
             obj.insert("persons".into(), Value::Array(persons));
             clones.push(clone);
         }
@@ -1088,16 +1079,7 @@ impl Store {
             .map(|l| {
                 let mut clone = l.clone();
                 let obj = clone.as_object_mut().expect("lab results are objects");
-                for k in [
-                    "id",
-                    "createdAt",
-                    "createdBy",
-                    "updatedAt",
-                    "updatedBy",
-                    "deletedAt",
-                ] {
-                    obj.remove(k);
-                }
+                remove_clone_props(obj);
                 obj.insert("personId".into(), json!(winner));
                 clone
             })
@@ -1693,6 +1675,21 @@ fn patch(
     obj.extend(data);
     stamp_update(obj, now, user_id);
     doc.clone()
+}
+
+/// What a merge drops from the records it copies to the winner
+/// (`_removeCloneProps` in `Outbreak.prototype.mergePeople`).
+fn remove_clone_props(obj: &mut Map<String, Value>) {
+    for k in [
+        "id",
+        "createdAt",
+        "createdBy",
+        "updatedAt",
+        "updatedBy",
+        "deletedAt",
+    ] {
+        obj.remove(k);
+    }
 }
 
 fn rel_has(r: &Value, person_id: &str) -> bool {
