@@ -466,17 +466,11 @@ struct Prepared<T> {
 /// What became of one record in a phase.
 enum Step<T> {
     Done(Change<T>, Outcome),
-    /// Go.Data itself failed: the phase stops taking records.
+    /// Go.Data itself failed: the lane stops taking records.
     Outage(Change<T>, Outcome),
     /// Go.Data refused the bridge itself: the change is untouched and the
     /// phase stops taking records.
     Operator(Change<T>, GodataError),
-}
-
-/// Why a phase stopped taking records.
-enum Halt {
-    Outage,
-    Operator(GodataError),
 }
 
 /// The delivery side of the pipeline.
@@ -995,9 +989,10 @@ impl Deliverer {
     /// Delivers a phase's records (one per record: their order does not
     /// matter) with `lanes` requests at a time, each lane taking the next
     /// record when it is done with one, so a slow record holds up one lane
-    /// only. Stops taking records at Go.Data's own failure (see
-    /// [`Deliverer::outage`]) and at the first operator failure (Go.Data
-    /// refuses the bridge itself): the rest is untouched.
+    /// only. A lane stops at Go.Data's own failure (see
+    /// [`Deliverer::outage`]); all stop taking records at the first
+    /// operator failure (Go.Data refuses the bridge itself). What no lane
+    /// took is untouched.
     async fn run_phase<T>(
         &self,
         phase: Vec<Prepared<T>>,
@@ -1008,7 +1003,7 @@ impl Deliverer {
         Option<GodataError>,
     ) {
         let queue = std::sync::Mutex::new(std::collections::VecDeque::from(phase));
-        let halted = std::sync::Mutex::new(None::<Halt>);
+        let halted = std::sync::Mutex::new(None::<GodataError>);
         let next = || {
             if halted.lock().expect("halt lock").is_some() {
                 return None;
@@ -1021,19 +1016,16 @@ impl Deliverer {
             while let Some(p) = next() {
                 match self.deliver_prepared(p).await {
                     Step::Done(change, outcome) => outcomes.push((change, outcome)),
+                    // This lane waits for the pause; the others go on
+                    // until Go.Data fails them too (a real outage stops
+                    // each after one request; a sporadic 5xx only one).
                     Step::Outage(change, outcome) => {
                         outcomes.push((change, outcome));
-                        halted
-                            .lock()
-                            .expect("halt lock")
-                            .get_or_insert(Halt::Outage);
+                        break;
                     }
                     Step::Operator(change, e) => {
                         untouched.push(change);
-                        let mut h = halted.lock().expect("halt lock");
-                        if !matches!(*h, Some(Halt::Operator(_))) {
-                            *h = Some(Halt::Operator(e));
-                        }
+                        halted.lock().expect("halt lock").get_or_insert(e);
                     }
                 }
             }
@@ -1053,10 +1045,7 @@ impl Deliverer {
                 .into_iter()
                 .map(|p| p.change),
         );
-        let operator = match halted.into_inner().expect("halt lock") {
-            Some(Halt::Operator(e)) => Some(e),
-            _ => None,
-        };
+        let operator = halted.into_inner().expect("halt lock");
         (outcomes, untouched, operator)
     }
 
@@ -1108,7 +1097,7 @@ impl Deliverer {
                 );
                 let error = e.to_string();
                 // Go.Data itself is down or overloaded: delivery pauses
-                // (see `outage`) and the rest of the phase waits for the
+                // (see `outage`) and the lane's next records wait for the
                 // pause, untouched: no request each, and no attempt
                 // counted against changes that were never tried (their
                 // own backoff would grow with every other change's

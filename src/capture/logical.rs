@@ -773,10 +773,24 @@ pub async fn deliver(
         failures = 0;
         let mut outbox_due = true;
         let mut next_outbox = Instant::now() + safety;
+        // When the outbox's earliest deferred row comes due.
+        let mut outbox_at: Option<Instant> = None;
         loop {
             let mut nap = safety;
             let mut again = false;
-            match round(&mut deliverer, &pg, &shared, &mut outbox_due).await {
+            if outbox_at.is_some_and(|t| Instant::now() >= t) {
+                outbox_due = true;
+                outbox_at = None;
+            }
+            match round(
+                &mut deliverer,
+                &pg,
+                &shared,
+                &mut outbox_due,
+                &mut outbox_at,
+            )
+            .await
+            {
                 Ok(d) => {
                     log_drained(&d);
                     if let Some(due) = d.next_due {
@@ -833,6 +847,7 @@ async fn round(
     pg: &PgClient,
     shared: &Shared,
     outbox_due: &mut bool,
+    outbox_at: &mut Option<Instant>,
 ) -> Result<Drained, DeliverError> {
     let batch_size = usize::try_from(deliverer.config.delivery.batch_size).unwrap_or(1);
     let mut total = Drained::default();
@@ -889,8 +904,11 @@ async fn round(
         let mut must_see = std::mem::take(&mut shared.lock().must_see);
         let r = outbox::drain(deliverer, pg, &mut must_see).await;
         shared.lock().must_see.absorb(must_see);
-        // Deferred outbox rows: `next_due` says when to look again.
-        total.add(r?);
+        // Deferred outbox rows: `next_due` says when to look again (the
+        // caller drains the outbox then, not at the next safety poll).
+        let r = r?;
+        *outbox_at = r.next_due.map(|d| Instant::now() + d);
+        total.add(r);
     }
     if let Some(b) = barrier.filter(|b| b.enqueued) {
         let left = crate::store::outbox::any_pending_for(pg, &b.table).await?;
