@@ -818,6 +818,9 @@ pub async fn deliver(
                 continue;
             }
             nap = nap.min(next_outbox.saturating_duration_since(Instant::now()));
+            if let Some(t) = outbox_at {
+                nap = nap.min(t.saturating_duration_since(Instant::now()) + DUE_SLACK);
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => return,
