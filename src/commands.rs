@@ -264,6 +264,7 @@ pub async fn run(
             match client.check_outbreak_access().await {
                 Ok(()) => {
                     checked_access = true;
+                    crate::http::access_checked();
                     tracing::info!("go.data account can write to the outbreak")
                 }
                 Err(AccessProblem::Godata(e)) if e.disposition() == Disposition::Retry => {

@@ -25,6 +25,16 @@ pub struct Probe {
     pub slot: Option<String>,
 }
 
+/// Set once the leader has checked its Go.Data account and outbreak at
+/// start: until then a refused login still stops the bridge, so it is not
+/// ready.
+static ACCESS_CHECKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The start-up check of the Go.Data account and outbreak passed.
+pub fn access_checked() {
+    ACCESS_CHECKED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// How long a readiness or scrape query may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -127,6 +137,11 @@ async fn ready(probe: &Probe) -> (bool, serde_json::Value) {
         // Ready once a login has worked: until then a wrong password could
         // still stop the bridge at start.
         (true, LoginState::Unknown) => (false, "not logged in yet".to_string()),
+        (true, LoginState::Ok)
+            if !ACCESS_CHECKED.load(std::sync::atomic::Ordering::SeqCst) =>
+        {
+            (false, "checking the account and outbreak".to_string())
+        }
         (true, LoginState::Ok) => (true, "ok".to_string()),
     };
     let body = json!({
