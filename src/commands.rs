@@ -264,7 +264,6 @@ pub async fn run(
             match client.check_outbreak_access().await {
                 Ok(()) => {
                     checked_access = true;
-                    crate::http::access_checked();
                     tracing::info!("go.data account can write to the outbreak")
                 }
                 Err(AccessProblem::Godata(e)) if e.disposition() == Disposition::Retry => {
@@ -291,6 +290,9 @@ pub async fn run(
                 Err(e) => return Err(e.into()),
             }
         }
+        // Past the start-up check (passed, or skipped while Go.Data is
+        // unreachable): a refused login no longer stops the bridge.
+        crate::http::access_checked();
         let (stop, rx) = tokio::sync::watch::channel(false);
         let rx_login = rx.clone();
         let flow1 = crate::flow1::spawn(

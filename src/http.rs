@@ -25,12 +25,13 @@ pub struct Probe {
     pub slot: Option<String>,
 }
 
-/// Set once the leader has checked its Go.Data account and outbreak at
-/// start: until then a refused login still stops the bridge, so it is not
-/// ready.
+/// Set once the leader is past its start-up check of the Go.Data account
+/// and outbreak: until then a refused login still stops the bridge, so it
+/// is not ready.
 static ACCESS_CHECKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// The start-up check of the Go.Data account and outbreak passed.
+/// The leader is past the start-up check of the Go.Data account and
+/// outbreak.
 pub fn access_checked() {
     ACCESS_CHECKED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
