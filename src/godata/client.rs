@@ -1072,15 +1072,19 @@ impl Client {
         Ok(out)
     }
 
+    /// `GET /outbreaks/{id}` of the configured outbreak.
+    async fn outbreak_record(&self) -> Result<(u16, Value), GodataError> {
+        self.call(
+            Method::GET,
+            &format!("/outbreaks/{}", self.outbreak_id),
+            None,
+        )
+        .await
+    }
+
     /// The outbreak's `isContactLabResultsActive`.
     pub async fn contact_lab_results_active(&self) -> Result<bool, GodataError> {
-        let (status, body) = self
-            .call(
-                Method::GET,
-                &format!("/outbreaks/{}", self.outbreak_id),
-                None,
-            )
-            .await?;
+        let (status, body) = self.outbreak_record().await?;
         if status != 200 {
             return Err(status_error(status, &body));
         }
@@ -1090,13 +1094,7 @@ impl Client {
     /// Checks that the account can write to the outbreak: Go.Data refuses
     /// writes outside the user's active outbreak (403 `ACCESS_DENIED`).
     pub async fn check_outbreak_access(&self) -> Result<(), AccessProblem> {
-        let (status, body) = self
-            .call(
-                Method::GET,
-                &format!("/outbreaks/{}", self.outbreak_id),
-                None,
-            )
-            .await?;
+        let (status, body) = self.outbreak_record().await?;
         if status == 404 {
             return Err(AccessProblem::NoSuchOutbreak(self.outbreak_id.clone()));
         }
