@@ -827,17 +827,7 @@ async fn compare_target(
         let page = client.list(collection, &filter).await?;
         let Some(last) = page.last() else { break };
         after = last["id"].as_str().map(String::from);
-        let bundles: Vec<Value> = match t.resource {
-            Resource::Case => page
-                .iter()
-                .map(|c| crate::writeback::fhir::case_bundle(c, &o))
-                .collect(),
-            Resource::Contact => crate::writeback::pull::contact_bundles(client, &page, &o).await?,
-            Resource::LabResult => page
-                .iter()
-                .map(|l| crate::writeback::fhir::lab_result_bundle(l, &o))
-                .collect(),
-        };
+        let bundles = crate::writeback::pull::bundles(client, t.resource, &page, &o).await?;
         let mut live = vec![];
         let mut gone = vec![];
         let mut deleted = std::collections::HashSet::new();

@@ -227,9 +227,23 @@ async fn revive_waiting_contacts(
     Ok(revived)
 }
 
+/// The FHIR Bundle of each record of a page of `resource`, in page order.
+pub(crate) async fn bundles(
+    client: &Client,
+    resource: Resource,
+    page: &[Value],
+    o: &FhirOptions,
+) -> Result<Vec<Value>, GodataError> {
+    Ok(match resource {
+        Resource::Case => page.iter().map(|c| case_bundle(c, o)).collect(),
+        Resource::Contact => contact_bundles(client, page, o).await?,
+        Resource::LabResult => page.iter().map(|l| lab_result_bundle(l, o)).collect(),
+    })
+}
+
 /// Each contact's Bundle, with its relationship to a case (one request
 /// for the relationships of the whole page).
-pub(crate) async fn contact_bundles(
+async fn contact_bundles(
     client: &Client,
     page: &[Value],
     o: &FhirOptions,
@@ -321,11 +335,7 @@ async fn pull_resource(
             _ => last.clone(),
         };
         pos = Some(last);
-        let bundles: Vec<Value> = match resource {
-            Resource::Case => page.iter().map(|c| case_bundle(c, &o)).collect(),
-            Resource::Contact => contact_bundles(client, &page, &o).await?,
-            Resource::LabResult => page.iter().map(|l| lab_result_bundle(l, &o)).collect(),
-        };
+        let bundles = bundles(client, resource, &page, &o).await?;
         let tx = pg.transaction().await?;
         crate::store::outbox::mark_from_godata(&tx).await?;
         let written = write_page(
@@ -439,11 +449,7 @@ pub async fn repull(
                 &json!({ "where": { "id": { "inq": chunk } }, "deleted": true }),
             )
             .await?;
-        let bundles: Vec<Value> = match resource {
-            Resource::Case => page.iter().map(|c| case_bundle(c, &o)).collect(),
-            Resource::Contact => contact_bundles(client, &page, &o).await?,
-            Resource::LabResult => page.iter().map(|l| lab_result_bundle(l, &o)).collect(),
-        };
+        let bundles = bundles(client, resource, &page, &o).await?;
         let tx = pg.transaction().await?;
         crate::store::outbox::mark_from_godata(&tx).await?;
         let written = write_page(
