@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The bridge itself against a real Go.Data (see ../shared/godata-real/): a
+# The bridge itself against a real Go.Data (docs/conformance.md says which
+# server it was run against and how that server was set up): a
 # throwaway PostgreSQL with the reference HMIS, `godata-bridge run` (trigger
 # mode, both flows), then
 #   1. two HMIS cases pushed, merged in Go.Data by a person (the tracer);
@@ -13,11 +14,13 @@
 #      lab row moved to a third case moves there; one live record per row;
 #   3. the same database pointed at a second outbreak: its keys become new
 #      records there, with no dead letter.
-# Needs the exports of prepare.py (GODATA_REAL_URL, GODATA_REAL_OUTBREAK,
-# GODATA_REAL_USERS, GODATA_REAL_PASSWORD) and, for step 2,
-# GODATA_REAL_OUTBREAK_2 active for a fourth user GODATA_REAL_USER_2.
+# Needs, in the environment: GODATA_REAL_URL (…/api), GODATA_REAL_OUTBREAK,
+# GODATA_REAL_USERS (comma-separated logins, each active in that outbreak),
+# GODATA_REAL_PASSWORD (theirs) and, for step 3, GODATA_REAL_OUTBREAK_2
+# active for a fourth user GODATA_REAL_USER_2. The team's server setup
+# prints these exports (its prepare.py).
 #
-#   cargo build --release && eval "$(python3 ../shared/godata-real/prepare.py …)" && scripts/real-godata-check.sh
+#   cargo build --release && scripts/real-godata-check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-$PWD/target/release/godata-bridge}
