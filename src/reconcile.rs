@@ -329,6 +329,15 @@ pub async fn wait_delivered(pg: &tokio_postgres::Client, limit: Duration) -> any
     }
 }
 
+/// A lab-result table's person: its link name and key column, the lab
+/// row's column naming it, and its Go.Data collection.
+struct LabPerson {
+    name: String,
+    key: String,
+    column: String,
+    collection: &'static str,
+}
+
 struct PushCtx<'a> {
     config: &'a Config,
     client: &'a Client,
@@ -375,6 +384,26 @@ impl PushCtx<'_> {
             },
             None => None,
         };
+        // Lab results: their person's table (link name, key column, the
+        // row's column naming it, Go.Data collection).
+        let person = match &push.person {
+            Some(pp) => match crate::store::link::tracked_keys_of(&*pg, &pp.table).await? {
+                Some((person_name, k)) if k.len() == 1 => Some(LabPerson {
+                    name: person_name,
+                    key: k[0].clone(),
+                    column: pp.column.clone(),
+                    collection: self
+                        .config
+                        .push
+                        .iter()
+                        .find(|p| p.table == pp.table)
+                        .map_or(Resource::Case, |p| p.resource)
+                        .collection(),
+                }),
+                _ => None,
+            },
+            None => None,
+        };
         let key_sql: Vec<String> = keys
             .iter()
             .map(|k| format!("{}, t.{}", crate::pg::quote_literal(k), quote_ident(k)))
@@ -410,6 +439,7 @@ impl PushCtx<'_> {
                 &owners,
                 &dead,
                 parent.as_ref(),
+                person.as_ref(),
                 &page,
                 &mut report,
             )
@@ -440,6 +470,7 @@ impl PushCtx<'_> {
         owners: &HashMap<String, Owner>,
         dead: &HashMap<String, (i64, Option<String>)>,
         parent: Option<&(String, String, String)>,
+        person: Option<&LabPerson>,
         page: &[(Value, Value)],
         report: &mut TableReport,
     ) -> anyhow::Result<()> {
@@ -484,6 +515,7 @@ impl PushCtx<'_> {
         };
         if lab {
             fields.push(by.to_string());
+            fields.push("personId".into());
         }
         let found = self
             .client
@@ -508,6 +540,13 @@ impl PushCtx<'_> {
         }
         let found = by_key;
         let cases_fine = self.cases_fine(pg, dead, parent, page).await?;
+        let elsewhere = match person {
+            Some(person) => {
+                self.under_another_person(pg, name, person, page, &found)
+                    .await?
+            }
+            None => Default::default(),
+        };
         let max = self.examples;
         for (key, id, doc) in expected {
             let at = if lab { marker_of(key) } else { id.to_string() };
@@ -525,7 +564,8 @@ impl PushCtx<'_> {
                 }
                 continue;
             };
-            let agrees = record.is_some_and(|r| self.agrees(r, &doc, key, owners));
+            let agrees = record.is_some_and(|r| self.agrees(r, &doc, key, owners))
+                && !elsewhere.contains(&key.to_string());
             match (record, dead_letter) {
                 // Known already: a dead letter stands for it, unless it
                 // waits on a case that is fine by now.
@@ -569,6 +609,74 @@ impl PushCtx<'_> {
                 .map(|l| (l.key.to_string(), l.godata_id))
                 .collect(),
         )
+    }
+
+    /// Keys (as text) of lab-result rows of `page` whose Go.Data record is
+    /// under another person than the row names: the row moved and the
+    /// move never reached Go.Data. A record under the survivor of a merge
+    /// of the row's person is where it belongs (one list request for the
+    /// persons of the records that differ, none when none does).
+    async fn under_another_person(
+        &self,
+        pg: &impl tokio_postgres::GenericClient,
+        name: &str,
+        person: &LabPerson,
+        page: &[(Value, Value)],
+        found: &HashMap<&str, &Value>,
+    ) -> anyhow::Result<std::collections::HashSet<String>> {
+        let keys: Vec<Value> = page
+            .iter()
+            .map(|(_, image)| {
+                json!({ person.key.as_str(): image.get(&person.column).cloned().unwrap_or(Value::Null) })
+            })
+            .collect();
+        let links = self
+            .linked_ids(pg, &person.name, &keys.iter().collect::<Vec<_>>())
+            .await?;
+        // (row key, the ids the row's person is known by, Go.Data's person)
+        let mut differ = vec![];
+        for ((key, _), person_key) in page.iter().zip(&keys) {
+            let marker = self.ids.id(name, key).to_string();
+            let Some(record) = found.get(marker.as_str()).filter(|r| r["deleted"] != true) else {
+                continue;
+            };
+            let derived = self.ids.id(&person.name, person_key).to_string();
+            let mut expected = vec![derived];
+            if let Some(l) = links.get(&person_key.to_string()) {
+                expected.push(l.to_string());
+            }
+            let actual = record["personId"].as_str().unwrap_or_default().to_string();
+            if !expected.contains(&actual) {
+                differ.push((key.to_string(), expected, actual));
+            }
+        }
+        if differ.is_empty() {
+            return Ok(Default::default());
+        }
+        let actual: Vec<&str> = differ.iter().map(|(_, _, a)| a.as_str()).collect();
+        let survivors = self
+            .client
+            .list_any_of(
+                person.collection,
+                "id",
+                &actual,
+                &json!({ "fields": ["id", "mergedDuplicatesIds"] }),
+            )
+            .await?;
+        Ok(differ
+            .into_iter()
+            .filter(|(_, expected, actual)| {
+                !survivors.iter().any(|s| {
+                    s["id"] == actual.as_str()
+                        && s["mergedDuplicatesIds"].as_array().is_some_and(|m| {
+                            m.iter().any(|x| {
+                                x.as_str().is_some_and(|x| expected.iter().any(|e| e == x))
+                            })
+                        })
+                })
+            })
+            .map(|(key, _, _)| key)
+            .collect())
     }
 
     /// Dead letters of `page` parked for their case's state whose case is

@@ -160,10 +160,12 @@ async fn the_push_finds_the_survivor_of_a_merge() {
     let sim = sim_with_tracer().await;
     let db = crate::support::fresh_db().await;
     let (c, config) = crate::deliver_e2e::prepare(&sim, &db.config, &db.url, Mode::Trigger).await;
-    let bridge = crate::deliver_e2e::start_bridge(&sim, config, db.config.clone());
+    let bridge = crate::deliver_e2e::start_bridge(&sim, config.clone(), db.config.clone());
     c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, last_name, reported_at, classification)
-         VALUES ('P-1', 'Sia', 'Bangura', now(), 'suspected'), ('P-2', 'Sia', 'Bangura', now(), 'suspected')",
+         VALUES ('P-1', 'Sia', 'Bangura', now(), 'suspected'), ('P-2', 'Sia', 'Bangura', now(), 'suspected');
+         INSERT INTO hmis.lab_results (lab_id, case_id, sample_id, result)
+         VALUES ('P-L1', 'P-1', 'P-S1', 'positive')",
     )
     .await
     .unwrap();
@@ -219,5 +221,31 @@ async fn the_push_finds_the_survivor_of_a_merge() {
         .unwrap()
         .get(0);
     assert_eq!(linked, sid);
+    // The merge copied P-1's lab result to the survivor while P-1, not
+    // changed since, is still linked to its merged-away record: reconcile
+    // finds the lab result where it belongs, under the survivor.
+    let auditor = godata_bridge::godata::client::Client::new(
+        &sim.url(),
+        crate::writeback_e2e::TRACER,
+        godata_bridge::config::Secret::new("tracer-password"),
+        godata_sim::DEFAULT_OUTBREAK_ID,
+        Duration::from_secs(10),
+    );
+    let mut pg = db.client().await;
+    let report = godata_bridge::reconcile::compare(
+        &mut pg,
+        &config,
+        &auditor,
+        &godata_bridge::reconcile::Options {
+            table: Some("hmis.lab_results".into()),
+            direction: godata_bridge::reconcile::Direction::Push,
+            examples: 5,
+        },
+    )
+    .await
+    .unwrap();
+    let labs = &report.tables[0];
+    assert_eq!(labs.checked, 1);
+    assert_eq!(labs.total(), 0, "{:?}", labs.drift);
     bridge.stop.send(true).unwrap();
 }

@@ -154,7 +154,9 @@ async fn reconcile_names_exactly_what_differs_and_repairs_it(mode: Mode) {
     assert_eq!(code, Some(0), "{err}");
     c.batch_execute(
         "INSERT INTO hmis.cases (case_id, first_name, last_name, reported_at, classification)
-         SELECT 'RC-' || g, 'Name' || g, 'Kamara', now(), 'suspected' FROM generate_series(1, 8) g",
+         SELECT 'RC-' || g, 'Name' || g, 'Kamara', now(), 'suspected' FROM generate_series(1, 8) g;
+         INSERT INTO hmis.lab_results (lab_id, case_id, sample_id, result)
+         VALUES ('RC-L1', 'RC-7', 'RC-S1', 'positive')",
     )
     .await
     .unwrap();
@@ -198,7 +200,8 @@ async fn reconcile_names_exactly_what_differs_and_repairs_it(mode: Mode) {
         &env,
         mode,
         "UPDATE hmis.cases SET first_name = 'Changed' WHERE case_id = 'RC-2';
-         DELETE FROM hmis.cases WHERE case_id = 'RC-5'",
+         DELETE FROM hmis.cases WHERE case_id = 'RC-5';
+         UPDATE hmis.lab_results SET case_id = 'RC-8' WHERE lab_id = 'RC-L1'",
     )
     .await;
     c.execute("DELETE FROM hmis.tbl_cases WHERE externalid = $1", &[&g4])
@@ -215,7 +218,14 @@ async fn reconcile_names_exactly_what_differs_and_repairs_it(mode: Mode) {
     assert_eq!(push("duplicate"), set(&["RC-6"]), "{report}");
     assert_eq!(pull("stale"), set(&[&g1, &g3]), "{report}");
     assert_eq!(pull("missing_in_hmis"), set(&[&g4, &dup]), "{report}");
-    assert_eq!(report["drift"], 9, "nothing else: {report}");
+    // A lab result moved to another case: its Go.Data record is under
+    // the old one.
+    assert_eq!(
+        named(&report, "push", "hmis.lab_results", "stale", "key"),
+        set(&["RC-L1"]),
+        "{report}"
+    );
+    assert_eq!(report["drift"], 10, "nothing else: {report}");
     let text = report.to_string();
     for value in ["Typo", "Changed", "Someone", "Name2", "Kamara"] {
         assert!(
@@ -250,6 +260,19 @@ async fn reconcile_names_exactly_what_differs_and_repairs_it(mode: Mode) {
         .unwrap()
         .get(0);
     assert_eq!(n, 1, "the written-back row is back");
+    let labs: Vec<Value> = sim.state()["lab_results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["sampleIdentifier"] == "RC-S1" && l["deleted"] != true)
+        .cloned()
+        .collect();
+    assert_eq!(labs.len(), 1, "one live lab result: {labs:?}");
+    assert_eq!(
+        labs[0]["personId"],
+        json!(gid("RC-8")),
+        "under its new case"
+    );
 }
 
 both_modes!(reconcile_names_exactly_what_differs_and_repairs_it);
