@@ -46,7 +46,24 @@ pub fn pg_config(config: &Config) -> anyhow::Result<crate::pg::tls::Db> {
 pub async fn connect_hmis(config: &Config) -> anyhow::Result<Session> {
     Session::connect(&pg_config(config)?, "hmis-session", true)
         .await
-        .context("cannot connect to the HMIS database")
+        .map_err(|e| match refused_by_hmis(&e) {
+            Some(p) => anyhow::Error::new(p),
+            None => anyhow::Error::new(e).context("cannot connect to the HMIS database"),
+        })
+}
+
+/// The HMIS refused the bridge's login (SQLSTATE class 28: wrong password,
+/// no such role, pg_hba.conf) or has no such database (3D000): no retry
+/// mends that, an operator must (exit 2). Names the user and database as
+/// PostgreSQL does, never the password.
+pub fn refused_by_hmis(e: &tokio_postgres::Error) -> Option<ConfigProblem> {
+    let code = e.code()?.code();
+    (code.starts_with("28") || code == "3D000").then(|| {
+        ConfigProblem(format!(
+            "the HMIS database refused the connection: {}: check the user, password and database of hmis.database_url (GODATA_BRIDGE_DATABASE_URL or hmis.database_url_file)",
+            crate::pg::error::describe(e)
+        ))
+    })
 }
 
 pub fn godata_client(config: &Config) -> anyhow::Result<Client> {
@@ -247,6 +264,9 @@ pub async fn run(
         let mut leadership = match acquired {
             Ok(l) => l,
             Err(e) => {
+                if let Some(p) = refused_by_hmis(&e) {
+                    return Err(p.into());
+                }
                 failures += 1;
                 tracing::warn!(error = %crate::pg::error::describe(&e), attempt = failures, "cannot take the leader lock; hmis database unreachable?");
                 tokio::select! {

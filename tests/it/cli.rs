@@ -2059,3 +2059,62 @@ async fn run_refuses_an_older_schema_and_says_run_install() {
         .get(0);
     assert!(exists);
 }
+
+/// A wrong database password is the operator's to fix: `run` and
+/// `install` exit 2 (`run` retried it for ever, as if the database were
+/// down) and say what PostgreSQL said ("password authentication failed",
+/// SQLSTATE 28P01), as `check` does, and never show the password.
+#[tokio::test]
+async fn a_wrong_database_password_exits_2_and_says_so() {
+    let server = crate::tls::pki(&["localhost"]);
+    let hba = "local all all trust
+host all hmis_u 127.0.0.1/32 scram-sha-256
+host all all 127.0.0.1/32 trust
+";
+    let cluster = crate::tls::ssl_cluster(
+        &server,
+        vec![("pg_hba.conf".into(), hba.as_bytes().to_vec())],
+    )
+    .await;
+    let (admin, conn) = cluster
+        .config("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    admin
+        .batch_execute("CREATE ROLE hmis_u LOGIN PASSWORD 'right-pw'")
+        .await
+        .unwrap();
+    let url = format!(
+        "postgres://hmis_u:wrong-db-pw@127.0.0.1:{}/postgres?sslmode=disable",
+        cluster.port()
+    );
+    for command in ["run", "check", "install"] {
+        let out = Command::new(BIN)
+            .args([command, "--config", EXAMPLE])
+            .env("GODATA_BRIDGE_DATABASE_URL", &url)
+            // Nothing listens here: the database is looked at first.
+            .env(
+                "GODATA_BRIDGE_GODATA_URL",
+                format!("http://127.0.0.1:{}", crate::support::bin::free_port()),
+            )
+            .env("GODATA_BRIDGE_GODATA_PASSWORD", "secret-pw")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        // `check` reports every check and fails as a whole (exit 1).
+        let code = if command == "check" { 1 } else { 2 };
+        assert_eq!(out.status.code(), Some(code), "{command}: {err}");
+        assert!(
+            err.contains("password authentication failed"),
+            "{command}: {err}"
+        );
+        assert!(!err.contains("wrong-db-pw"), "{command}: {err}");
+    }
+}
