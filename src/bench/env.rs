@@ -108,6 +108,11 @@ pub(super) async fn fresh_hmis_in(cluster: &Cluster, name: &str, mode: Mode) -> 
     Ok(())
 }
 
+/// The writers' single-row insert (one new case; its key is the parameter).
+const WRITER_INSERT: &str =
+    "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, district_code, reported_at, classification)
+     VALUES ($1, 'Aminata', 'Kamara', 'F', 'SL-BO', now(), 'suspected')";
+
 /// Single-row insert transactions per second with `clients` writers.
 pub(super) async fn insert_tps(
     cluster: &Cluster,
@@ -125,12 +130,7 @@ pub(super) async fn insert_tps(
         let c = connect(cluster, db).await?;
         let (stop, done) = (stop.clone(), done.clone());
         tasks.push(crate::task::spawn("bench-writer", async move {
-            let st = c
-                .prepare(
-                    "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, district_code, reported_at, classification)
-                     VALUES ($1, 'Aminata', 'Kamara', 'F', 'SL-BO', now(), 'suspected')",
-                )
-                .await?;
+            let st = c.prepare(WRITER_INSERT).await?;
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
@@ -186,12 +186,7 @@ pub(super) async fn insert_n(
         let c = connect(cluster, db).await?;
         let mine = n / clients + usize::from(w < n % clients);
         tasks.push(crate::task::spawn("bench-writer", async move {
-            let st = c
-                .prepare(
-                    "INSERT INTO hmis.cases (case_id, first_name, last_name, sex, district_code, reported_at, classification)
-                     VALUES ($1, 'Aminata', 'Kamara', 'F', 'SL-BO', now(), 'suspected')",
-                )
-                .await?;
+            let st = c.prepare(WRITER_INSERT).await?;
             for i in 0..mine {
                 c.execute(&st, &[&format!("W-{run}-{w}-{i}")]).await?;
             }
