@@ -14,7 +14,15 @@ const AUDITOR: (&str, &str) = ("auditor@godata.example", "auditor-bench-password
 /// push` as its own process: seconds and its peak RSS (sampled from
 /// `/proc` while it runs; VmHWM is the high-water mark).
 pub(super) async fn reconcile(quick: bool) -> anyhow::Result<Vec<Row>> {
-    let n: u32 = if quick { 2_000 } else { 100_000 };
+    // `GODATA_BRIDGE_BENCH_RECONCILE_ROWS` sets another size (the
+    // 1,000,000-row run in docs/benchmarks.md).
+    let n: u32 = match std::env::var("GODATA_BRIDGE_BENCH_RECONCILE_ROWS") {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("GODATA_BRIDGE_BENCH_RECONCILE_ROWS: not a row count"))?,
+        Err(_) if quick => 2_000,
+        Err(_) => 100_000,
+    };
     let cluster = durable_cluster().await?;
     fresh_hmis(&cluster, "bench_rc", true).await?;
     let c = connect(&cluster, "bench_rc").await?;

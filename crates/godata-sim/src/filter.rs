@@ -208,6 +208,23 @@ impl Filter {
         Some(ids)
     }
 
+    /// `X` when the filter pages by id: `where.id = {gt: X}`, `order id
+    /// ASC`, a limit and no skip (keyset paging, which Go.Data serves from
+    /// its `_id` index).
+    pub fn id_after(&self) -> Option<&str> {
+        if self.order.as_slice() != [("id".to_string(), false)]
+            || self.skip != 0
+            || self.limit.is_none()
+        {
+            return None;
+        }
+        let id = self.where_.as_ref()?.get("id")?.as_object()?;
+        match id.len() {
+            1 => id.get("gt")?.as_str(),
+            _ => None,
+        }
+    }
+
     pub fn matches(&self, doc: &Value) -> Result<bool, ApiError> {
         match &self.where_ {
             Some(w) => matches_where(w, doc),

@@ -695,11 +695,20 @@ impl Store {
         let filter = &filter;
         // `where`, order and paging on references: only the page is
         // copied. Ids named outright are looked up (Go.Data's `_id` index).
+        // A page by id (`id gt X`, `order id ASC`, a limit) walks the ids
+        // from X and stops at the page's end, as Go.Data's `_id` index does.
         let named = filter.only_ids();
-        let candidates: Box<dyn Iterator<Item = &Value>> = match &named {
-            Some(ids) => Box::new(ids.iter().filter_map(|id| self.persons.get(id))),
-            None => Box::new(self.persons.values()),
+        let after = filter.id_after().filter(|_| named.is_none());
+        let candidates: Box<dyn Iterator<Item = &Value>> = match (&named, after) {
+            (Some(ids), _) => Box::new(ids.iter().filter_map(|id| self.persons.get(id))),
+            (None, Some(x)) => Box::new(
+                self.persons
+                    .range::<str, _>((std::ops::Bound::Excluded(x), std::ops::Bound::Unbounded))
+                    .map(|(_, p)| p),
+            ),
+            (None, None) => Box::new(self.persons.values()),
         };
+        let stop_at = after.and(filter.limit).unwrap_or(usize::MAX);
         let mut refs = Vec::new();
         for p in candidates {
             if Self::is_kind(p, outbreak_id, kind)
@@ -710,6 +719,9 @@ impl Store {
                 && filter.matches(p)?
             {
                 refs.push(p);
+                if refs.len() == stop_at {
+                    break;
+                }
             }
         }
         let page: Vec<Value> = filter
