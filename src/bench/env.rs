@@ -86,17 +86,21 @@ pub(super) async fn fresh_hmis_in(cluster: &Cluster, name: &str, mode: Mode) -> 
     let mut c = connect(cluster, name).await?;
     c.batch_execute(include_str!("../../examples/hmis.sql"))
         .await?;
+    // Every table the reference config pushes is tracked, as `install`
+    // would: `reconcile` and `check` refuse a [[push]] table that is not.
     match mode {
         Mode::None => {}
         Mode::Trigger => {
             capture::install(&mut c).await?;
             capture::track(&c, "hmis", "cases", &["case_id".to_string()]).await?;
             capture::track(&c, "hmis", "contacts", &["contact_id".to_string()]).await?;
+            capture::track(&c, "hmis", "lab_results", &["lab_id".to_string()]).await?;
         }
         Mode::Logical => {
             capture::install(&mut c).await?;
             capture::track_keys(&c, "hmis", "cases", &["case_id".to_string()]).await?;
             capture::track_keys(&c, "hmis", "contacts", &["contact_id".to_string()]).await?;
+            capture::track_keys(&c, "hmis", "lab_results", &["lab_id".to_string()]).await?;
             let capture = crate::config::Capture {
                 slot: BENCH_SLOT.into(),
                 ..crate::config::Capture::default()

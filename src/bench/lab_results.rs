@@ -22,7 +22,6 @@ pub(super) async fn lab_results(quick: bool) -> anyhow::Result<Vec<Row>> {
     let cluster = durable_cluster().await?;
     fresh_hmis(&cluster, "bench_lab", true).await?;
     let c = connect(&cluster, "bench_lab").await?;
-    crate::capture::install::track(&c, "hmis", "lab_results", &["lab_id".to_string()]).await?;
     c.batch_execute(&format!(
         "INSERT INTO hmis.cases (case_id, first_name, district_code, reported_at, classification)
          SELECT 'LB-' || g, 'P' || g, 'SL-KE', now(), 'confirmed' FROM generate_series(1, {cases}) g"

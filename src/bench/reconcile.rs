@@ -60,7 +60,7 @@ pub(super) async fn reconcile(quick: bool) -> anyhow::Result<Vec<Row>> {
         .env("GODATA_BRIDGE_GODATA_USER", AUDITOR.0)
         .env("GODATA_BRIDGE_GODATA_PASSWORD", AUDITOR.1)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().unwrap_or_default();
@@ -75,7 +75,13 @@ pub(super) async fn reconcile(quick: bool) -> anyhow::Result<Vec<Row>> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let secs = started.elapsed().as_secs_f64();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let Ok(report) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        anyhow::bail!(
+            "reconcile gave no report (exit {:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    };
     let checked = report["tables"][0]["checked"].as_u64().unwrap_or(0);
     drop(bridge);
     let s = "reconcile";
