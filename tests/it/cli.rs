@@ -2071,19 +2071,7 @@ async fn a_wrong_database_password_exits_2_and_says_so() {
 host all hmis_u 127.0.0.1/32 scram-sha-256
 host all all 127.0.0.1/32 trust
 ";
-    let cluster = crate::tls::ssl_cluster(
-        &server,
-        vec![("pg_hba.conf".into(), hba.as_bytes().to_vec())],
-    )
-    .await;
-    let (admin, conn) = cluster
-        .config("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let (cluster, admin) = crate::tls::hba_cluster(&server, hba).await;
     admin
         .batch_execute("CREATE ROLE hmis_u LOGIN PASSWORD 'right-pw'")
         .await

@@ -509,19 +509,7 @@ host all clear_u 127.0.0.1/32 password
 host all all 127.0.0.1/32 trust
 host all all ::1/128 trust
 ";
-    let cluster = crate::tls::ssl_cluster(
-        &server,
-        vec![("pg_hba.conf".into(), hba.as_bytes().to_vec())],
-    )
-    .await;
-    let (admin, conn) = cluster
-        .config("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let (cluster, admin) = crate::tls::hba_cluster(&server, hba).await;
     admin
         .batch_execute(
             "CREATE ROLE scram_u LOGIN REPLICATION PASSWORD 'pw-scram';

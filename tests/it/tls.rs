@@ -52,6 +52,25 @@ pub async fn ssl_cluster(server: &Pki, mut files: Vec<(String, Vec<u8>)>) -> Clu
     .unwrap()
 }
 
+/// A throwaway cluster serving TLS with `server`'s certificate and the
+/// given `pg_hba.conf`, and a superuser session on it.
+pub async fn hba_cluster(server: &Pki, hba: &str) -> (Cluster, tokio_postgres::Client) {
+    let cluster = ssl_cluster(
+        server,
+        vec![("pg_hba.conf".into(), hba.as_bytes().to_vec())],
+    )
+    .await;
+    let (admin, conn) = cluster
+        .config("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (cluster, admin)
+}
+
 fn write(dir: &std::path::Path, name: &str, pem: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, pem).unwrap();
