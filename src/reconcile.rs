@@ -613,9 +613,10 @@ impl PushCtx<'_> {
 
     /// Keys (as text) of lab-result rows of `page` whose Go.Data record is
     /// under another person than the row names: the row moved and the
-    /// move never reached Go.Data. A record under the survivor of a merge
-    /// of the row's person is where it belongs (one list request for the
-    /// persons of the records that differ, none when none does).
+    /// move never reached Go.Data. A record under the person's link (a
+    /// merge the push followed) or under the survivor of a merge of that
+    /// person is where it belongs. Reads only for records not under the
+    /// person's derived id: their links, then those persons in one list.
     async fn under_another_person(
         &self,
         pg: &impl tokio_postgres::GenericClient,
@@ -624,36 +625,35 @@ impl PushCtx<'_> {
         page: &[(Value, Value)],
         found: &HashMap<&str, &Value>,
     ) -> anyhow::Result<std::collections::HashSet<String>> {
-        let keys: Vec<Value> = page
-            .iter()
-            .map(|(_, image)| {
-                json!({ person.key.as_str(): image.get(&person.column).cloned().unwrap_or(Value::Null) })
-            })
-            .collect();
-        let links = self
-            .linked_ids(pg, &person.name, &keys.iter().collect::<Vec<_>>())
-            .await?;
-        // (row key, the ids the row's person is known by, Go.Data's person)
+        // (row key, the person's key, the ids it is known by, Go.Data's person)
         let mut differ = vec![];
-        for ((key, _), person_key) in page.iter().zip(&keys) {
+        for (key, image) in page {
             let marker = self.ids.id(name, key).to_string();
             let Some(record) = found.get(marker.as_str()).filter(|r| r["deleted"] != true) else {
                 continue;
             };
-            let derived = self.ids.id(&person.name, person_key).to_string();
-            let mut expected = vec![derived];
-            if let Some(l) = links.get(&person_key.to_string()) {
-                expected.push(l.to_string());
-            }
+            let person_key = json!({ person.key.as_str(): image.get(&person.column).cloned().unwrap_or(Value::Null) });
+            let derived = self.ids.id(&person.name, &person_key).to_string();
             let actual = record["personId"].as_str().unwrap_or_default().to_string();
-            if !expected.contains(&actual) {
-                differ.push((key.to_string(), expected, actual));
+            if actual != derived {
+                differ.push((key.to_string(), person_key, vec![derived], actual));
             }
         }
         if differ.is_empty() {
             return Ok(Default::default());
         }
-        let actual: Vec<&str> = differ.iter().map(|(_, _, a)| a.as_str()).collect();
+        let keys: Vec<&Value> = differ.iter().map(|(_, k, _, _)| k).collect();
+        let links = self.linked_ids(pg, &person.name, &keys).await?;
+        for (_, person_key, expected, _) in &mut differ {
+            if let Some(l) = links.get(&person_key.to_string()) {
+                expected.push(l.to_string());
+            }
+        }
+        differ.retain(|(_, _, expected, actual)| !expected.contains(actual));
+        if differ.is_empty() {
+            return Ok(Default::default());
+        }
+        let actual: Vec<&str> = differ.iter().map(|(_, _, _, a)| a.as_str()).collect();
         let survivors = self
             .client
             .list_any_of(
@@ -665,7 +665,7 @@ impl PushCtx<'_> {
             .await?;
         Ok(differ
             .into_iter()
-            .filter(|(_, expected, actual)| {
+            .filter(|(_, _, expected, actual)| {
                 !survivors.iter().any(|s| {
                     s["id"] == actual.as_str()
                         && s["mergedDuplicatesIds"].as_array().is_some_and(|m| {
@@ -675,7 +675,7 @@ impl PushCtx<'_> {
                         })
                 })
             })
-            .map(|(key, _, _)| key)
+            .map(|(key, _, _, _)| key)
             .collect())
     }
 

@@ -902,14 +902,7 @@ async fn readiness_follows_postgres_going_away_and_back() {
             .await
             .unwrap();
     let url = cluster.url("postgres");
-    let (c, conn) = cluster
-        .config("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let c = crate::support::session(&cluster.config("postgres")).await;
     c.batch_execute(include_str!("../../examples/hmis.sql"))
         .await
         .unwrap();
@@ -963,14 +956,7 @@ async fn readiness_follows_postgres_going_away_and_back() {
     .unwrap();
     wait_for("ready again", Duration::from_secs(60), || ready(200, "ok")).await;
     // And working again: a change made now reaches Go.Data.
-    let (c, conn) = cluster
-        .config("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let c = crate::support::session(&cluster.config("postgres")).await;
     c.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('RD-1', 'A', now(), 'suspected')")
         .await
         .unwrap();
@@ -1074,10 +1060,7 @@ async fn the_bridge_runs_both_flows_as_its_least_privilege_role(mode: Mode) {
     // And nothing more than that: the role cannot touch other HMIS columns.
     let mut cfg = db.config.clone();
     cfg.user(&role);
-    let (rc, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let rc = crate::support::session(&cfg).await;
     let e = rc
         .batch_execute("UPDATE hmis.cases SET first_name = 'X'")
         .await

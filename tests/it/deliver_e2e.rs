@@ -36,10 +36,7 @@ pub(crate) async fn prepare(
     url: &str,
     mode: Mode,
 ) -> (tokio_postgres::Client, Config) {
-    let (mut c, conn) = pg.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut c = crate::support::session(pg).await;
     c.batch_execute(include_str!("../../examples/hmis.sql"))
         .await
         .unwrap();
@@ -477,14 +474,7 @@ async fn a_postgres_restart_is_survived(mode: Mode) {
     })
     .await
     .unwrap();
-    let (c2, conn) = cluster
-        .config("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let c2 = crate::support::session(&cluster.config("postgres")).await;
     c2.batch_execute("INSERT INTO hmis.cases (case_id, first_name, reported_at, classification) VALUES ('R-2', 'B', now(), 'suspected')")
         .await
         .unwrap();
@@ -593,10 +583,7 @@ async fn least_privilege_roles_end_to_end() {
     // are captured (the capture functions run as their owner).
     let mut app_cfg = db.config.clone();
     app_cfg.user(&app);
-    let (app_client, conn) = app_cfg.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let app_client = crate::support::session(&app_cfg).await;
     assert!(
         app_client
             .query("SELECT 1 FROM godata_bridge.outbox", &[])
@@ -622,10 +609,7 @@ async fn least_privilege_roles_end_to_end() {
         },
     )
     .await;
-    let (bc, conn) = bridge_cfg.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let bc = crate::support::session(&bridge_cfg).await;
     assert!(
         bc.batch_execute("UPDATE hmis.cases SET first_name = 'X'")
             .await

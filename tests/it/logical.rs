@@ -150,14 +150,7 @@ async fn an_idle_hmis_does_not_hold_wal_written_by_other_databases() {
     let slot = config.capture.slot.clone();
     let bridge = start_bridge(&sim, config, pg.clone());
     c.batch_execute("CREATE DATABASE other").await.unwrap();
-    let (other, conn) = cluster
-        .config("other")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let other = crate::support::session(&cluster.config("other")).await;
     // About 40 MB of WAL in another database; the HMIS stays idle.
     other
         .batch_execute(

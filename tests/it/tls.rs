@@ -60,14 +60,7 @@ pub async fn hba_cluster(server: &Pki, hba: &str) -> (Cluster, tokio_postgres::C
         vec![("pg_hba.conf".into(), hba.as_bytes().to_vec())],
     )
     .await;
-    let (admin, conn) = cluster
-        .config("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let admin = crate::support::session(&cluster.config("postgres")).await;
     (cluster, admin)
 }
 

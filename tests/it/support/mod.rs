@@ -33,16 +33,21 @@ pub struct TestDb {
 impl TestDb {
     /// A connected client; the connection task runs in the background.
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = self
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .expect("connect to test db");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
+        session(&self.config).await
     }
+}
+
+/// A client connected with `config`; the connection task runs in the
+/// background.
+pub async fn session(config: &tokio_postgres::Config) -> tokio_postgres::Client {
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test cluster");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
 }
 
 /// Creates a fresh, empty database in the shared cluster.
@@ -54,14 +59,7 @@ pub async fn fresh_db() -> TestDb {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     );
-    let (admin, conn) = c
-        .config("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connect as admin");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let admin = session(&c.config("postgres")).await;
     admin
         .batch_execute(&format!("CREATE DATABASE \"{name}\""))
         .await
